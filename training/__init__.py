@@ -1,0 +1,1 @@
+"""Training side: datasets, losses, the training loop, evaluation, baselines and ONNX export."""

@@ -1,0 +1,143 @@
+"""Command line for the training side: `python -m training.cli train|export [options]`.
+
+Options are generated from `TrainConfig`, so the CLI, the checkpoint and the model card name the same settings.
+Bad input ends with one sentence on stderr and exit code 2; nothing else prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from index.catalog import DataError
+from index.files import write_json
+from index.text_encoder import TextEncoder
+from training.baselines import LambdaMART, text_cosine_scores
+from training.dataset import Dataset, load_dataset
+from training.export import ParityError, run_export
+from training.metrics import NDCG_CONVENTION, RankingMetrics, evaluate_scores
+from training.train import FeatureTensors, TrainConfig, score_lists, train
+
+log = logging.getLogger("training")
+
+SYSTEMS = ("fusion", "lambdamart", "text_cosine")
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(TrainConfig):
+        kind = Path if f.type in ("Path", Path) else type(f.default)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help=f"(default: {f.default})")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def metrics_table(results: dict[str, RankingMetrics], title: str) -> str:
+    lines = [
+        title,
+        f"{'system':<12} {'nDCG@10':>8} {'nDCG@10 e2e':>12} {'Compliance@1':>13} {'MRR':>7}",
+    ]
+    for name, m in results.items():
+        lines.append(
+            f"{name:<12} {m.ndcg_at_10:>8.4f} {m.ndcg_at_10_e2e:>12.4f} {m.compliance_at_1:>13.4f} {m.mrr:>7.4f}"
+        )
+    any_metrics = next(iter(results.values()))
+    lines.append(
+        f"({any_metrics.queries} queries, {any_metrics.queries_without_relevant} without a relevant candidate; "
+        f"{NDCG_CONVENTION}; e2e = ideal over all judged items, including those retrieval missed)"
+    )
+    return "\n".join(lines)
+
+
+def evaluate_systems(
+    dataset: Dataset, scores_by_system: dict[str, np.ndarray], split: str = "test"
+) -> dict[str, RankingMetrics]:
+    lists = dataset.splits[split]
+    return {
+        name: evaluate_scores(scores, lists.grades, lists.compliant, lists.ideal_grades)
+        for name, scores in scores_by_system.items()
+    }
+
+
+def run_train(cfg: TrainConfig) -> int:
+    started = time.perf_counter()
+    dataset = load_dataset(cfg.data_dir, TextEncoder(cfg.encoder_dir), num_candidates=cfg.num_candidates)
+    synthetic = "SYNTHETIC " if "synthetic" in dataset.name else ""
+    log.info("dataset %s%s: %d items, %s", synthetic, dataset.name, len(dataset.items),
+             {k: len(v) for k, v in dataset.splits.items()})
+    result = train(cfg, dataset)
+    log.info("best val nDCG@10 %.4f at epoch %d; %d epochs in %.1fs (%.2fs/epoch on %s)", result.best_val_ndcg,
+             result.best_epoch, result.epochs_run, result.seconds, result.seconds_per_epoch, result.device)
+
+    lambdamart = LambdaMART(seed=cfg.seed).fit(dataset.features, dataset.splits["train"], dataset.splits["val"])
+    tensors = FeatureTensors(dataset.features, torch.device(result.device))
+    test = dataset.splits["test"]
+    results = evaluate_systems(dataset, {
+        "fusion": score_lists(result.model, tensors, test),
+        "lambdamart": lambdamart.scores(dataset.features, test),
+        "text_cosine": text_cosine_scores(dataset.features, test),
+    })
+    print(metrics_table(results, f"Test split of {synthetic}dataset '{dataset.name}':"))
+
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "model": result.model.state_dict(),
+            "optimizer": result.optimizer_state,
+            "model_config": dataclasses.asdict(result.model_config),
+            "schema": dataset.schema.to_dict(),
+            "train_config": cfg.to_dict(),
+            "step": result.steps,
+            "best_val_ndcg": result.best_val_ndcg,
+            "best_epoch": result.best_epoch,
+            "history": result.history,
+        },
+        cfg.out_dir / "checkpoint.pt",
+    )
+    write_json(cfg.out_dir / "metrics.json", {
+        "dataset": dataset.name,
+        "synthetic": bool(synthetic),
+        "convention": NDCG_CONVENTION,
+        "test": {name: m.as_dict() for name, m in results.items()},
+        "training": {
+            "device": result.device, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+            "seconds": round(result.seconds, 2), "seconds_per_epoch": round(result.seconds_per_epoch, 3),
+            "best_val_ndcg@10": round(result.best_val_ndcg, 4),
+        },
+    })
+    log.info("wrote %s and %s (%.0fs in all)", cfg.out_dir / "checkpoint.pt", cfg.out_dir / "metrics.json",
+             time.perf_counter() - started)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.cli", description="Train or export the fusion ranker.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_config_options(commands.add_parser("train", help="train, evaluate against baselines, save a checkpoint"))
+    export = commands.add_parser("export", help="export ONNX, check parity, write the model card")
+    export.add_argument("--out-dir", type=Path, default=Path("artifacts"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    try:
+        if args.command == "train":
+            return run_train(config_from_args(args))
+        return run_export(args.out_dir)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

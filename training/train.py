@@ -1,0 +1,209 @@
+"""Train the fusion ranker on per-query candidate lists, with early stopping on validation nDCG@10.
+
+`python -m training.train` (or `make train`) trains, evaluates the result and the baselines on the held-out test
+queries, and writes `artifacts/checkpoint.pt` and `artifacts/metrics.json`. CUDA with bf16 autocast when a GPU is
+present, CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from index.featurize import CandidateFeatures
+from model.fusion import FusionConfig, FusionRanker
+from training.dataset import Dataset, RankingLists
+from training.losses import LOSSES, make_loss
+from training.metrics import NDCG_CONVENTION, evaluate_scores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved with the checkpoint and in the model card."""
+
+    data_dir: Path = Path("data/synthetic")
+    out_dir: Path = Path("artifacts")
+    encoder_dir: Path = Path("artifacts/encoders/minilm")
+    loss: str = "hybrid"
+    epochs: int = 80
+    batch_queries: int = 16
+    lr: float = 3e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 30
+    weight_decay: float = 1e-4
+    patience: int = 10
+    num_candidates: int = 100
+    dim: int = 64
+    heads: int = 4
+    hidden: int = 128
+    dropout: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        for name in ("epochs", "batch_queries", "num_candidates", "dim", "heads", "hidden"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class TrainResult:
+    """The best model (by validation nDCG@10) and how training went."""
+
+    model: FusionRanker
+    model_config: FusionConfig
+    best_val_ndcg: float
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    seconds_per_epoch: float
+    device: str
+    steps: int
+    optimizer_state: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is visible to torch")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to min_lr; a pure function of the step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+class FeatureTensors:
+    """Catalog features on the training device, gathered per batch of lists."""
+
+    def __init__(self, features: CandidateFeatures, device: torch.device) -> None:
+        self.text = torch.from_numpy(features.text).to(device)
+        self.image = torch.from_numpy(features.image).to(device)
+        self.attrs = torch.from_numpy(features.attrs).to(device)
+        self.device = device
+
+    def batch(self, lists: RankingLists, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """(query, text, image, attrs, query_index) for the lists at `rows`, candidates flattened to M = B*K."""
+        cand = torch.from_numpy(lists.candidates[rows]).to(self.device)  # (B, K)
+        flat = cand.flatten()
+        query_index = torch.arange(len(rows), device=self.device).repeat_interleave(cand.shape[1])
+        query = torch.from_numpy(lists.query_emb[rows]).to(self.device)
+        return query, self.text[flat], self.image[flat], self.attrs[flat], query_index
+
+
+@torch.inference_mode()
+def score_lists(model: FusionRanker, tensors: FeatureTensors, lists: RankingLists, batch: int = 64) -> np.ndarray:
+    """Scores (Q, K) for every candidate of every list, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = np.zeros(lists.candidates.shape, dtype=np.float32)
+    for start in range(0, len(lists), batch):
+        rows = np.arange(start, min(start + batch, len(lists)))
+        scores = model(*tensors.batch(lists, rows)).float()
+        out[rows] = scores.view(len(rows), -1).cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def train(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
+    """Train a FusionRanker on dataset.splits['train'], selecting the epoch with the best val nDCG@10."""
+    seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+    use_amp = device.type == "cuda"
+    schema = dataset.schema
+    model_cfg = FusionConfig(
+        text_dim=schema.text_dim, image_dim=schema.image_dim, attr_dim=schema.attr_dim,
+        dim=cfg.dim, heads=cfg.heads, hidden=cfg.hidden, dropout=cfg.dropout,
+    )
+    model = FusionRanker(model_cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = make_loss(cfg.loss)
+    tensors = FeatureTensors(dataset.features, device)
+    train_lists, val_lists = dataset.splits["train"], dataset.splits["val"]
+    labels_all = torch.from_numpy(train_lists.grades).to(device)
+    generator = np.random.default_rng(cfg.seed)
+    steps_per_epoch = math.ceil(len(train_lists) / cfg.batch_queries)
+    total_steps = cfg.epochs * steps_per_epoch
+
+    log.info(
+        "training on %s%s: %d train / %d val lists of %d candidates, loss=%s; %s",
+        device, " (bf16 autocast)" if use_amp else "", len(train_lists), len(val_lists),
+        train_lists.candidates.shape[1], cfg.loss, NDCG_CONVENTION,
+    )
+    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    history: list[dict[str, float]] = []
+    step, started = 0, time.perf_counter()
+    bar = tqdm(range(cfg.epochs), desc="epochs", unit="epoch", leave=False, disable=None)
+    for epoch in bar:
+        model.train()
+        losses = []
+        for rows in np.array_split(generator.permutation(len(train_lists)), steps_per_epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, cfg)
+            query, text, image, attrs, query_index = tensors.batch(train_lists, rows)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                scores = model(query, text, image, attrs, query_index).view(len(rows), -1)  # (B, K)
+            labels = labels_all[torch.from_numpy(rows).to(device)]
+            loss = loss_fn(scores.float(), labels, torch.ones_like(labels, dtype=torch.bool))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+            step += 1
+        val = evaluate_scores(
+            score_lists(model, tensors, val_lists), val_lists.grades, val_lists.compliant, val_lists.ideal_grades
+        )
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_ndcg@10": val.ndcg_at_10})
+        improved = val.ndcg_at_10 > best[0]
+        if improved:
+            best = (val.ndcg_at_10, epoch + 1, copy.deepcopy(model.state_dict()))
+        bar.set_postfix(loss=f"{np.mean(losses):.4f}", val_ndcg=f"{val.ndcg_at_10:.4f}")
+        tqdm.write(
+            f"epoch {epoch + 1:3d}  loss {np.mean(losses):.4f}  val nDCG@10 {val.ndcg_at_10:.4f}"
+            f"  val Compliance@1 {val.compliance_at_1:.3f}{'  *' if improved else ''}"
+        )
+        if epoch + 1 - best[1] >= cfg.patience:
+            tqdm.write(f"early stop: no val nDCG@10 gain for {cfg.patience} epochs")
+            break
+    bar.close()
+    seconds = time.perf_counter() - started
+    model.load_state_dict(best[2])
+    model.eval()
+    return TrainResult(
+        model=model, model_config=model_cfg, best_val_ndcg=best[0], best_epoch=best[1],
+        epochs_run=len(history), seconds=seconds, seconds_per_epoch=seconds / max(1, len(history)),
+        device=str(device), steps=step, optimizer_state=optimizer.state_dict(), history=history,
+    )
