@@ -58,13 +58,14 @@ def item_text(item: Item) -> str:
     return item.title
 
 
-def _stack(rows: list[list[float] | None], dim: int, what: str) -> np.ndarray:
-    out = np.zeros((len(rows), dim), dtype=np.float32)
-    for i, row in enumerate(rows):
+def _stack(items: Sequence[Item], what: str, dim: int) -> np.ndarray:
+    out = np.zeros((len(items), dim), dtype=np.float32)
+    for i, item in enumerate(items):
+        row = getattr(item, what)
         if row is None:
-            raise DataError(f"item {i}: no {what} (give one, or an image path for the image encoder)")
+            raise DataError(f"item {item.id!r}: no {what} (give one, or an image path for the image encoder)")
         if len(row) != dim:
-            raise DataError(f"item {i}: {what} has dimension {len(row)}, the schema expects {dim}")
+            raise DataError(f"item {item.id!r}: {what} has dimension {len(row)}, the schema expects {dim}")
         out[i] = row
     return out
 
@@ -79,6 +80,6 @@ def featurize(items: Sequence[Item], schema: FeatureSchema, encoder: TextEncoder
     if to_encode:
         text[to_encode] = encoder.encode([item_text(items[i]) for i in to_encode])
     if given:
-        text[given] = _stack([items[i].text_embedding for i in given], schema.text_dim, "text_embedding")
-    image = _stack([item.image_embedding for item in items], schema.image_dim, "image_embedding")
+        text[given] = _stack([items[i] for i in given], "text_embedding", schema.text_dim)
+    image = _stack(items, "image_embedding", schema.image_dim)
     return CandidateFeatures(text=text, image=image, attrs=schema.encode_attributes([i.attributes for i in items]))

@@ -71,20 +71,18 @@ class OnnxRanker:
     def __init__(self, model_dir: Path, *, providers: list[str] | None = None, threads: int = 1) -> None:
         self.card = ModelCard.load(model_dir)
         verify_files(model_dir, self.card.files, "model")
-        self._encoder_path = model_dir / CANDIDATE_ENCODER_FILE
         self.session = make_session(model_dir / RANKER_FILE, providers=providers, threads=threads)
+        self.encoder_session = make_session(model_dir / CANDIDATE_ENCODER_FILE, providers=providers, threads=threads)
         self.providers = list(self.session.get_providers())
-        self._providers = providers
 
     @property
     def version(self) -> str:
         return self.card.version
 
     def encode_candidates(self, text: np.ndarray, image: np.ndarray, attrs: np.ndarray, batch: int = 4096) -> np.ndarray:
-        """cand_kv (N, 2, 3, dim) for raw item features; loads the encoder graph only when called."""
-        session = make_session(self._encoder_path, providers=self._providers, threads=2)
+        """cand_kv (N, 2, 3, dim) for raw item features."""
         parts = [
-            session.run(None, {"text": text[s : s + batch], "image": image[s : s + batch], "attrs": attrs[s : s + batch]})[0]
+            self.encoder_session.run(None, {"text": text[s : s + batch], "image": image[s : s + batch], "attrs": attrs[s : s + batch]})[0]
             for s in range(0, len(text), batch)
         ]
         return np.concatenate(parts).astype(np.float32)

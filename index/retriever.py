@@ -73,10 +73,33 @@ class Retriever:
     def size(self) -> int:
         return int(self.index.ntotal)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows), each (Q, k); rows are -1 where the index holds fewer than k items."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each (Q, k); rows are -1 where fewer than k items qualify.
+
+        `allowed` (N,) bool restricts the search to those rows inside FAISS (a bitmap selector), so a filter never
+        leaves the ranker with fewer candidates than asked for while enough items match.
+        """
         k = min(k, self.size)
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if allowed is None:
+            return self.index.search(queries, k)
+        if self.device == "cuda":
+            # GPU indexes take no selector: over-fetch the whole index, then keep the allowed rows in order.
+            scores, rows = self.index.search(queries, self.size)
+            keep = allowed[rows[0]]
+            out_scores, out_rows = np.full((1, k), -np.inf, np.float32), np.full((1, k), -1, np.int64)
+            n = min(k, int(keep.sum()))
+            out_scores[0, :n], out_rows[0, :n] = scores[0][keep][:n], rows[0][keep][:n]
+            return out_scores, out_rows
+        bitmap = np.packbits(allowed, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        if isinstance(self.index, faiss.IndexHNSW):
+            params: faiss.SearchParameters = faiss.SearchParametersHNSW(sel=selector, efSearch=self.params.ef_search)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        return self.index.search(queries, k, params=params)
 
     @classmethod
     def load(cls, path: Path, params: IndexParams, *, use_gpu: bool = False) -> Retriever:

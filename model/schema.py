@@ -75,6 +75,10 @@ class FeatureSchema:
     def attribute_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in (*self.categorical, *self.numeric))
 
+    @property
+    def categorical_field_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.categorical)
+
     def categorical_field(self, name: str) -> CategoricalField | None:
         return next((f for f in self.categorical if f.name == name), None)
 

@@ -104,8 +104,8 @@ class SyntheticConfig:
     queries: int = 1000
     val_fraction: float = 0.2
     test_fraction: float = 0.2
-    attribute_presence: float = 0.45  # chance a field is listed in the catalog metadata
-    title_mention: float = 0.45  # chance the title mentions a field
+    attribute_presence: float = 0.5  # chance a field is listed in the catalog metadata
+    title_mention: float = 0.5  # chance the title mentions a field
     false_colour_title: float = 0.08  # chance the title names a colour the drink does not have
     image_noise: float = 0.9  # item-specific noise relative to one attribute direction
     rating_presence: float = 0.9
@@ -158,7 +158,8 @@ def _query_text(rng: np.random.Generator, constraints: dict[str, str]) -> str:
 
 
 def generate(cfg: SyntheticConfig) -> dict[str, list[dict[str, Any]]]:
-    """Build items, queries and judgments as lists of JSON-ready records."""
+    """Build items, queries and judgments as lists of JSON-ready records, plus the hidden `truth` per item
+    (not written to disk; tests use it to check the labels)."""
     rng = np.random.default_rng(cfg.seed)
     directions = {
         f: {v: _unit(rng.standard_normal(IMAGE_DIM)) for v in VOCABULARY[f]} for f in VISUAL_FIELDS
@@ -204,14 +205,15 @@ def generate(cfg: SyntheticConfig) -> dict[str, list[dict[str, Any]]]:
             judgments.append(
                 {"query_id": qid, "item_id": items[i]["id"], "grade": int(grades[i]), "compliant": bool(compliant[i])}
             )
-    return {"items": items, "queries": queries, "judgments": judgments}
+    return {"items": items, "queries": queries, "judgments": judgments, "truth": truths}
 
 
 def write_dataset(out: Path, cfg: SyntheticConfig) -> dict[str, Any]:
     """Generate and write items.jsonl, queries.jsonl, judgments.jsonl and dataset.json; returns the summary."""
     data = generate(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    for name, records in data.items():
+    for name in ("items", "queries", "judgments"):
+        records = data[name]
         with open(out / f"{name}.jsonl", "w") as handle:
             for record in records:
                 handle.write(json.dumps(record, separators=(",", ":")) + "\n")

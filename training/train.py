@@ -39,13 +39,13 @@ class TrainConfig:
     loss: str = "hybrid"
     epochs: int = 80
     batch_queries: int = 16
-    lr: float = 3e-3
+    lr: float = 2e-3
     min_lr: float = 1e-4
     warmup_steps: int = 30
     weight_decay: float = 1e-4
-    patience: int = 10
+    patience: int = 12
     num_candidates: int = 100
-    dim: int = 64
+    dim: int = 96
     heads: int = 4
     hidden: int = 128
     dropout: float = 0.1

@@ -1,0 +1,69 @@
+# The front door. `make help` lists every target; `make run` takes a fresh clone to a running service.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+GPU     ?= 0
+EXTRAS  := $(if $(filter 1,$(GPU)),gpu,cpu),train,dev
+DATA    ?= data/synthetic
+ENCODER := artifacts/encoders/minilm
+HOST    ?= 127.0.0.1
+PORT    ?= 8000
+STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
+
+.PHONY: help setup data encoder train export index serve run test test-all lint clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	@rm -f .venv/.installed-*; touch $@
+
+setup: $(STAMP) ## Create .venv with pinned dependencies (GPU=1 for onnxruntime-gpu + faiss-gpu)
+
+$(DATA)/items.jsonl: | $(STAMP)
+	$(PY) -m training.synthetic --out $(DATA)
+
+data: $(STAMP) ## Generate the embedded SYNTHETIC catalog into data/synthetic
+	$(PY) -m training.synthetic --out $(DATA)
+
+$(ENCODER)/encoder.json: | $(STAMP)
+	$(PY) -m index.export_text_encoder --out $(ENCODER)
+
+encoder: $(STAMP) ## Export all-MiniLM-L6-v2 (offline PyPI package) to ONNX
+	$(PY) -m index.export_text_encoder --out $(ENCODER)
+
+train: $(STAMP) $(DATA)/items.jsonl $(ENCODER)/encoder.json ## Train the fusion ranker, evaluate it against baselines
+	$(PY) -m training.cli train --data-dir $(DATA) $(ARGS)
+
+export: $(STAMP) ## Export the trained ranker to ONNX, check parity, write artifacts/model_card.json
+	$(PY) -m training.cli export
+
+index: $(STAMP) $(ENCODER)/encoder.json ## Build the serving bundle (FAISS + features) in artifacts/bundle
+	$(PY) -m index.build --data $(DATA)
+
+serve: $(STAMP) ## Serve existing artifacts on $(HOST):$(PORT)
+	$(PY) -m service --host $(HOST) --port $(PORT)
+
+run: setup ## The main job: data, encoder, train, export, index, then serve
+	@test -f artifacts/model_card.json || $(MAKE) --no-print-directory train export
+	@test -f artifacts/bundle/manifest.json || $(MAKE) --no-print-directory index
+	$(MAKE) --no-print-directory serve
+
+test: $(STAMP) ## Run the test suite (fast tests; slow and GPU tests are marked)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP) ## Run every test, the slow end-to-end ones included
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy model training index service
+
+clean: ## Remove generated data and artifacts (keeps .venv)
+	rm -rf artifacts data reports

@@ -1,0 +1,51 @@
+"""Run the service: `python -m service [--port 8000 ...]` (every option is also a RANK_* environment variable).
+
+Artifacts are loaded and checked before the server starts, so a bad bundle or model ends with one sentence and
+exit code 2 instead of a server that never becomes ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from index.catalog import DataError
+from index.ranker_runtime import ArtifactError
+from service.app import create_app, load_engine
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description="Serve /rank and /rerank.")
+    for name, info in Settings.model_fields.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=f"RANK_{name.upper()}")
+    overrides = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"error: setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = Metrics()
+    try:
+        engine = load_engine(settings, metrics)
+    except (ArtifactError, DataError, FileNotFoundError, ValueError) as exc:
+        print(f"error: cannot start: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(settings, engine=engine, metrics=metrics)
+    print(f"serving on http://{settings.host}:{settings.port}  (docs: http://{settings.host}:{settings.port}/docs)")
+    print(f"try: curl -s -XPOST {settings.host}:{settings.port}/rank -H 'content-type: application/json' "
+          f"-d '{{\"query\": \"pink gin cocktail in a coupe\", \"top_k\": 3}}'", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+                log_level=settings.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Prometheus metrics of the service, on a registry of its own (one per app, so tests can build many apps).
+
+Names follow Prometheus conventions (`_seconds`, `_total`); labels are bounded: route is one of the known routes,
+status is the HTTP code, stage is one of STAGES. No query text ever becomes a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+# 50 us to 1 s: fine resolution under the 2 ms budget, coarse above it.
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.00125, 0.0015, 0.00175, 0.002,
+    0.0025, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
+STAGES = ("encode", "retrieve", "gather", "rank", "total")
+ROUTES = ("/rank", "/rerank", "/health/live", "/health/ready", "/metrics")
+
+
+class Metrics:
+    """All metric families of one app instance."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.stage_seconds = Histogram(
+            "rank_stage_seconds", "Server-side time per request stage.", ["route", "stage"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "rank_http_request_duration_seconds", "Time from request received to response sent, per route.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.requests = Counter(
+            "rank_http_requests_total", "HTTP requests by route and status code.", ["route", "status"],
+            registry=self.registry,
+        )
+        self.candidates = Histogram(
+            "rank_candidates", "Candidates scored per request.", buckets=(1, 10, 25, 50, 100, 200, 500, 1000),
+            registry=self.registry,
+        )
+        self.cache = Counter(
+            "rank_query_cache_total", "Query-embedding cache lookups by result.", ["result"], registry=self.registry
+        )
+        self.in_flight = Gauge("rank_in_flight_requests", "Requests being handled now.", registry=self.registry)
+        self.ready = Gauge("rank_ready", "1 when the model and bundle are loaded and warm.", registry=self.registry)
+        self.info = Info("rank_model", "Versions and execution provider being served.", registry=self.registry)
+
+    def route_label(self, path: str) -> str:
+        return path if path in ROUTES else "other"

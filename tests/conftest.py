@@ -1,0 +1,58 @@
+"""Shared fixtures: one tiny, real pipeline per test session (synthetic data -> MiniLM ONNX -> trained and exported
+ranker -> bundle), built once in a temporary directory; tests that damage artifacts work on copies."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from index.build import build_bundle
+from index.export_text_encoder import export_text_encoder
+from training.cli import run_train
+from training.export import run_export
+from training.synthetic import SyntheticConfig, write_dataset
+from training.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class TinyPipeline:
+    """Paths of a complete, small set of artifacts."""
+
+    data: Path
+    encoder: Path
+    model: Path
+    bundle: Path
+    config: TrainConfig
+
+
+@pytest.fixture(scope="session")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    return export_text_encoder(tmp_path_factory.mktemp("encoder"))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory, encoder_dir: Path) -> TinyPipeline:
+    root = tmp_path_factory.mktemp("tiny")
+    data = root / "synthetic"
+    write_dataset(data, SyntheticConfig(seed=3, items=400, queries=100))
+    cfg = TrainConfig(
+        data_dir=data, out_dir=root / "artifacts", encoder_dir=encoder_dir, epochs=6, num_candidates=40,
+        dim=32, heads=4, hidden=64, patience=6,
+    )
+    assert run_train(cfg) == 0
+    assert run_export(cfg.out_dir) == 0
+    build_bundle(data, cfg.out_dir, encoder_dir, cfg.out_dir / "bundle")
+    return TinyPipeline(data=data, encoder=encoder_dir, model=cfg.out_dir, bundle=cfg.out_dir / "bundle", config=cfg)
+
+
+@pytest.fixture
+def tiny_copy(tiny: TinyPipeline, tmp_path: Path) -> TinyPipeline:
+    """A private copy of the tiny artifacts, safe to damage."""
+    model = tmp_path / "artifacts"
+    shutil.copytree(tiny.model, model)
+    return TinyPipeline(data=tiny.data, encoder=tiny.encoder, model=model, bundle=model / "bundle", config=tiny.config)

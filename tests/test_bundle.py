@@ -1,0 +1,65 @@
+"""The bundle format: contents, and refusal of damaged or mismatched artifacts with the reason."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from index.bundle import Bundle
+from index.ranker_runtime import ArtifactError, ModelCard, OnnxRanker
+
+from .conftest import TinyPipeline
+
+
+def test_manifest_describes_the_bundle(tiny: TinyPipeline) -> None:
+    bundle = Bundle.load(tiny.bundle)
+    m = bundle.manifest
+    assert m["items"] == bundle.size == 400
+    assert m["index"]["params"]["kind"] == "exact" and m["index"]["recall@100"] == 1.0
+    assert m["text_encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert set(m["files"]) == {"text.npy", "image.npy", "attrs.npy", "cand_kv.npy", "items.jsonl", "index.faiss"}
+    assert bundle.cand_kv.shape == (400, 2, 3, 32)
+    np.testing.assert_allclose(np.linalg.norm(bundle.text, axis=1), 1.0, atol=1e-4)
+    bundle.check_compatible(ModelCard.load(tiny.model))
+
+
+def test_checksum_mismatch_is_refused(tiny_copy: TinyPipeline) -> None:
+    path = tiny_copy.bundle / "cand_kv.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="checksum mismatch for .*cand_kv.npy"):
+        Bundle.load(tiny_copy.bundle)
+
+
+def test_missing_faiss_file_is_refused(tiny_copy: TinyPipeline) -> None:
+    (tiny_copy.bundle / "index.faiss").unlink()
+    with pytest.raises(ArtifactError, match="index.faiss is missing"):
+        Bundle.load(tiny_copy.bundle)
+
+
+def test_schema_disagreement_names_the_field(tiny_copy: TinyPipeline) -> None:
+    card_path = tiny_copy.model / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["feature_schema"]["image_dim"] = 768
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="image_dim: 768 != 512"):
+        Bundle.load(tiny_copy.bundle).check_compatible(ModelCard.load(tiny_copy.model))
+
+
+def test_bundle_of_another_model_is_refused(tiny_copy: TinyPipeline) -> None:
+    card_path = tiny_copy.model / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["version"] = "000000000000"
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="rebuild the bundle"):
+        Bundle.load(tiny_copy.bundle).check_compatible(ModelCard.load(tiny_copy.model))
+
+
+def test_truncated_onnx_is_refused(tiny_copy: TinyPipeline) -> None:
+    path = tiny_copy.model / "ranker.onnx"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match="checksum mismatch for .*ranker.onnx"):
+        OnnxRanker(tiny_copy.model)

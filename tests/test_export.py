@@ -1,0 +1,63 @@
+"""ONNX export: parity with PyTorch, the model card's contents, dynamic axes, and the failing path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from index.files import sha256_file
+from index.ranker_runtime import OnnxRanker
+from training import export as export_module
+from training.export import ParityError, run_export
+
+from .conftest import TinyPipeline
+
+
+def test_model_card_holds_schema_settings_metrics_parity_and_checksums(tiny: TinyPipeline) -> None:
+    card = json.loads((tiny.model / "model_card.json").read_text())
+    for system in ("fusion", "text_cosine", "lambdamart"):
+        assert set(card["metrics"]["test"][system]) >= {"ndcg@10", "compliance@1", "mrr"}
+    assert card["parity"]["max_abs_diff"] <= 1e-4
+    assert card["parity"]["top10_identical"] == card["parity"]["queries"] > 0
+    assert card["feature_schema"]["text_dim"] == 384 and card["feature_schema"]["image_dim"] == 512
+    assert card["training"]["loss"] == "hybrid"
+    assert card["dataset"]["synthetic"] is True
+    for name, digest in card["files"].items():
+        assert sha256_file(tiny.model / name) == digest
+
+
+def test_onnx_metadata_carries_the_resolved_config(tiny: TinyPipeline) -> None:
+    props = {p.key: p.value for p in onnx.load(str(tiny.model / "ranker.onnx")).metadata_props}
+    assert json.loads(props["train_config"])["loss"] == "hybrid"
+    assert "categorical" in json.loads(props["feature_schema"])
+
+
+def test_dynamic_axes_and_batching_across_queries(tiny: TinyPipeline) -> None:
+    ranker = OnnxRanker(tiny.model)
+    rng = np.random.default_rng(0)
+    schema = ranker.card.schema
+    n = 300
+    kv = ranker.encode_candidates(
+        rng.normal(size=(n, schema.text_dim)).astype(np.float32),
+        rng.normal(size=(n, schema.image_dim)).astype(np.float32),
+        schema.encode_attributes([{}] * n),
+    )
+    text = rng.normal(size=(n, schema.text_dim)).astype(np.float32)
+    queries = rng.normal(size=(3, schema.text_dim)).astype(np.float32)
+    owner = np.repeat(np.arange(3), 100)
+    together = ranker.score(queries, kv, text, owner)
+    alone = np.concatenate([
+        ranker.score(queries[q : q + 1], kv[owner == q], text[owner == q], np.zeros(100, np.int64)) for q in range(3)
+    ])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert ranker.score(queries[:1], kv[:1], text[:1], np.zeros(1, np.int64)).shape == (1,)
+
+
+def test_export_fails_when_onnx_disagrees(tiny_copy: TinyPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = export_module.onnx_scores
+    monkeypatch.setattr(export_module, "onnx_scores", lambda *a: real(*a) + 1e-3)
+    with pytest.raises(ParityError, match="does not match PyTorch"):
+        run_export(tiny_copy.model)

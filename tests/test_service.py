@@ -1,0 +1,164 @@
+"""The HTTP API against a real app (TestClient runs the lifespan) over the tiny bundle and model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from index.text_encoder import TextEncoder
+from service.app import create_app
+from service.settings import Settings
+from training.dataset import load_dataset
+from training.export import load_checkpoint
+from training.train import FeatureTensors, score_lists
+
+from .conftest import TinyPipeline
+
+
+def _settings(tiny: TinyPipeline, **overrides) -> Settings:
+    return Settings(
+        bundle_dir=tiny.bundle, model_dir=tiny.model, encoder_dir=tiny.encoder, warmup_queries=2,
+        max_candidates=200, **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def client(tiny: TinyPipeline) -> Iterator[TestClient]:
+    with TestClient(create_app(_settings(tiny))) as c:
+        yield c
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/health/live").json() == {"status": "alive"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "ready" and body["items"] == 400 and body["provider"] == "CPUExecutionProvider"
+    assert body["synthetic"] is True
+
+
+def test_rank_contract(client: TestClient) -> None:
+    r = client.post("/rank", json={"query": "pink gin cocktail in a coupe", "top_k": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert [x["rank"] for x in body["results"]] == [1, 2, 3, 4, 5]
+    scores = [x["score"] for x in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(set(x) == {"id", "score", "rank", "title", "attributes"} for x in body["results"])
+    assert set(body["timing_ms"]) == {"encode", "retrieve", "gather", "rank", "total"}
+    assert body["model_version"] and body["bundle_version"]
+    assert "rank;dur=" in r.headers["server-timing"]
+
+
+def test_filters_restrict_results(client: TestClient) -> None:
+    r = client.post("/rank", json={"query": "a drink", "top_k": 5, "filters": {"glass": ["coupe", "flute"]}})
+    assert r.status_code == 200
+    assert r.json()["results"] and all(x["attributes"]["glass"] in ("coupe", "flute") for x in r.json()["results"])
+
+
+def test_served_ranking_equals_offline_evaluation(tiny: TinyPipeline, client: TestClient) -> None:
+    model, schema, _ = load_checkpoint(tiny.model / "checkpoint.pt")
+    k = tiny.config.num_candidates
+    dataset = load_dataset(tiny.data, TextEncoder(tiny.encoder), num_candidates=k, schema=schema)
+    test = dataset.splits["test"]
+    offline = score_lists(model, FeatureTensors(dataset.features, torch.device("cpu")), test)
+    for q in range(5):
+        expected = [dataset.items[i].id for i in test.candidates[q][np.argsort(-offline[q], kind="stable")]]
+        served = client.post("/rank", json={"query": test.query_texts[q], "top_k": k, "num_candidates": k}).json()
+        assert [x["id"] for x in served["results"]] == expected
+
+
+def test_rerank_in_cohere_shape(tiny: TinyPipeline, client: TestClient) -> None:
+    ids = client.post("/rank", json={"query": "green drink", "top_k": 3}).json()["results"]
+    documents = [{"id": ids[2]["id"]}, "a green cocktail with mint", {"text": "blue drink"}, {"id": ids[0]["id"]}]
+    r = client.post("/rerank", json={"query": "green drink", "documents": documents, "top_n": 3, "return_documents": True})
+    assert r.status_code == 200
+    body = r.json()
+    assert len(body["results"]) == 3 and set(body) >= {"id", "results", "meta"}
+    scores = [x["relevance_score"] for x in body["results"]]
+    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+    assert sorted({x["index"] for x in body["results"]}) == sorted(x["index"] for x in body["results"])
+    for x in body["results"]:
+        doc = documents[x["index"]]
+        if isinstance(doc, str):
+            assert x["document"] == {"text": doc}
+        elif "id" in doc:
+            assert x["document"]["id"] == doc["id"]
+    plain = client.post("/rerank", json={"query": "green drink", "documents": ["a", "b"]}).json()
+    assert len(plain["results"]) == 2 and "document" not in plain["results"][0]
+
+
+def test_rerank_of_ids_agrees_with_rank(client: TestClient) -> None:
+    ranked = client.post("/rank", json={"query": "whiskey sour", "top_k": 5}).json()["results"]
+    reversed_docs = [{"id": x["id"]} for x in reversed(ranked)]
+    reranked = client.post("/rerank", json={"query": "whiskey sour", "documents": reversed_docs}).json()["results"]
+    assert [reversed_docs[x["index"]]["id"] for x in reranked] == [x["id"] for x in ranked]
+
+
+BAD_REQUESTS = [
+    ("/rank", {"query": ""}, "query"),
+    ("/rank", {"query": "   \u0000\u200b  "}, "query"),
+    ("/rank", {"query": "x" * 10_000}, "query"),
+    ("/rank", {"query": "gin", "top_k": 0}, "top_k"),
+    ("/rank", {"query": "gin", "top_k": 20, "num_candidates": 10}, "top_k"),
+    ("/rank", {"query": "gin", "num_candidates": 5000}, "num_candidates"),
+    ("/rank", {"query": "gin", "filters": {"flavour": "sweet"}}, "filters.flavour"),
+    ("/rank", {"query": "gin", "filters": {"glass": "bucket"}}, "filters.glass"),
+    ("/rank", {"query": 42}, "query"),
+    ("/rank", {"query": "gin", "top_k": "3"}, "top_k"),
+    ("/rank", {"query": "gin", "extra": 1}, "extra"),
+    ("/rank", {}, "query"),
+    ("/rerank", {"query": "gin", "documents": []}, "documents"),
+    ("/rerank", {"query": "gin", "documents": [{"id": "nope"}]}, "documents[0].id"),
+    ("/rerank", {"query": "gin", "documents": [{"id": "a", "text": "b"}]}, "documents"),
+    ("/rerank", {"query": "gin", "documents": ["ok", ""]}, "documents[1]"),
+    ("/rerank", {"query": "gin", "documents": ["a"], "top_n": 0}, "top_n"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "field"), BAD_REQUESTS)
+def test_bad_requests_get_4xx_naming_the_field(client: TestClient, route: str, body: dict, field: str) -> None:
+    r = client.post(route, json=body)
+    assert 400 <= r.status_code < 500, r.text
+    assert field in r.json()["error"]
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"{\"query\": ", b"[1, 2]", b""])
+def test_non_json_bodies_get_4xx(client: TestClient, raw: bytes) -> None:
+    r = client.post("/rank", content=raw, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500
+    assert r.json()["error"]
+
+
+def test_metrics_exposition(client: TestClient) -> None:
+    client.post("/rank", json={"query": "gin", "top_k": 1})
+    client.post("/rank", json={"query": ""})
+    text = client.get("/metrics").text
+    assert 'rank_stage_seconds_bucket{le="5e-05",route="/rank",stage="rank"}' in text
+    assert 'rank_http_requests_total{route="/rank",status="200"}' in text
+    assert 'rank_http_requests_total{route="/rank",status="422"}' in text
+    assert "rank_model_info{" in text and 'provider="CPUExecutionProvider"' in text
+
+
+def test_not_ready_until_started(tiny: TinyPipeline) -> None:
+    client = TestClient(create_app(_settings(tiny)))  # no context manager: the lifespan has not run
+    assert client.get("/health/ready").status_code == 503
+    assert client.post("/rank", json={"query": "gin"}).status_code == 503
+
+
+def test_service_never_imports_torch() -> None:
+    code = "import sys, service.app, service.__main__; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_cli_refuses_missing_artifacts_with_one_sentence(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--model-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "no model card" in done.stderr and "Traceback" not in done.stderr

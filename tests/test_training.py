@@ -1,0 +1,111 @@
+"""The training loop learns, is reproducible, and the CLI refuses bad input with one sentence."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from index.text_encoder import TextEncoder
+from training.baselines import text_cosine_scores
+from training.dataset import load_dataset
+from training.metrics import evaluate_scores
+from training.train import FeatureTensors, TrainConfig, lr_at, score_lists, train
+
+from .conftest import TinyPipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tiny: TinyPipeline):
+    return load_dataset(tiny.data, TextEncoder(tiny.encoder), num_candidates=tiny.config.num_candidates)
+
+
+def _small_cfg(tiny: TinyPipeline, **overrides) -> TrainConfig:
+    base = dict(data_dir=tiny.data, encoder_dir=tiny.encoder, epochs=12, dim=32, hidden=64, patience=12, seed=4)
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_training_learns_beyond_the_text_baseline(tiny: TinyPipeline, tiny_dataset) -> None:
+    result = train(_small_cfg(tiny), tiny_dataset)
+    val = tiny_dataset.splits["val"]
+    tensors = FeatureTensors(tiny_dataset.features, torch.device("cpu"))
+    learned = evaluate_scores(score_lists(result.model, tensors, val), val.grades, val.compliant, val.ideal_grades)
+    cosine = evaluate_scores(text_cosine_scores(tiny_dataset.features, val), val.grades, val.compliant, val.ideal_grades)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert learned.ndcg_at_10 > cosine.ndcg_at_10 + 0.05
+
+
+def test_same_seed_gives_the_same_model(tiny: TinyPipeline, tiny_dataset) -> None:
+    a = train(_small_cfg(tiny, epochs=2), tiny_dataset).model.state_dict()
+    b = train(_small_cfg(tiny, epochs=2), tiny_dataset).model.state_dict()
+    c = train(_small_cfg(tiny, epochs=2, seed=5), tiny_dataset).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    cfg = TrainConfig(lr=1e-2, min_lr=1e-4, warmup_steps=10)
+    lrs = [lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[0] < lrs[9] == pytest.approx(1e-2)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(1e-4, rel=0.05)
+
+
+def test_train_writes_checkpoint_and_baseline_metrics(tiny: TinyPipeline) -> None:
+    metrics = json.loads((tiny.model / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"fusion", "lambdamart", "text_cosine"}
+    assert metrics["synthetic"] is True
+    checkpoint = torch.load(tiny.model / "checkpoint.pt", weights_only=False)
+    assert {"model", "optimizer", "model_config", "schema", "train_config", "step", "best_val_ndcg"} <= set(checkpoint)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data-dir", "/nonexistent/data"], "does not exist"),
+        (["train", "--loss", "ndcg"], "unknown loss 'ndcg'"),
+        (["train", "--epochs", "0"], "epochs must be positive"),
+        (["export", "--out-dir", "/nonexistent/artifacts"], "no checkpoint"),
+    ],
+)
+def test_cli_bad_input_is_one_sentence_and_nonzero(args: list[str], message: str) -> None:
+    done = _cli(*args)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_wrong_embedding_dimension(tiny: TinyPipeline, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("queries.jsonl", "judgments.jsonl"):
+        (data / name).write_text((tiny.data / name).read_text())
+    lines = (tiny.data / "items.jsonl").read_text().splitlines()
+    broken = json.loads(lines[5])
+    broken["image_embedding"] = broken["image_embedding"][:100]
+    lines[5] = json.dumps(broken)
+    (data / "items.jsonl").write_text("\n".join(lines) + "\n")
+    done = _cli("train", "--data-dir", str(data), "--encoder-dir", str(tiny.encoder), "--out-dir", str(tmp_path))
+    assert done.returncode == 2
+    assert "image_embedding has dimension 100" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_missing_encoder_says_what_to_run(tiny: TinyPipeline, tmp_path: Path) -> None:
+    done = _cli("train", "--data-dir", str(tiny.data), "--encoder-dir", str(tmp_path / "none"))
+    assert done.returncode == 2 and "make encoder" in done.stderr
+
+
+def test_scores_are_finite(tiny: TinyPipeline, tiny_dataset) -> None:
+    result = train(_small_cfg(tiny, epochs=1), tiny_dataset)
+    scores = score_lists(result.model, FeatureTensors(tiny_dataset.features, torch.device("cpu")),
+                         tiny_dataset.splits["test"])
+    assert np.isfinite(scores).all()
