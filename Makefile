@@ -12,7 +12,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 
-.PHONY: help setup data encoder train export index serve run test test-all lint clean
+.PHONY: help setup data encoder train export index serve run test test-fast lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,11 +54,11 @@ run: setup ## The main job: data, encoder, train, export, index, then serve
 	@test -f artifacts/bundle/manifest.json || $(MAKE) --no-print-directory index
 	$(MAKE) --no-print-directory serve
 
-test: $(STAMP) ## Run the test suite (fast tests; slow and GPU tests are marked)
+test: $(STAMP) ## Run the whole test suite (GPU tests skip themselves without a GPU)
 	$(PY) -m pytest -q
 
-test-all: $(STAMP) ## Run every test, the slow end-to-end ones included
-	$(PY) -m pytest -q -m "slow or not slow"
+test-fast: $(STAMP) ## Run the tests not marked slow (the inner loop)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	.venv/bin/ruff check .

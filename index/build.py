@@ -64,8 +64,14 @@ def write_bundle(
     index = build_index(features.text, params)
     faiss.write_index(index, str(out / "index.faiss"))
     recall = 1.0 if params.kind is IndexKind.EXACT else measure_recall(index, features.text)
-    log.info("%s index over %d items in %.1fs, recall@%d vs exact %.4f", params.kind.value, len(items),
-             time.perf_counter() - started, RECALL_K, recall)
+    log.info(
+        "%s index over %d items in %.1fs, recall@%d vs exact %.4f",
+        params.kind.value,
+        len(items),
+        time.perf_counter() - started,
+        RECALL_K,
+        recall,
+    )
 
     names = [*(f"{name}.npy" for name in arrays), "items.jsonl", "index.faiss"]
     files = {name: sha256_file(out / name) for name in names}
@@ -121,8 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ArtifactError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    log.info("bundle %s: %d items at %s (model %s)", bundle.version, bundle.size, bundle.path,
-             bundle.manifest["model_version"])
+    log.info(
+        "bundle %s: %d items at %s (model %s)",
+        bundle.version,
+        bundle.size,
+        bundle.path,
+        bundle.manifest["model_version"],
+    )
     return 0
 
 

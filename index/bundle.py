@@ -68,10 +68,12 @@ class Bundle:
         verify_files(path, manifest["files"], f"bundle {path}")
         schema = FeatureSchema.from_dict(manifest["feature_schema"])
         arrays = {name: np.load(path / f"{name}.npy") for name in ARRAYS}
-        rows = [json.loads(line) for line in open(path / "items.jsonl", encoding="utf-8")]
+        rows = [json.loads(line) for line in (path / "items.jsonl").read_text(encoding="utf-8").splitlines()]
         n = int(manifest["items"])
         expected = {
-            "text": (n, schema.text_dim), "image": (n, schema.image_dim), "attrs": (n, schema.attr_dim),
+            "text": (n, schema.text_dim),
+            "image": (n, schema.image_dim),
+            "attrs": (n, schema.attr_dim),
             "cand_kv": (n, 2, 3, int(manifest["model_dim"])),
         }
         for name, shape in expected.items():
@@ -85,17 +87,24 @@ class Bundle:
             raise ArtifactError(f"bundle {path}: index.faiss holds {retriever.size} vectors, manifest says {n}")
         ids = [r["id"] for r in rows]
         return cls(
-            path=path, manifest=manifest, schema=schema, ids=ids, titles=[r["title"] for r in rows],
-            attributes=[r["attributes"] for r in rows], retriever=retriever,
-            row_of={item_id: i for i, item_id in enumerate(ids)}, **arrays,
+            path=path,
+            manifest=manifest,
+            schema=schema,
+            ids=ids,
+            titles=[r["title"] for r in rows],
+            attributes=[r["attributes"] for r in rows],
+            retriever=retriever,
+            row_of={item_id: i for i, item_id in enumerate(ids)},
+            **arrays,
         )
 
     def check_compatible(self, card: ModelCard) -> None:
         """Refuse a model this bundle was not built for, naming the field that differs."""
         differences = card.schema.differences(self.schema)
         if differences:
-            raise ArtifactError(f"bundle {self.path} and model {card.version} disagree on feature schema: "
-                                + "; ".join(differences))
+            raise ArtifactError(
+                f"bundle {self.path} and model {card.version} disagree on feature schema: " + "; ".join(differences)
+            )
         if self.manifest["model_version"] != card.version:
             raise ArtifactError(
                 f"bundle {self.path} holds candidate projections of model {self.manifest['model_version']}, "

@@ -36,7 +36,7 @@ def schema_from_items(items: Sequence[Item], text_dim: int, image_dim: int, text
     numbers: dict[str, list[float]] = {}
     for item in items:
         for name, value in item.attributes.items():
-            if isinstance(value, bool) or isinstance(value, str):
+            if isinstance(value, (bool, str)):
                 strings.setdefault(name, set()).add(str(value))
             elif isinstance(value, (int, float)):
                 numbers.setdefault(name, []).append(float(value))

@@ -79,15 +79,21 @@ class OnnxRanker:
     def version(self) -> str:
         return self.card.version
 
-    def encode_candidates(self, text: np.ndarray, image: np.ndarray, attrs: np.ndarray, batch: int = 4096) -> np.ndarray:
+    def encode_candidates(
+        self, text: np.ndarray, image: np.ndarray, attrs: np.ndarray, batch: int = 4096
+    ) -> np.ndarray:
         """cand_kv (N, 2, 3, dim) for raw item features."""
         parts = [
-            self.encoder_session.run(None, {"text": text[s : s + batch], "image": image[s : s + batch], "attrs": attrs[s : s + batch]})[0]
+            self.encoder_session.run(
+                None, {"text": text[s : s + batch], "image": image[s : s + batch], "attrs": attrs[s : s + batch]}
+            )[0]
             for s in range(0, len(text), batch)
         ]
         return np.concatenate(parts).astype(np.float32)
 
-    def score(self, query: np.ndarray, cand_kv: np.ndarray, cand_text: np.ndarray, query_index: np.ndarray) -> np.ndarray:
+    def score(
+        self, query: np.ndarray, cand_kv: np.ndarray, cand_text: np.ndarray, query_index: np.ndarray
+    ) -> np.ndarray:
         """Scores (M,) for M candidates of B queries; query_index[m] in [0, B) says whose candidate m is."""
         feeds = {"query": query, "cand_kv": cand_kv, "cand_text": cand_text, "query_index": query_index}
         return self.session.run(None, feeds)[0]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import faiss
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 HNSW_MIN_ITEMS = 50_000
 
 
-class IndexKind(str, Enum):
+class IndexKind(StrEnum):
     EXACT = "exact"
     HNSW = "hnsw"
 
@@ -45,6 +45,7 @@ def gpu_available() -> bool:
 def build_index(vectors: np.ndarray, params: IndexParams) -> faiss.Index:
     """An inner-product index over (N, d) float32 unit vectors."""
     dim = vectors.shape[1]
+    index: faiss.Index
     if params.kind is IndexKind.HNSW:
         index = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = params.ef_construction
@@ -73,9 +74,7 @@ class Retriever:
     def size(self) -> int:
         return int(self.index.ntotal)
 
-    def search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows), each (Q, k); rows are -1 where fewer than k items qualify.
 
         `allowed` (N,) bool restricts the search to those rows inside FAISS (a bitmap selector), so a filter never
@@ -96,10 +95,11 @@ class Retriever:
         bitmap = np.packbits(allowed, bitorder="little")
         selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
         if isinstance(self.index, faiss.IndexHNSW):
-            params: faiss.SearchParameters = faiss.SearchParametersHNSW(sel=selector, efSearch=self.params.ef_search)
+            # faiss's SWIG wrappers take these keywords at run time; its type stubs do not know them.
+            search = faiss.SearchParametersHNSW(sel=selector, efSearch=self.params.ef_search)  # type: ignore[attr-defined]
         else:
-            params = faiss.SearchParameters(sel=selector)
-        return self.index.search(queries, k, params=params)
+            search = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+        return self.index.search(queries, k, params=search)
 
     @classmethod
     def load(cls, path: Path, params: IndexParams, *, use_gpu: bool = False) -> Retriever:

@@ -26,7 +26,9 @@ class TextEncoder:
         model_dir = Path(model_dir)
         info_path = model_dir / "encoder.json"
         if not info_path.exists():
-            raise FileNotFoundError(f"{model_dir} is not a text-encoder directory (no encoder.json); run `make encoder`")
+            raise FileNotFoundError(
+                f"{model_dir} is not a text-encoder directory (no encoder.json); run `make encoder`"
+            )
         self.info = json.loads(info_path.read_text())
         self.name: str = self.info["name"]
         self.dim: int = int(self.info["dim"])

@@ -59,21 +59,25 @@ class FeatureSchema:
     def __post_init__(self) -> None:
         if self.text_dim <= 0 or self.image_dim <= 0:
             raise ValueError(f"dimensions must be positive, got text_dim={self.text_dim} image_dim={self.image_dim}")
-        names = [f.name for f in (*self.categorical, *self.numeric)]
+        names = [f.name for f in self.fields]
         if len(set(names)) != len(names):
             raise ValueError(f"attribute names must be unique, got {names}")
         offset = 0
-        for f in (*self.categorical, *self.numeric):
+        for f in self.fields:
             self._offsets[f.name] = offset
             offset += f.width
 
     @property
+    def fields(self) -> tuple[CategoricalField | NumericField, ...]:
+        return (*self.categorical, *self.numeric)
+
+    @property
     def attr_dim(self) -> int:
-        return sum(f.width for f in (*self.categorical, *self.numeric))
+        return sum(f.width for f in self.fields)
 
     @property
     def attribute_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in (*self.categorical, *self.numeric))
+        return tuple(f.name for f in self.fields)
 
     @property
     def categorical_field_names(self) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from service.settings import Settings
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description="Serve /rank and /rerank.")
-    for name, info in Settings.model_fields.items():
+    for name in Settings.model_fields:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=f"RANK_{name.upper()}")
     overrides = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     try:
@@ -40,10 +40,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = create_app(settings, engine=engine, metrics=metrics)
     print(f"serving on http://{settings.host}:{settings.port}  (docs: http://{settings.host}:{settings.port}/docs)")
-    print(f"try: curl -s -XPOST {settings.host}:{settings.port}/rank -H 'content-type: application/json' "
-          f"-d '{{\"query\": \"pink gin cocktail in a coupe\", \"top_k\": 3}}'", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                log_level=settings.log_level, access_log=False)
+    print(
+        f"try: curl -s -XPOST {settings.host}:{settings.port}/rank -H 'content-type: application/json' "
+        f'-d \'{{"query": "pink gin cocktail in a coupe", "top_k": 3}}\'',
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,
+    )
     return 0
 
 

@@ -83,8 +83,13 @@ def load_engine(settings: Settings, metrics: Metrics) -> RankingEngine:
     engine.warm(settings.warmup_queries)
     log.info(
         "ready in %.1fs: model %s, bundle %s (%d items, %s index on %s), ranker on %s",
-        time.perf_counter() - started, ranker.version, bundle.version, bundle.size,
-        bundle.manifest["index"]["params"]["kind"], bundle.retriever.device, ranker.providers[0],
+        time.perf_counter() - started,
+        ranker.version,
+        bundle.version,
+        bundle.size,
+        bundle.manifest["index"]["params"]["kind"],
+        bundle.retriever.device,
+        ranker.providers[0],
     )
     return engine
 
@@ -186,12 +191,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.engine = engine or load_engine(settings, metrics)
         state.provider = state.engine.ranker.providers[0]
-        metrics.info.info({
-            "model_version": state.engine.ranker.version,
-            "bundle_version": state.engine.bundle.version,
-            "provider": state.provider,
-            "index": str(state.engine.bundle.manifest["index"]["params"]["kind"]),
-        })
+        metrics.info.info(
+            {
+                "model_version": state.engine.ranker.version,
+                "bundle_version": state.engine.bundle.version,
+                "provider": state.provider,
+                "index": str(state.engine.bundle.manifest["index"]["params"]["kind"]),
+            }
+        )
         state.ready = True
         metrics.ready.set(1)
         yield
@@ -228,15 +235,20 @@ def create_app(
         if not s.ready or s.engine is None:
             return _error(503, "not ready", status="starting")
         e = s.engine
-        return JSONBytes({
-            "status": "ready", "model_version": e.ranker.version, "bundle_version": e.bundle.version,
-            "items": e.bundle.size, "provider": s.provider, "retriever_device": e.bundle.retriever.device,
-            "synthetic": bool(e.ranker.card.raw.get("dataset", {}).get("synthetic", False)),
-        })
+        return JSONBytes(
+            {
+                "status": "ready",
+                "model_version": e.ranker.version,
+                "bundle_version": e.bundle.version,
+                "items": e.bundle.size,
+                "provider": s.provider,
+                "retriever_device": e.bundle.retriever.device,
+                "synthetic": bool(e.ranker.card.raw.get("dataset", {}).get("synthetic", False)),
+            }
+        )
 
     @app.get("/metrics", summary="Prometheus exposition")
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
-

@@ -10,8 +10,31 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # 50 us to 1 s: fine resolution under the 2 ms budget, coarse above it.
 LATENCY_BUCKETS = (
-    0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.00125, 0.0015, 0.00175, 0.002,
-    0.0025, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    0.00005,
+    0.0001,
+    0.00015,
+    0.0002,
+    0.0003,
+    0.0004,
+    0.0005,
+    0.00075,
+    0.001,
+    0.00125,
+    0.0015,
+    0.00175,
+    0.002,
+    0.0025,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
 )
 STAGES = ("encode", "retrieve", "gather", "rank", "total")
 ROUTES = ("/rank", "/rerank", "/health/live", "/health/ready", "/metrics")
@@ -23,19 +46,29 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.stage_seconds = Histogram(
-            "rank_stage_seconds", "Server-side time per request stage.", ["route", "stage"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "rank_stage_seconds",
+            "Server-side time per request stage.",
+            ["route", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.request_seconds = Histogram(
-            "rank_http_request_duration_seconds", "Time from request received to response sent, per route.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "rank_http_request_duration_seconds",
+            "Time from request received to response sent, per route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.requests = Counter(
-            "rank_http_requests_total", "HTTP requests by route and status code.", ["route", "status"],
+            "rank_http_requests_total",
+            "HTTP requests by route and status code.",
+            ["route", "status"],
             registry=self.registry,
         )
         self.candidates = Histogram(
-            "rank_candidates", "Candidates scored per request.", buckets=(1, 10, 25, 50, 100, 200, 500, 1000),
+            "rank_candidates",
+            "Candidates scored per request.",
+            buckets=(1, 10, 25, 50, 100, 200, 500, 1000),
             registry=self.registry,
         )
         self.cache = Counter(

@@ -102,7 +102,9 @@ class RankingEngine:
             values = [wanted] if isinstance(wanted, str) else wanted
             unknown = [v for v in values if v not in cat.values]
             if unknown or not values:
-                raise RequestError(f"filters.{name}", f"unknown value {unknown or values}; known: {', '.join(cat.values)}")
+                raise RequestError(
+                    f"filters.{name}", f"unknown value {unknown or values}; known: {', '.join(cat.values)}"
+                )
             mask &= np.isin(self._codes[name], [cat.values.index(v) for v in values])
         return mask
 
@@ -132,17 +134,32 @@ class RankingEngine:
         timer.lap("retrieve")
         cand_kv, cand_text = self.bundle.cand_kv[rows], self.bundle.text[rows]
         timer.lap("gather")
-        scores = self.ranker.score(query, cand_kv, cand_text, np.zeros(len(rows), dtype=np.int64)) if len(rows) else np.zeros(0, np.float32)
+        scores = (
+            self.ranker.score(query, cand_kv, cand_text, np.zeros(len(rows), dtype=np.int64))
+            if len(rows)
+            else np.zeros(0, np.float32)
+        )
         timer.lap("rank")
         top = np.argsort(-scores, kind="stable")[: request.top_k]
         b = self.bundle
         results = [
-            {"id": b.ids[r], "score": float(scores[t]), "rank": i + 1, "title": b.titles[r], "attributes": b.attributes[r]}
+            {
+                "id": b.ids[r],
+                "score": float(scores[t]),
+                "rank": i + 1,
+                "title": b.titles[r],
+                "attributes": b.attributes[r],
+            }
             for i, (t, r) in enumerate(zip(top, rows[top].tolist()))
         ]
         timing = timer.finish()
         self._observe("/rank", timing, len(rows))
-        return {"results": results, "model_version": self.ranker.version, "bundle_version": b.version, "timing_ms": timing}
+        return {
+            "results": results,
+            "model_version": self.ranker.version,
+            "bundle_version": b.version,
+            "timing_ms": timing,
+        }
 
     def rerank(self, request: RerankRequest) -> dict[str, Any]:
         s = self.settings

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     AUTO = "auto"  # CUDA when onnxruntime-gpu and a GPU are present, else CPU
     CPU = "cpu"
     CUDA = "cuda"  # required: start-up fails without it unless allow_cpu_fallback
@@ -40,5 +40,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.default_candidates > self.max_candidates:
-            raise ValueError(f"default_candidates ({self.default_candidates}) exceeds max_candidates ({self.max_candidates})")
+            raise ValueError(
+                f"default_candidates ({self.default_candidates}) exceeds max_candidates ({self.max_candidates})"
+            )
         return self

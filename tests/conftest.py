@@ -41,8 +41,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, encoder_dir: Path) -> TinyPip
     data = root / "synthetic"
     write_dataset(data, SyntheticConfig(seed=3, items=400, queries=100))
     cfg = TrainConfig(
-        data_dir=data, out_dir=root / "artifacts", encoder_dir=encoder_dir, epochs=6, num_candidates=40,
-        dim=32, heads=4, hidden=64, patience=6,
+        data_dir=data,
+        out_dir=root / "artifacts",
+        encoder_dir=encoder_dir,
+        epochs=6,
+        num_candidates=40,
+        dim=32,
+        heads=4,
+        hidden=64,
+        patience=6,
     )
     assert run_train(cfg) == 0
     assert run_export(cfg.out_dir) == 0

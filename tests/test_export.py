@@ -49,9 +49,9 @@ def test_dynamic_axes_and_batching_across_queries(tiny: TinyPipeline) -> None:
     queries = rng.normal(size=(3, schema.text_dim)).astype(np.float32)
     owner = np.repeat(np.arange(3), 100)
     together = ranker.score(queries, kv, text, owner)
-    alone = np.concatenate([
-        ranker.score(queries[q : q + 1], kv[owner == q], text[owner == q], np.zeros(100, np.int64)) for q in range(3)
-    ])
+    alone = np.concatenate(
+        [ranker.score(queries[q : q + 1], kv[owner == q], text[owner == q], np.zeros(100, np.int64)) for q in range(3)]
+    )
     np.testing.assert_allclose(together, alone, atol=1e-5)
     assert ranker.score(queries[:1], kv[:1], text[:1], np.zeros(1, np.int64)).shape == (1,)
 

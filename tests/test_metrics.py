@@ -52,8 +52,10 @@ def test_permuting_equal_labels_changes_nothing() -> None:
 def test_query_without_relevant_items_is_nan_and_counted() -> None:
     assert math.isnan(ndcg_at_k(np.array([1.0, 0.0]), np.array([0, 0])))
     m = evaluate_scores(
-        np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[1, 0], [0, 0]]),
-        np.array([[True, False], [False, False]]), np.array([[1, 0], [0, 0]]),
+        np.array([[1.0, 0.0], [1.0, 0.0]]),
+        np.array([[1, 0], [0, 0]]),
+        np.array([[True, False], [False, False]]),
+        np.array([[1, 0], [0, 0]]),
     )
     assert m.queries == 2 and m.queries_without_relevant == 1
     assert m.ndcg_at_10 == pytest.approx(1.0)

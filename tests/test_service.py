@@ -23,8 +23,12 @@ from .conftest import TinyPipeline
 
 def _settings(tiny: TinyPipeline, **overrides) -> Settings:
     return Settings(
-        bundle_dir=tiny.bundle, model_dir=tiny.model, encoder_dir=tiny.encoder, warmup_queries=2,
-        max_candidates=200, **overrides,
+        bundle_dir=tiny.bundle,
+        model_dir=tiny.model,
+        encoder_dir=tiny.encoder,
+        warmup_queries=2,
+        max_candidates=200,
+        **overrides,
     )
 
 
@@ -77,7 +81,9 @@ def test_served_ranking_equals_offline_evaluation(tiny: TinyPipeline, client: Te
 def test_rerank_in_cohere_shape(tiny: TinyPipeline, client: TestClient) -> None:
     ids = client.post("/rank", json={"query": "green drink", "top_k": 3}).json()["results"]
     documents = [{"id": ids[2]["id"]}, "a green cocktail with mint", {"text": "blue drink"}, {"id": ids[0]["id"]}]
-    r = client.post("/rerank", json={"query": "green drink", "documents": documents, "top_n": 3, "return_documents": True})
+    r = client.post(
+        "/rerank", json={"query": "green drink", "documents": documents, "top_n": 3, "return_documents": True}
+    )
     assert r.status_code == 200
     body = r.json()
     assert len(body["results"]) == 3 and set(body) >= {"id", "results", "meta"}
@@ -129,7 +135,7 @@ def test_bad_requests_get_4xx_naming_the_field(client: TestClient, route: str, b
     assert field in r.json()["error"]
 
 
-@pytest.mark.parametrize("raw", [b"not json", b"{\"query\": ", b"[1, 2]", b""])
+@pytest.mark.parametrize("raw", [b"not json", b'{"query": ', b"[1, 2]", b""])
 def test_non_json_bodies_get_4xx(client: TestClient, raw: bytes) -> None:
     r = client.post("/rank", content=raw, headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500

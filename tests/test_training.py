@@ -35,7 +35,9 @@ def test_training_learns_beyond_the_text_baseline(tiny: TinyPipeline, tiny_datas
     val = tiny_dataset.splits["val"]
     tensors = FeatureTensors(tiny_dataset.features, torch.device("cpu"))
     learned = evaluate_scores(score_lists(result.model, tensors, val), val.grades, val.compliant, val.ideal_grades)
-    cosine = evaluate_scores(text_cosine_scores(tiny_dataset.features, val), val.grades, val.compliant, val.ideal_grades)
+    cosine = evaluate_scores(
+        text_cosine_scores(tiny_dataset.features, val), val.grades, val.compliant, val.ideal_grades
+    )
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert learned.ndcg_at_10 > cosine.ndcg_at_10 + 0.05
 
@@ -106,6 +108,7 @@ def test_cli_missing_encoder_says_what_to_run(tiny: TinyPipeline, tmp_path: Path
 
 def test_scores_are_finite(tiny: TinyPipeline, tiny_dataset) -> None:
     result = train(_small_cfg(tiny, epochs=1), tiny_dataset)
-    scores = score_lists(result.model, FeatureTensors(tiny_dataset.features, torch.device("cpu")),
-                         tiny_dataset.splits["test"])
+    scores = score_lists(
+        result.model, FeatureTensors(tiny_dataset.features, torch.device("cpu")), tiny_dataset.splits["test"]
+    )
     assert np.isfinite(scores).all()

@@ -54,13 +54,26 @@ class LambdaMART:
         }
         k = train.candidates.shape[1]
         self.model = lgb.LGBMRanker(
-            objective="lambdarank", n_estimators=600, learning_rate=0.05, num_leaves=31, min_child_samples=20,
-            subsample=0.8, subsample_freq=1, colsample_bytree=0.8, random_state=self.seed, n_jobs=2, verbose=-1,
+            objective="lambdarank",
+            n_estimators=600,
+            learning_rate=0.05,
+            num_leaves=31,
+            min_child_samples=20,
+            subsample=0.8,
+            subsample_freq=1,
+            colsample_bytree=0.8,
+            random_state=self.seed,
+            n_jobs=2,
+            verbose=-1,
         )
         self.model.fit(
-            self._rows(features, train), train.grades.reshape(-1), group=[k] * len(train),
-            eval_X=(self._rows(features, val),), eval_y=(val.grades.reshape(-1),),
-            eval_group=[[val.candidates.shape[1]] * len(val)], eval_at=[10],
+            self._rows(features, train),
+            train.grades.reshape(-1),
+            group=[k] * len(train),
+            eval_X=(self._rows(features, val),),
+            eval_y=(val.grades.reshape(-1),),
+            eval_group=[[val.candidates.shape[1]] * len(val)],
+            eval_at=[10],
             callbacks=[lgb.early_stopping(50, verbose=False)],
         )
         log.info("LambdaMART: %d trees (early-stopped on val nDCG@10)", self.model.best_iteration_)
@@ -69,4 +82,4 @@ class LambdaMART:
     def scores(self, features: CandidateFeatures, lists: RankingLists) -> np.ndarray:
         if self.model is None:
             raise RuntimeError("LambdaMART.scores called before fit")
-        return self.model.predict(self._rows(features, lists)).reshape(lists.candidates.shape)
+        return np.asarray(self.model.predict(self._rows(features, lists))).reshape(lists.candidates.shape)

@@ -33,7 +33,9 @@ SYSTEMS = ("fusion", "lambdamart", "text_cosine")
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         kind = Path if f.type in ("Path", Path) else type(f.default)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help=f"(default: {f.default})")
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help=f"(default: {f.default})"
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -71,20 +73,35 @@ def run_train(cfg: TrainConfig) -> int:
     started = time.perf_counter()
     dataset = load_dataset(cfg.data_dir, TextEncoder(cfg.encoder_dir), num_candidates=cfg.num_candidates)
     synthetic = "SYNTHETIC " if "synthetic" in dataset.name else ""
-    log.info("dataset %s%s: %d items, %s", synthetic, dataset.name, len(dataset.items),
-             {k: len(v) for k, v in dataset.splits.items()})
+    log.info(
+        "dataset %s%s: %d items, %s",
+        synthetic,
+        dataset.name,
+        len(dataset.items),
+        {k: len(v) for k, v in dataset.splits.items()},
+    )
     result = train(cfg, dataset)
-    log.info("best val nDCG@10 %.4f at epoch %d; %d epochs in %.1fs (%.2fs/epoch on %s)", result.best_val_ndcg,
-             result.best_epoch, result.epochs_run, result.seconds, result.seconds_per_epoch, result.device)
+    log.info(
+        "best val nDCG@10 %.4f at epoch %d; %d epochs in %.1fs (%.2fs/epoch on %s)",
+        result.best_val_ndcg,
+        result.best_epoch,
+        result.epochs_run,
+        result.seconds,
+        result.seconds_per_epoch,
+        result.device,
+    )
 
     lambdamart = LambdaMART(seed=cfg.seed).fit(dataset.features, dataset.splits["train"], dataset.splits["val"])
     tensors = FeatureTensors(dataset.features, torch.device(result.device))
     test = dataset.splits["test"]
-    results = evaluate_systems(dataset, {
-        "fusion": score_lists(result.model, tensors, test),
-        "lambdamart": lambdamart.scores(dataset.features, test),
-        "text_cosine": text_cosine_scores(dataset.features, test),
-    })
+    results = evaluate_systems(
+        dataset,
+        {
+            "fusion": score_lists(result.model, tensors, test),
+            "lambdamart": lambdamart.scores(dataset.features, test),
+            "text_cosine": text_cosine_scores(dataset.features, test),
+        },
+    )
     print(metrics_table(results, f"Test split of {synthetic}dataset '{dataset.name}':"))
 
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,19 +119,29 @@ def run_train(cfg: TrainConfig) -> int:
         },
         cfg.out_dir / "checkpoint.pt",
     )
-    write_json(cfg.out_dir / "metrics.json", {
-        "dataset": dataset.name,
-        "synthetic": bool(synthetic),
-        "convention": NDCG_CONVENTION,
-        "test": {name: m.as_dict() for name, m in results.items()},
-        "training": {
-            "device": result.device, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-            "seconds": round(result.seconds, 2), "seconds_per_epoch": round(result.seconds_per_epoch, 3),
-            "best_val_ndcg@10": round(result.best_val_ndcg, 4),
+    write_json(
+        cfg.out_dir / "metrics.json",
+        {
+            "dataset": dataset.name,
+            "synthetic": bool(synthetic),
+            "convention": NDCG_CONVENTION,
+            "test": {name: m.as_dict() for name, m in results.items()},
+            "training": {
+                "device": result.device,
+                "epochs_run": result.epochs_run,
+                "best_epoch": result.best_epoch,
+                "seconds": round(result.seconds, 2),
+                "seconds_per_epoch": round(result.seconds_per_epoch, 3),
+                "best_val_ndcg@10": round(result.best_val_ndcg, 4),
+            },
         },
-    })
-    log.info("wrote %s and %s (%.0fs in all)", cfg.out_dir / "checkpoint.pt", cfg.out_dir / "metrics.json",
-             time.perf_counter() - started)
+    )
+    log.info(
+        "wrote %s and %s (%.0fs in all)",
+        cfg.out_dir / "checkpoint.pt",
+        cfg.out_dir / "metrics.json",
+        time.perf_counter() - started,
+    )
     return 0
 
 

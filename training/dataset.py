@@ -74,7 +74,9 @@ def read_queries(path: Path) -> list[Query]:
     return queries
 
 
-def read_judgments(path: Path, query_ids: set[str], item_rows: dict[str, int]) -> dict[str, dict[int, tuple[int, bool]]]:
+def read_judgments(
+    path: Path, query_ids: set[str], item_rows: dict[str, int]
+) -> dict[str, dict[int, tuple[int, bool]]]:
     """query id -> item row -> (grade, compliant). Unknown ids and grades outside 0..3 are errors."""
     judged: dict[str, dict[int, tuple[int, bool]]] = {}
     for number, record in iter_jsonl(path):

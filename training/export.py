@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from index.files import read_json, sha256_file, write_json
-from index.text_encoder import TextEncoder
 from index.ranker_runtime import CANDIDATE_ENCODER_FILE, MODEL_CARD_FILE, RANKER_FILE, OnnxRanker
+from index.text_encoder import TextEncoder
 from model.fusion import FusionConfig, FusionRanker
 from model.schema import FeatureSchema
 from training.dataset import RankingLists, load_dataset
@@ -81,11 +81,25 @@ def load_checkpoint(path: Path) -> tuple[FusionRanker, FeatureSchema, dict[str, 
     return model.eval(), FeatureSchema.from_dict(checkpoint["schema"]), checkpoint
 
 
-def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], dynamic: dict, path: Path,
-            metadata: dict[str, str]) -> None:
+def _export(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    names: list[str],
+    dynamic: dict,
+    path: Path,
+    metadata: dict[str, str],
+) -> None:
     torch.onnx.export(
-        module, args, str(path), input_names=names, output_names=["out"], dynamic_shapes=dynamic,
-        dynamo=True, opset_version=OPSET, external_data=False, verbose=False,
+        module,
+        args,
+        str(path),
+        input_names=names,
+        output_names=["out"],
+        dynamic_shapes=dynamic,
+        dynamo=True,
+        opset_version=OPSET,
+        external_data=False,
+        verbose=False,
     )
     proto = onnx.load(str(path))
     for key, value in metadata.items():
@@ -100,18 +114,28 @@ def export_onnx(model: FusionRanker, out_dir: Path, metadata: dict[str, str]) ->
     queries = torch.export.Dim("queries", min=1)
     text, image, attrs = torch.randn(m, cfg.text_dim), torch.randn(m, cfg.image_dim), torch.randn(m, cfg.attr_dim)
     _export(
-        _CandidateEncoder(model).eval(), (text, image, attrs), ["text", "image", "attrs"],
+        _CandidateEncoder(model).eval(),
+        (text, image, attrs),
+        ["text", "image", "attrs"],
         {"text": {0: candidates}, "image": {0: candidates}, "attrs": {0: candidates}},
-        out_dir / CANDIDATE_ENCODER_FILE, metadata,
+        out_dir / CANDIDATE_ENCODER_FILE,
+        metadata,
     )
     with torch.inference_mode():
         cand_kv = model.encode_candidates(text, image, attrs)
     query_index = torch.tensor([0, 0, 0, 1, 1, 1, 1])
     _export(
-        _Scorer(model).eval(), (torch.randn(b, cfg.text_dim), cand_kv, text, query_index),
+        _Scorer(model).eval(),
+        (torch.randn(b, cfg.text_dim), cand_kv, text, query_index),
         ["query", "cand_kv", "cand_text", "query_index"],
-        {"query": {0: queries}, "cand_kv": {0: candidates}, "cand_text": {0: candidates}, "query_index": {0: candidates}},
-        out_dir / RANKER_FILE, metadata,
+        {
+            "query": {0: queries},
+            "cand_kv": {0: candidates},
+            "cand_text": {0: candidates},
+            "query_index": {0: candidates},
+        },
+        out_dir / RANKER_FILE,
+        metadata,
     )
 
 
@@ -139,9 +163,7 @@ def _version(out_dir: Path) -> str:
 
 def run_export(out_dir: Path) -> int:
     model, schema, checkpoint = load_checkpoint(out_dir / "checkpoint.pt")
-    train_cfg = TrainConfig(**{
-        k: Path(v) if k.endswith("_dir") else v for k, v in checkpoint["train_config"].items()
-    })
+    train_cfg = TrainConfig.from_dict(checkpoint["train_config"])
     metadata = {
         "feature_schema": json.dumps(schema.to_dict()),
         "model_config": json.dumps(checkpoint["model_config"]),
@@ -161,13 +183,17 @@ def run_export(out_dir: Path) -> int:
         "training": {**checkpoint["train_config"], **metrics["training"]},
         "metrics": {"convention": NDCG_CONVENTION, "test": metrics["test"]},
         "files": files,
-        "onnx": {"opset": OPSET, "ranker_inputs": ["query", "cand_kv", "cand_text", "query_index"],
-                 "candidate_encoder_inputs": ["text", "image", "attrs"]},
+        "onnx": {
+            "opset": OPSET,
+            "ranker_inputs": ["query", "cand_kv", "cand_text", "query_index"],
+            "candidate_encoder_inputs": ["text", "image", "attrs"],
+        },
     }
     write_json(out_dir / MODEL_CARD_FILE, card)
 
-    dataset = load_dataset(train_cfg.data_dir, TextEncoder(train_cfg.encoder_dir),
-                           num_candidates=train_cfg.num_candidates, schema=schema)
+    dataset = load_dataset(
+        train_cfg.data_dir, TextEncoder(train_cfg.encoder_dir), num_candidates=train_cfg.num_candidates, schema=schema
+    )
     val = dataset.splits["val"]
     reference = score_lists(model, FeatureTensors(dataset.features, torch.device("cpu")), val)
     ranker = OnnxRanker(out_dir)
@@ -176,9 +202,13 @@ def run_export(out_dir: Path) -> int:
     parity = Parity(float(np.abs(reference - exported).max()), top10_identical(reference, exported), len(val))
     card["parity"] = {**dataclasses.asdict(parity), "split": "val", "tolerance": PARITY_TOLERANCE}
     write_json(out_dir / MODEL_CARD_FILE, card)
-    print(f"ONNX parity on {parity.queries} validation queries: max |PyTorch - ONNX Runtime| = "
-          f"{parity.max_abs_diff:.2e}, identical top-10 on {parity.top10_identical}/{parity.queries}")
+    print(
+        f"ONNX parity on {parity.queries} validation queries: max |PyTorch - ONNX Runtime| = "
+        f"{parity.max_abs_diff:.2e}, identical top-10 on {parity.top10_identical}/{parity.queries}"
+    )
     if not parity.ok:
-        raise ParityError(f"exported model does not match PyTorch (tolerance {PARITY_TOLERANCE:g}); see {out_dir / MODEL_CARD_FILE}")
+        raise ParityError(
+            f"exported model does not match PyTorch (tolerance {PARITY_TOLERANCE:g}); see {out_dir / MODEL_CARD_FILE}"
+        )
     log.info("exported model %s to %s", version, out_dir)
     return 0

@@ -35,7 +35,8 @@ class ListwiseSoftmaxLoss(nn.Module):
     """Softmax cross-entropy against the gain distribution of the list (ListNet, Cao et al. 2007; the
     'softmax loss' of Bruch et al. 2019, which bounds nDCG).
 
-    loss = mean over lists with a relevant item of -sum_i p_i log softmax(s)_i, with p_i = (2^g_i - 1) / sum_j (2^g_j - 1).
+    loss = mean over lists with a relevant item of -sum_i p_i log softmax(s)_i,
+    with p_i = (2^g_i - 1) / sum_j (2^g_j - 1).
 
     Example:
         >>> loss = ListwiseSoftmaxLoss()

@@ -161,9 +161,7 @@ def generate(cfg: SyntheticConfig) -> dict[str, list[dict[str, Any]]]:
     """Build items, queries and judgments as lists of JSON-ready records, plus the hidden `truth` per item
     (not written to disk; tests use it to check the labels)."""
     rng = np.random.default_rng(cfg.seed)
-    directions = {
-        f: {v: _unit(rng.standard_normal(IMAGE_DIM)) for v in VOCABULARY[f]} for f in VISUAL_FIELDS
-    }
+    directions = {f: {v: _unit(rng.standard_normal(IMAGE_DIM)) for v in VOCABULARY[f]} for f in VISUAL_FIELDS}
     weights = {"colour": 1.0, "glass": 0.8, "garnish": 0.7}
 
     truths = [{f: _pick(rng, list(VOCABULARY[f])) for f in FIELDS} for _ in range(cfg.items)]
@@ -249,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     counts = summary["counts"]
     log.info(
         "wrote SYNTHETIC dataset to %s: %d items, queries %s, %d judgments",
-        args.out, counts["items"], counts["queries"], counts["judgments"],
+        args.out,
+        counts["items"],
+        counts["queries"],
+        counts["judgments"],
     )
     return 0
 

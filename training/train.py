@@ -64,6 +64,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        values: dict[str, Any] = {k: Path(v) if k.endswith("_dir") else v for k, v in data.items()}
+        return cls(**values)
+
 
 @dataclass
 class TrainResult:
@@ -144,8 +149,13 @@ def train(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
     use_amp = device.type == "cuda"
     schema = dataset.schema
     model_cfg = FusionConfig(
-        text_dim=schema.text_dim, image_dim=schema.image_dim, attr_dim=schema.attr_dim,
-        dim=cfg.dim, heads=cfg.heads, hidden=cfg.hidden, dropout=cfg.dropout,
+        text_dim=schema.text_dim,
+        image_dim=schema.image_dim,
+        attr_dim=schema.attr_dim,
+        dim=cfg.dim,
+        heads=cfg.heads,
+        hidden=cfg.hidden,
+        dropout=cfg.dropout,
     )
     model = FusionRanker(model_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -159,8 +169,13 @@ def train(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
 
     log.info(
         "training on %s%s: %d train / %d val lists of %d candidates, loss=%s; %s",
-        device, " (bf16 autocast)" if use_amp else "", len(train_lists), len(val_lists),
-        train_lists.candidates.shape[1], cfg.loss, NDCG_CONVENTION,
+        device,
+        " (bf16 autocast)" if use_amp else "",
+        len(train_lists),
+        len(val_lists),
+        train_lists.candidates.shape[1],
+        cfg.loss,
+        NDCG_CONVENTION,
     )
     best = (-1.0, 0, copy.deepcopy(model.state_dict()))
     history: list[dict[str, float]] = []
@@ -203,7 +218,15 @@ def train(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
     model.load_state_dict(best[2])
     model.eval()
     return TrainResult(
-        model=model, model_config=model_cfg, best_val_ndcg=best[0], best_epoch=best[1],
-        epochs_run=len(history), seconds=seconds, seconds_per_epoch=seconds / max(1, len(history)),
-        device=str(device), steps=step, optimizer_state=optimizer.state_dict(), history=history,
+        model=model,
+        model_config=model_cfg,
+        best_val_ndcg=best[0],
+        best_epoch=best[1],
+        epochs_run=len(history),
+        seconds=seconds,
+        seconds_per_epoch=seconds / max(1, len(history)),
+        device=str(device),
+        steps=step,
+        optimizer_state=optimizer.state_dict(),
+        history=history,
     )

@@ -1,0 +1,54 @@
+"""Server-side time of /rank per stage, from the service's own `timing_ms`, over N sequential requests.
+
+    python loadtests/server_time.py --url http://127.0.0.1:8000 --requests 1000 --candidates 100
+
+Queries come from the dataset's queries.jsonl (a small set, cycled, so the query cache is warm after the first
+pass, as for head queries in production); the first pass is discarded. Prints p50/p99 per stage in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+STAGES = ("encode", "retrieve", "gather", "rank", "total")
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--queries", type=Path, default=Path("data/synthetic/queries.jsonl"))
+    parser.add_argument("--distinct", type=int, default=50, help="distinct queries cycled through")
+    args = parser.parse_args(argv)
+    texts = [json.loads(line)["text"] for line in args.queries.read_text().splitlines()][: args.distinct]
+    body = {"top_k": 10, "num_candidates": args.candidates}
+    for text in texts:  # warm the query cache
+        post(f"{args.url}/rank", {**body, "query": text})
+    timings = {stage: [] for stage in STAGES}
+    for i in range(args.requests):
+        result = post(f"{args.url}/rank", {**body, "query": texts[i % len(texts)]})
+        for stage in STAGES:
+            timings[stage].append(result["timing_ms"][stage])
+    print(f"/rank server-side time, {args.requests} requests, {args.candidates} candidates, warm query cache")
+    print(f"{'stage':<10} {'p50 ms':>8} {'p99 ms':>8}")
+    for stage in STAGES:
+        values = np.asarray(timings[stage])
+        print(f"{stage:<10} {np.percentile(values, 50):>8.3f} {np.percentile(values, 99):>8.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
