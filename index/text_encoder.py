@@ -20,7 +20,7 @@ MAX_TOKENS = 128  # the model card's max_seq_length; longer queries are truncate
 
 
 class TextEncoder:
-    """Encodes strings to unit-norm MiniLM embeddings with ONNX Runtime, with an LRU cache for repeated queries."""
+    """Encodes strings to unit-norm MiniLM embeddings with ONNX Runtime; holds an LRU cache for repeated queries."""
 
     def __init__(self, model_dir: Path, *, cache_size: int = 0, providers: list[str] | None = None) -> None:
         model_dir = Path(model_dir)
@@ -38,8 +38,6 @@ class TextEncoder:
         self.session: ort.InferenceSession = make_session(model_dir / "model.onnx", providers=providers)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
-        self.cache_hits = 0
-        self.cache_misses = 0
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Embeddings (N, dim) float32, unit norm, in input order."""
@@ -53,17 +51,19 @@ class TextEncoder:
             out[start : start + len(chunk)] = self.session.run(None, feeds)[0]
         return out
 
-    def encode_query(self, text: str) -> np.ndarray:
-        """One embedding (dim,), served from the LRU cache when the same text was seen recently."""
-        cached = self._cache.get(text)
-        if cached is not None:
+    def cached(self, text: str) -> np.ndarray | None:
+        """The embedding of `text` if it is in the LRU cache (and mark it recently used), else None."""
+        vector = self._cache.get(text)
+        if vector is not None:
             self._cache.move_to_end(text)
-            self.cache_hits += 1
-            return cached
-        self.cache_misses += 1
-        vector = self.encode([text])[0]
-        if self._cache_size > 0:
-            self._cache[text] = vector
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
         return vector
+
+    def remember(self, text: str, vector: np.ndarray) -> None:
+        """Put an embedding in the LRU cache, evicting the least recently used beyond `cache_size`.
+
+        Not thread-safe: the service calls it from its one batcher thread only."""
+        if self._cache_size <= 0:
+            return
+        self._cache[text] = vector
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)

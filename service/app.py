@@ -26,9 +26,10 @@ from index.ranker_runtime import ArtifactError, OnnxRanker
 from index.retriever import gpu_available
 from index.runtime import CPU, CUDA
 from index.text_encoder import TextEncoder
+from service.batcher import DeadlineExceeded, MicroBatcher, QueueFull, ShuttingDown
 from service.metrics import Metrics
 from service.protocol import RankRequest, RankResponse, RerankRequest, RerankResponse
-from service.ranking import RankingEngine, RequestError
+from service.ranking import Job, RankingEngine, RequestError, job_size
 from service.settings import Device, Settings
 
 log = logging.getLogger("service")
@@ -52,8 +53,26 @@ class AppState:
     settings: Settings
     metrics: Metrics
     engine: RankingEngine | None = None
+    batcher: MicroBatcher[Job, dict[str, Any]] | None = None
     ready: bool = False
     provider: str = "none"
+
+    async def serve(self, job: Job, timeout_ms: int | None, route: str) -> Response:
+        """Run a job through the batcher (or inline when batching is off), time it, and build the response."""
+        started = time.perf_counter()
+        deadline = started + timeout_ms / 1000.0 if timeout_ms else None
+        if self.batcher is not None:
+            body = await self.batcher.submit(job, deadline)
+        else:
+            assert self.engine is not None
+            body = self.engine.serve_one(job)
+        timing = body["timing_ms"] if "timing_ms" in body else body["meta"]["timing_ms"]
+        timing["total"] = (time.perf_counter() - started) * 1000.0
+        for stage, ms in timing.items():
+            self.metrics.stage_seconds.labels(route, stage).observe(ms / 1000.0)
+            timing[stage] = round(ms, 4)
+        server_timing = ", ".join(f"{stage};dur={ms:.3f}" for stage, ms in timing.items())
+        return JSONBytes(body, headers={"Server-Timing": server_timing})
 
 
 def resolve_providers(settings: Settings) -> list[str]:
@@ -168,14 +187,26 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _not_ready(_: Request, exc: NotReady) -> Response:
         return _error(503, str(exc))
 
+    @app.exception_handler(ShuttingDown)
+    async def _shutting_down(_: Request, exc: ShuttingDown) -> Response:
+        return _error(503, str(exc))
+
+    @app.exception_handler(QueueFull)
+    async def _queue_full(request: Request, exc: QueueFull) -> Response:
+        _state(request).metrics.rejections.labels("queue_full").inc()
+        response = _error(429, f"{exc}; retry shortly")
+        response.headers["Retry-After"] = "1"
+        return response
+
+    @app.exception_handler(DeadlineExceeded)
+    async def _deadline(request: Request, exc: DeadlineExceeded) -> Response:
+        _state(request).metrics.deadline_drops.inc()
+        return _error(504, f"timeout_ms: {exc}")
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error")
         return _error(500, "internal error; see the service log")
-
-
-def _server_timing(timing: dict[str, float]) -> str:
-    return ", ".join(f"{stage};dur={ms:.3f}" for stage, ms in timing.items())
 
 
 def create_app(
@@ -191,6 +222,17 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.engine = engine or load_engine(settings, metrics)
         state.provider = state.engine.ranker.providers[0]
+        if settings.batching:
+            state.batcher = MicroBatcher(
+                state.engine.process_batch,
+                job_size,
+                max_batch=settings.max_batch,
+                max_delay_us=settings.max_delay_us,
+                max_queue=settings.max_queue,
+            )
+            state.batcher.start()
+            batcher = state.batcher
+            metrics.queue_depth.set_function(lambda: batcher.depth)
         metrics.info.info(
             {
                 "model_version": state.engine.ranker.version,
@@ -204,6 +246,8 @@ def create_app(
         yield
         state.ready = False
         metrics.ready.set(0)
+        if state.batcher is not None:
+            state.batcher.close()
 
     app = FastAPI(
         title="Fusion ranking service",
@@ -217,13 +261,11 @@ def create_app(
 
     @app.post("/rank", response_model=RankResponse, summary="Rank catalog items for a query")
     async def rank(body: RankRequest, engine: EngineDep) -> Response:
-        result = engine.rank(body)
-        return JSONBytes(result, headers={"Server-Timing": _server_timing(result["timing_ms"])})
+        return await state.serve(engine.prepare_rank(body), body.timeout_ms, "/rank")
 
     @app.post("/rerank", response_model=RerankResponse, summary="Rerank given documents (Cohere/Jina shape)")
     async def rerank(body: RerankRequest, engine: EngineDep) -> Response:
-        result = engine.rerank(body)
-        return JSONBytes(result, headers={"Server-Timing": _server_timing(result["meta"]["timing_ms"])})
+        return await state.serve(engine.prepare_rerank(body), body.timeout_ms, "/rerank")
 
     @app.get("/health/live", summary="Liveness: the process answers")
     async def live() -> Response:

@@ -36,7 +36,7 @@ LATENCY_BUCKETS = (
     0.5,
     1.0,
 )
-STAGES = ("encode", "retrieve", "gather", "rank", "total")
+STAGES = ("queue", "encode", "retrieve", "gather", "rank", "total")
 ROUTES = ("/rank", "/rerank", "/health/live", "/health/ready", "/metrics")
 
 
@@ -73,6 +73,30 @@ class Metrics:
         )
         self.cache = Counter(
             "rank_query_cache_total", "Query-embedding cache lookups by result.", ["result"], registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "rank_batch_size",
+            "Candidates scored per ranker call (one call serves a whole micro-batch).",
+            buckets=(1, 10, 50, 100, 200, 400, 800, 1600, 3200, 6400),
+            registry=self.registry,
+        )
+        self.batch_requests = Histogram(
+            "rank_batch_requests",
+            "Requests served per ranker call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge("rank_queue_depth", "Requests waiting for the batcher.", registry=self.registry)
+        self.rejections = Counter(
+            "rank_rejections_total",
+            "Requests refused before queueing (429), by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.deadline_drops = Counter(
+            "rank_deadline_drops_total",
+            "Requests dropped unprocessed because their deadline passed (504).",
+            registry=self.registry,
         )
         self.in_flight = Gauge("rank_in_flight_requests", "Requests being handled now.", registry=self.registry)
         self.ready = Gauge("rank_ready", "1 when the model and bundle are loaded and warm.", registry=self.registry)

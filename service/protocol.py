@@ -22,6 +22,9 @@ class RankRequest(BaseModel):
     filters: dict[StrictStr, FilterValue] | None = Field(
         None, description="Hard attribute filters, {attribute: value or [values]}; items must match all."
     )
+    timeout_ms: StrictInt | None = Field(
+        None, ge=1, le=60_000, description="Deadline; a request still queued when it passes is answered 504."
+    )
 
     @model_validator(mode="after")
     def _top_k_within_candidates(self) -> RankRequest:
@@ -70,6 +73,9 @@ class RerankRequest(BaseModel):
     top_n: StrictInt | None = Field(None, ge=1, description="Return the best top_n; all documents when absent.")
     return_documents: bool = False
     model: StrictStr | None = Field(None, description="Accepted for client compatibility; the served model answers.")
+    timeout_ms: StrictInt | None = Field(
+        None, ge=1, le=60_000, description="Deadline; a request still queued when it passes is answered 504."
+    )
 
 
 class RerankResult(BaseModel):

@@ -1,7 +1,9 @@
 """The request path: query encoding -> candidate retrieval -> feature gather -> ONNX ranker -> top-k.
 
-`RankingEngine` owns the loaded artifacts (bundle, ranker, text encoder) and does the work of `/rank` and
-`/rerank`; the HTTP layer only parses, calls and serialises. Bad input raises `RequestError` naming the field.
+Requests are validated on the event loop (`prepare_rank`, `prepare_rerank`) into jobs; `process_batch` then serves
+any number of jobs together on the batcher's worker thread: distinct queries are encoded once (misses in one
+MiniLM call), unfiltered searches with the same depth go to FAISS as one batch, and every candidate of every job is
+scored in ONE ranker call. A batch of one job is exactly the unbatched path, so rankings do not depend on batching.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from index.bundle import Bundle
 from index.ranker_runtime import OnnxRanker
 from index.text_encoder import TextEncoder
+from service.batcher import Batched
 from service.metrics import Metrics
 from service.protocol import DocumentRef, RankRequest, RerankRequest
 from service.settings import Settings
@@ -32,25 +35,41 @@ class RequestError(ValueError):
         self.message = message
 
 
-@dataclass
-class StageTimer:
-    """Wall time per request stage, in milliseconds."""
+@dataclass(frozen=True)
+class RankJob:
+    """A validated /rank request."""
 
-    started: float = field(default_factory=time.perf_counter)
-    last: float = 0.0
-    ms: dict[str, float] = field(default_factory=dict)
+    query: str
+    top_k: int
+    num_candidates: int
+    allowed: np.ndarray | None = None  # (N,) bool filter mask
 
-    def __post_init__(self) -> None:
-        self.last = self.started
+    @property
+    def size(self) -> int:
+        return self.num_candidates
 
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.ms[stage] = (now - self.last) * 1000.0
-        self.last = now
 
-    def finish(self) -> dict[str, float]:
-        self.ms["total"] = (time.perf_counter() - self.started) * 1000.0
-        return {k: round(v, 4) for k, v in self.ms.items()}
+@dataclass(frozen=True)
+class RerankJob:
+    """A validated /rerank request: catalog rows for id documents, texts for the others."""
+
+    query: str
+    documents: list[str | DocumentRef]
+    rows: np.ndarray  # (D,) catalog row per document (0 where the document is text)
+    texts: dict[int, str]  # document index -> normalised text
+    top_n: int
+    return_documents: bool
+
+    @property
+    def size(self) -> int:
+        return len(self.documents)
+
+
+Job = RankJob | RerankJob
+
+
+def job_size(job: Job) -> int:
+    return job.size
 
 
 def normalize_query(text: str, max_chars: int, field_name: str = "query") -> str:
@@ -69,6 +88,19 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
+@dataclass
+class _Stages:
+    """Wall time of each batch stage in ms; every job of the batch reports the batch's stage times."""
+
+    ms: dict[str, float] = field(default_factory=dict)
+    last: float = field(default_factory=time.perf_counter)
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.ms[stage] = (now - self.last) * 1000.0
+        self.last = now
+
+
 class RankingEngine:
     """Serves ranking requests from one bundle + one ranker + one text encoder."""
 
@@ -83,6 +115,8 @@ class RankingEngine:
         # What a text-only rerank document looks like on the image/attribute side: no image, nothing known.
         self._no_image = np.zeros((1, schema.image_dim), dtype=np.float32)
         self._no_attrs = schema.encode_attributes([{}])
+
+    # -- validation, on the event loop -------------------------------------------------------------------------
 
     def _categorical_codes(self) -> dict[str, np.ndarray]:
         """Per categorical field, the value index of every item (len(values) = missing), for vectorised filters."""
@@ -102,19 +136,12 @@ class RankingEngine:
             values = [wanted] if isinstance(wanted, str) else wanted
             unknown = [v for v in values if v not in cat.values]
             if unknown or not values:
-                raise RequestError(
-                    f"filters.{name}", f"unknown value {unknown or values}; known: {', '.join(cat.values)}"
-                )
+                known = ", ".join(cat.values)
+                raise RequestError(f"filters.{name}", f"unknown value {unknown or values}; known: {known}")
             mask &= np.isin(self._codes[name], [cat.values.index(v) for v in values])
         return mask
 
-    def _encode(self, text: str) -> np.ndarray:
-        before = self.encoder.cache_hits
-        vector = self.encoder.encode_query(text)
-        self.metrics.cache.labels("hit" if self.encoder.cache_hits > before else "miss").inc()
-        return vector
-
-    def rank(self, request: RankRequest) -> dict[str, Any]:
+    def prepare_rank(self, request: RankRequest) -> RankJob:
         s = self.settings
         num_candidates = request.num_candidates or s.default_candidates
         if num_candidates > s.max_candidates:
@@ -124,23 +151,115 @@ class RankingEngine:
         if request.top_k > num_candidates:
             raise RequestError("top_k", f"({request.top_k}) must not exceed num_candidates ({num_candidates})")
         allowed = self._filter_mask(request.filters) if request.filters else None
-        text = normalize_query(request.query, s.max_query_chars)
+        return RankJob(normalize_query(request.query, s.max_query_chars), request.top_k, num_candidates, allowed)
 
-        timer = StageTimer()
-        query = self._encode(text)[None, :]  # (1, text_dim)
-        timer.lap("encode")
-        _, rows = self.bundle.retriever.search(query, num_candidates, allowed=allowed)
-        rows = rows[0][rows[0] >= 0]
-        timer.lap("retrieve")
-        cand_kv, cand_text = self.bundle.cand_kv[rows], self.bundle.text[rows]
-        timer.lap("gather")
-        scores = (
-            self.ranker.score(query, cand_kv, cand_text, np.zeros(len(rows), dtype=np.int64))
-            if len(rows)
-            else np.zeros(0, np.float32)
-        )
-        timer.lap("rank")
-        top = np.argsort(-scores, kind="stable")[: request.top_k]
+    def prepare_rerank(self, request: RerankRequest) -> RerankJob:
+        s = self.settings
+        if len(request.documents) > s.max_documents:
+            raise RequestError("documents", f"has {len(request.documents)} entries; the limit is {s.max_documents}")
+        query = normalize_query(request.query, s.max_query_chars)
+        rows = np.zeros(len(request.documents), dtype=np.int64)
+        texts: dict[int, str] = {}
+        for i, doc in enumerate(request.documents):
+            if isinstance(doc, str) or doc.text is not None:
+                raw = doc if isinstance(doc, str) else doc.text
+                texts[i] = normalize_query(raw or "", s.max_query_chars, f"documents[{i}]")
+            elif doc.id not in self.bundle.row_of:
+                raise RequestError(f"documents[{i}].id", f"unknown catalog id {doc.id!r}")
+            else:
+                rows[i] = self.bundle.row_of[doc.id]
+        top_n = min(request.top_n or len(rows), len(rows))
+        return RerankJob(query, request.documents, rows, texts, top_n, request.return_documents)
+
+    # -- serving, on the batcher's worker thread ---------------------------------------------------------------
+
+    def _encode_queries(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Embeddings of distinct texts: cache hits first, all misses in one encoder call."""
+        found: dict[str, np.ndarray] = {}
+        for text in texts:
+            vector = self.encoder.cached(text)
+            if vector is not None:
+                found[text] = vector
+        misses = [t for t in texts if t not in found]
+        self.metrics.cache.labels("hit").inc(len(found))
+        if misses:
+            self.metrics.cache.labels("miss").inc(len(misses))
+            for text, vector in zip(misses, self.encoder.encode(misses), strict=True):
+                self.encoder.remember(text, vector)
+                found[text] = vector
+        return found
+
+    def _retrieve(self, jobs: list[Job], vectors: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Candidate rows per job; unfiltered rank jobs of equal depth share one FAISS call."""
+        rows: list[np.ndarray] = [np.zeros(0, np.int64)] * len(jobs)
+        groups: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            if isinstance(job, RerankJob):
+                rows[i] = job.rows
+            elif job.allowed is None:
+                groups.setdefault(job.num_candidates, []).append(i)
+            else:
+                found = self.bundle.retriever.search(vectors[job.query][None], job.num_candidates, job.allowed)[1][0]
+                rows[i] = found[found >= 0]
+        for k, members in groups.items():
+            queries = np.stack([vectors[jobs[i].query] for i in members])
+            found = self.bundle.retriever.search(queries, k)[1]
+            for i, hits in zip(members, found, strict=True):
+                rows[i] = hits[hits >= 0]
+        return rows
+
+    def _gather(self, jobs: list[Job], rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """cand_kv and text rows for every candidate of every job, concatenated in job order."""
+        flat = np.concatenate(rows)
+        cand_kv, cand_text = self.bundle.cand_kv[flat], self.bundle.text[flat]
+        start = 0
+        for job, job_rows in zip(jobs, rows, strict=True):
+            if isinstance(job, RerankJob) and job.texts:
+                order = list(job.texts)
+                emb = self.encoder.encode([job.texts[i] for i in order])
+                n = len(order)
+                kv = self.ranker.encode_candidates(
+                    emb, np.repeat(self._no_image, n, 0), np.repeat(self._no_attrs, n, 0)
+                )
+                at = [start + i for i in order]
+                cand_kv[at], cand_text[at] = kv, emb
+            start += len(job_rows)
+        return cand_kv, cand_text
+
+    def process_batch(self, batch: list[Batched[Job]]) -> list[dict[str, Any] | Exception]:
+        """Serve a batch of jobs; returns one response body (without timing 'total') per job, in order."""
+        jobs = [b.item for b in batch]
+        stages = _Stages()
+        vectors = self._encode_queries(list(dict.fromkeys(job.query for job in jobs)))
+        stages.lap("encode")
+        rows = self._retrieve(jobs, vectors)
+        stages.lap("retrieve")
+        cand_kv, cand_text = self._gather(jobs, rows)
+        query_index = np.repeat(np.arange(len(jobs)), [len(r) for r in rows])
+        stages.lap("gather")
+        queries = np.stack([vectors[job.query] for job in jobs])
+        scores = self.ranker.score(queries, cand_kv, cand_text, query_index) if len(query_index) else query_index
+        stages.lap("rank")
+        self.metrics.batch_size.observe(len(query_index))
+        self.metrics.batch_requests.observe(len(jobs))
+
+        out: list[dict[str, Any] | Exception] = []
+        start = 0
+        for b, job, job_rows in zip(batch, jobs, rows, strict=True):
+            job_scores = np.asarray(scores[start : start + len(job_rows)], dtype=np.float32)
+            start += len(job_rows)
+            self.metrics.candidates.observe(len(job_rows))
+            timing = {"queue": b.queue_seconds * 1000.0, **stages.ms}
+            if isinstance(job, RankJob):
+                out.append(self._rank_body(job, job_rows, job_scores, timing))
+            else:
+                out.append(self._rerank_body(job, job_scores, timing))
+        return out
+
+    def _rank_body(
+        self, job: RankJob, rows: np.ndarray, scores: np.ndarray, timing: dict[str, float]
+    ) -> dict[str, Any]:
+        top = np.argsort(-scores, kind="stable")[: job.top_k]
         b = self.bundle
         results = [
             {
@@ -150,10 +269,8 @@ class RankingEngine:
                 "title": b.titles[r],
                 "attributes": b.attributes[r],
             }
-            for i, (t, r) in enumerate(zip(top, rows[top].tolist()))
+            for i, (t, r) in enumerate(zip(top.tolist(), rows[top].tolist(), strict=True))
         ]
-        timing = timer.finish()
-        self._observe("/rank", timing, len(rows))
         return {
             "results": results,
             "model_version": self.ranker.version,
@@ -161,55 +278,19 @@ class RankingEngine:
             "timing_ms": timing,
         }
 
-    def rerank(self, request: RerankRequest) -> dict[str, Any]:
-        s = self.settings
-        if len(request.documents) > s.max_documents:
-            raise RequestError("documents", f"has {len(request.documents)} entries; the limit is {s.max_documents}")
-        text = normalize_query(request.query, s.max_query_chars)
-        timer = StageTimer()
-        query = self._encode(text)[None, :]
-        timer.lap("encode")
-        cand_kv, cand_text = self._document_features(request.documents)
-        timer.lap("gather")
-        scores = self.ranker.score(query, cand_kv, cand_text, np.zeros(len(cand_kv), dtype=np.int64))
-        timer.lap("rank")
-        top = np.argsort(-scores, kind="stable")[: request.top_n or len(scores)]
+    def _rerank_body(self, job: RerankJob, scores: np.ndarray, timing: dict[str, float]) -> dict[str, Any]:
         results = []
-        for t in top.tolist():
+        for t in np.argsort(-scores, kind="stable")[: job.top_n].tolist():
             result: dict[str, Any] = {"index": t, "relevance_score": _sigmoid(float(scores[t]))}
-            if request.return_documents:
-                result["document"] = self._document_body(request.documents[t])
+            if job.return_documents:
+                result["document"] = self._document_body(job.documents[t])
             results.append(result)
-        timing = timer.finish()
-        self._observe("/rerank", timing, len(scores))
         return {
             "id": str(uuid.uuid4()),
             "results": results,
             "model": f"fusion-ranker-{self.ranker.version}",
             "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}, "timing_ms": timing},
         }
-
-    def _document_features(self, documents: list[str | DocumentRef]) -> tuple[np.ndarray, np.ndarray]:
-        """cand_kv and text rows for rerank documents: stored rows for ids, on-the-fly encoding for text."""
-        b = self.bundle
-        rows = np.zeros(len(documents), dtype=np.int64)
-        texts: dict[int, str] = {}
-        for i, doc in enumerate(documents):
-            if isinstance(doc, str) or doc.text is not None:
-                raw = doc if isinstance(doc, str) else doc.text
-                texts[i] = normalize_query(raw or "", self.settings.max_query_chars, f"documents[{i}]")
-            elif doc.id not in b.row_of:
-                raise RequestError(f"documents[{i}].id", f"unknown catalog id {doc.id!r}")
-            else:
-                rows[i] = b.row_of[doc.id]
-        cand_kv, cand_text = b.cand_kv[rows], b.text[rows]
-        if texts:
-            order = list(texts)
-            emb = self.encoder.encode([texts[i] for i in order])
-            n = len(order)
-            kv = self.ranker.encode_candidates(emb, np.repeat(self._no_image, n, 0), np.repeat(self._no_attrs, n, 0))
-            cand_kv[order], cand_text[order] = kv, emb
-        return cand_kv, cand_text
 
     def _document_body(self, doc: str | DocumentRef) -> dict[str, Any]:
         if isinstance(doc, str):
@@ -219,13 +300,17 @@ class RankingEngine:
         row = self.bundle.row_of[doc.id or ""]
         return {"id": doc.id, "text": self.bundle.titles[row], "attributes": self.bundle.attributes[row]}
 
-    def _observe(self, route: str, timing: dict[str, float], candidates: int) -> None:
-        for stage, ms in timing.items():
-            self.metrics.stage_seconds.labels(route, stage).observe(ms / 1000.0)
-        self.metrics.candidates.observe(candidates)
+    def serve_one(self, job: Job) -> dict[str, Any]:
+        """The unbatched path: a batch of one, on the caller's thread."""
+        result = self.process_batch([Batched(job, 0.0)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def warm(self, queries: int) -> None:
         """Run the whole path a few times so first requests do not pay for lazy initialisation."""
         for i in range(queries):
-            self.rank(RankRequest(query=f"warm-up query {i} {self.bundle.titles[i % self.bundle.size]}", top_k=1))
-        self.rerank(RerankRequest(query="warm-up", documents=["warm-up document", DocumentRef(id=self.bundle.ids[0])]))
+            title = self.bundle.titles[i % self.bundle.size]
+            self.serve_one(self.prepare_rank(RankRequest(query=f"warm-up {i} {title}", top_k=1)))
+        doc = DocumentRef(id=self.bundle.ids[0])
+        self.serve_one(self.prepare_rerank(RerankRequest(query="warm-up", documents=["warm-up document", doc])))

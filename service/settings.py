@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     default_candidates: int = Field(100, ge=1)
     max_documents: int = Field(1000, ge=1)
     warmup_queries: int = Field(20, ge=0)
+    batching: bool = True
+    max_batch: int = Field(4096, ge=1, description="flush a micro-batch at this many candidates")
+    max_delay_us: int = Field(100, ge=0, le=100_000, description="or when the oldest request has waited this long")
+    max_queue: int = Field(512, ge=1, description="requests waiting beyond this get 429")
     log_level: str = "info"
 
     @model_validator(mode="after")

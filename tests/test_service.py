@@ -55,7 +55,7 @@ def test_rank_contract(client: TestClient) -> None:
     scores = [x["score"] for x in body["results"]]
     assert scores == sorted(scores, reverse=True)
     assert all(set(x) == {"id", "score", "rank", "title", "attributes"} for x in body["results"])
-    assert set(body["timing_ms"]) == {"encode", "retrieve", "gather", "rank", "total"}
+    assert set(body["timing_ms"]) == {"queue", "encode", "retrieve", "gather", "rank", "total"}
     assert body["model_version"] and body["bundle_version"]
     assert "rank;dur=" in r.headers["server-timing"]
 

@@ -48,7 +48,7 @@ class TrainConfig:
     dim: int = 96
     heads: int = 4
     hidden: int = 128
-    dropout: float = 0.1
+    dropout: float = 0.2
     seed: int = 0
     device: str = "auto"
 

@@ -1,0 +1,169 @@
+"""A dynamic micro-batcher with Triton's semantics, between async request handlers and one worker thread.
+
+Handlers `submit` work items and await their results. The worker takes the oldest waiting item and flushes a batch
+when the queued items add up to `max_batch` (in units of `size_of`, e.g. candidates) or when the oldest has waited
+`max_delay_us`, whichever comes first, and hands the batch to `process_batch` in one call. The queue is bounded
+(`QueueFull` when it is full), and an item whose deadline has passed while queued is dropped before inference
+(`DeadlineExceeded`).
+
+There is exactly one worker thread, so whatever `process_batch` touches (the FAISS index, the query cache) has one
+owner: GPU FAISS indexes are not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class QueueFull(RuntimeError):
+    """The batcher's queue is at capacity; the caller should retry later."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The request's deadline passed before it reached inference; it was dropped unprocessed."""
+
+
+class ShuttingDown(RuntimeError):
+    """The batcher was closed before this item was processed."""
+
+
+@dataclass
+class _Pending(Generic[Item]):
+    item: Item
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    size: int
+    enqueued: float
+    deadline: float | None
+    dequeued: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one flush looked like; handed to the observer for metrics."""
+
+    requests: int
+    size: int
+    dropped: int
+
+
+@dataclass
+class Batched(Generic[Item]):
+    """An item as `process_batch` sees it, with the time it spent queued."""
+
+    item: Item
+    queue_seconds: float
+
+
+def _resolve(future: asyncio.Future, value: object, error: BaseException | None) -> None:
+    if future.done():  # the awaiting handler was cancelled (client went away)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+@dataclass
+class MicroBatcher(Generic[Item, Result]):
+    """Groups concurrent work items into batches processed on one worker thread."""
+
+    process_batch: Callable[[list[Batched[Item]]], list[Result | Exception]]
+    size_of: Callable[[Item], int]
+    max_batch: int = 4096
+    max_delay_us: int = 100
+    max_queue: int = 512
+    on_flush: Callable[[BatchStats], None] | None = None
+    _queue: deque[_Pending[Item]] = field(default_factory=deque, init=False)
+    _cond: threading.Condition = field(default_factory=threading.Condition, init=False)
+    _closed: bool = field(default=False, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, item: Item, deadline: float | None = None) -> Result:
+        """Queue `item` and wait for its result. `deadline` is a time.perf_counter() value, or None."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending(item, loop.create_future(), loop, self.size_of(item), time.perf_counter(), deadline)
+        with self._cond:
+            if self._closed:
+                raise ShuttingDown("the service is shutting down")
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull(f"the request queue is full ({self.max_queue} waiting)")
+            self._queue.append(pending)
+            self._cond.notify()
+        return await pending.future
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting work, let the worker finish what is queued, then stop it."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _take_batch(self) -> list[_Pending[Item]] | None:
+        """Block until a batch is due; None when closed and drained."""
+        delay = self.max_delay_us / 1e6
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            flush_at = self._queue[0].enqueued + delay
+            while not self._closed and sum(p.size for p in self._queue) < self.max_batch:
+                remaining = flush_at - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch: list[_Pending[Item]] = []
+            size = 0
+            while self._queue and (not batch or size + self._queue[0].size <= self.max_batch):
+                pending = self._queue.popleft()
+                batch.append(pending)
+                size += pending.size
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            now = time.perf_counter()
+            live, dropped = [], 0
+            for pending in batch:
+                pending.dequeued = now
+                if pending.deadline is not None and now > pending.deadline:
+                    dropped += 1
+                    expired = DeadlineExceeded("the request's deadline passed while it was queued")
+                    pending.loop.call_soon_threadsafe(_resolve, pending.future, None, expired)
+                else:
+                    live.append(pending)
+            if self.on_flush is not None:
+                self.on_flush(BatchStats(requests=len(live), size=sum(p.size for p in live), dropped=dropped))
+            if not live:
+                continue
+            try:
+                results = self.process_batch([Batched(p.item, now - p.enqueued) for p in live])
+            except Exception as exc:  # a bug in process_batch must fail its requests, not kill the worker
+                results = [exc] * len(live)
+            for pending, result in zip(live, results, strict=True):
+                error = result if isinstance(result, Exception) else None
+                pending.loop.call_soon_threadsafe(_resolve, pending.future, result, error)
+        with self._cond:
+            leftovers = list(self._queue)
+            self._queue.clear()
+        for pending in leftovers:
+            pending.loop.call_soon_threadsafe(_resolve, pending.future, None, ShuttingDown("shutting down"))

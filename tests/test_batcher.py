@@ -1,0 +1,131 @@
+"""The micro-batcher's Triton semantics (flush on size or delay, bounded queue, deadlines, drain on close), and
+rankings that do not depend on batching."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.batcher import Batched, DeadlineExceeded, MicroBatcher, QueueFull, ShuttingDown
+from service.settings import Settings
+
+from .conftest import TinyPipeline
+
+
+def _batcher(process=None, **kwargs) -> tuple[MicroBatcher[int, int], list[list[int]]]:
+    seen: list[list[int]] = []
+
+    def default(batch: list[Batched[int]]) -> list[int | Exception]:
+        seen.append([b.item for b in batch])
+        return [b.item * 10 for b in batch]
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(process or default, size_of=lambda _: 1, **kwargs)
+    batcher.start()
+    return batcher, seen
+
+
+async def _submit_all(batcher: MicroBatcher[int, int], items: list[int], deadline: float | None = None) -> list:
+    return await asyncio.gather(*(batcher.submit(i, deadline) for i in items), return_exceptions=True)
+
+
+def test_concurrent_items_share_a_batch_and_results_stay_in_order() -> None:
+    batcher, seen = _batcher(max_batch=100, max_delay_us=50_000)
+    assert asyncio.run(_submit_all(batcher, list(range(8)))) == [i * 10 for i in range(8)]
+    assert seen == [list(range(8))]
+    batcher.close()
+
+
+def test_flush_at_max_batch_without_waiting_for_the_delay() -> None:
+    batcher, seen = _batcher(max_batch=3, max_delay_us=5_000_000)
+    started = time.perf_counter()
+    asyncio.run(_submit_all(batcher, list(range(6))))
+    assert time.perf_counter() - started < 2.0  # far below the 5 s delay
+    assert [len(b) for b in seen] == [3, 3]
+    batcher.close()
+
+
+def test_lone_item_flushes_after_the_delay() -> None:
+    batcher, seen = _batcher(max_batch=100, max_delay_us=0)
+    assert asyncio.run(_submit_all(batcher, [7])) == [70]
+    batcher.close()
+
+
+def test_full_queue_is_refused() -> None:
+    def slow(batch: list[Batched[int]]) -> list[int | Exception]:
+        time.sleep(0.2)
+        return [b.item for b in batch]
+
+    batcher, _ = _batcher(slow, max_batch=1, max_delay_us=0, max_queue=2)
+    results = asyncio.run(_submit_all(batcher, list(range(6))))
+    assert any(isinstance(r, QueueFull) for r in results)
+    assert any(r == 0 for r in results)
+    batcher.close()
+
+
+def test_expired_items_are_dropped_before_processing() -> None:
+    batcher, seen = _batcher(max_batch=100, max_delay_us=100_000)
+    results = asyncio.run(_submit_all(batcher, [1, 2], deadline=time.perf_counter() + 0.01))
+    assert all(isinstance(r, DeadlineExceeded) for r in results)
+    assert seen == []
+    batcher.close()
+
+
+def test_a_failing_batch_fails_its_items_and_the_worker_survives() -> None:
+    calls = {"n": 0}
+
+    def flaky(batch: list[Batched[int]]) -> list[int | Exception]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return [b.item for b in batch]
+
+    batcher, _ = _batcher(flaky, max_batch=1, max_delay_us=0)
+    assert isinstance(asyncio.run(_submit_all(batcher, [1]))[0], RuntimeError)
+    assert asyncio.run(_submit_all(batcher, [2])) == [2]
+    batcher.close()
+
+
+def test_closed_batcher_refuses_new_work() -> None:
+    batcher, _ = _batcher()
+    batcher.close()
+    assert isinstance(asyncio.run(_submit_all(batcher, [1]))[0], ShuttingDown)
+
+
+@pytest.fixture(scope="module")
+def clients(tiny: TinyPipeline) -> Iterator[tuple[TestClient, TestClient]]:
+    common = dict(bundle_dir=tiny.bundle, model_dir=tiny.model, encoder_dir=tiny.encoder, warmup_queries=1)
+    batched = create_app(Settings(**common, batching=True, max_delay_us=20_000))
+    direct = create_app(Settings(**common, batching=False))
+    with TestClient(batched) as a, TestClient(direct) as b:
+        yield a, b
+
+
+def test_rankings_identical_with_batching_on_and_off(tiny: TinyPipeline, clients) -> None:
+    batched, direct = clients
+    queries = [json.loads(line)["text"] for line in (tiny.data / "queries.jsonl").read_text().splitlines()][:24]
+    bodies = [{"query": q, "top_k": 10, "num_candidates": 30 + 5 * (i % 3)} for i, q in enumerate(queries)]
+    bodies += [{"query": "red drink", "top_k": 5, "filters": {"glass": "coupe"}}]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        together = list(pool.map(lambda b: batched.post("/rank", json=b).json(), bodies))
+    alone = [direct.post("/rank", json=b).json() for b in bodies]
+    for a, b in zip(together, alone, strict=True):
+        assert [x["id"] for x in a["results"]] == [x["id"] for x in b["results"]]
+        assert [x["score"] for x in a["results"]] == pytest.approx([x["score"] for x in b["results"]], abs=1e-4)
+    metrics = batched.get("/metrics").text
+    batches = float(metrics.split("rank_batch_requests_count ")[1].split()[0])
+    requests = float(metrics.split("rank_batch_requests_sum ")[1].split()[0])
+    assert requests / batches > 1.5  # concurrent requests really were served together
+
+
+def test_deadline_gets_504_and_is_counted(clients) -> None:
+    batched, _ = clients
+    r = batched.post("/rank", json={"query": "gin", "timeout_ms": 1})  # 20 ms batching delay > 1 ms deadline
+    assert r.status_code == 504 and "timeout_ms" in r.json()["error"]
+    assert "rank_deadline_drops_total 1.0" in batched.get("/metrics").text
