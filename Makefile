@@ -12,7 +12,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 
-.PHONY: help setup data encoder train export index serve run test test-fast lint clean
+.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,6 +64,25 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy model training index service
+
+BENCH_ITEMS ?= 100000
+BENCH_DATA  := data/synthetic-100k
+
+$(BENCH_DATA)/items.jsonl: | $(STAMP)
+	$(PY) -m training.synthetic --out $(BENCH_DATA) --items $(BENCH_ITEMS) --queries 200
+
+artifacts/bundle-100k/manifest.json: $(BENCH_DATA)/items.jsonl
+	$(PY) -m index.build --data $(BENCH_DATA) --out artifacts/bundle-100k
+
+bench-data: artifacts/bundle-100k/manifest.json ## Build the 100k-item SYNTHETIC catalog and its HNSW bundle (needs make export)
+
+.venv-bench/bin/python: pyproject.toml
+	python3 -m venv .venv-bench
+	.venv-bench/bin/pip install -q "ray[serve]==2.60.0" -e ".[cpu]"
+
+bench: $(STAMP) bench-data .venv-bench/bin/python ## Benchmark service vs naive vs Ray Serve (wrk, c=1/8/32), update BENCHMARKS.md
+	@command -v wrk >/dev/null || apt-get install -y wrk
+	PYTHONPATH=. $(PY) loadtests/bench.py --bundle artifacts/bundle-100k
 
 clean: ## Remove generated data and artifacts (keeps .venv)
 	rm -rf artifacts data reports

