@@ -12,16 +12,18 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import shutil
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
-from index.bundle import BUNDLE_FORMAT, MANIFEST_FILE, Bundle
-from index.catalog import DataError, Item, read_items
+from index.bundle import ARRAYS, BUNDLE_FORMAT, MANIFEST_FILE, Bundle
+from index.catalog import DataError, Item, items_path, read_items
 from index.featurize import CandidateFeatures, featurize
 from index.files import sha256_file, write_json
 from index.ranker_runtime import ArtifactError, OnnxRanker
@@ -47,8 +49,14 @@ def measure_recall(index: faiss.Index, vectors: np.ndarray, k: int = RECALL_K, p
 
 
 def write_bundle(
-    out: Path, items: list[Item], features: CandidateFeatures, ranker: OnnxRanker, params: IndexParams
+    out: Path,
+    items: list[Item],
+    features: CandidateFeatures,
+    ranker: OnnxRanker,
+    params: IndexParams,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
+    """Write the bundle files and manifest; `extra` adds manifest sections (e.g. the image encoder that was used)."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     cand_kv = ranker.encode_candidates(features.text, features.image, features.attrs)
@@ -73,27 +81,69 @@ def write_bundle(
         recall,
     )
 
-    names = [*(f"{name}.npy" for name in arrays), "items.jsonl", "index.faiss"]
+    index_info = {
+        "params": {**asdict(params), "kind": params.kind.value},
+        "metric": "inner_product",
+        f"recall@{RECALL_K}": round(recall, 4),
+        "recall_probes": 0 if params.kind is IndexKind.EXACT else RECALL_PROBES,
+    }
+    write_manifest(out, ranker, len(items), index_info, extra)
+    return out
+
+
+def write_manifest(
+    out: Path, ranker: OnnxRanker, items: int, index_info: dict[str, Any], extra: dict[str, Any] | None = None
+) -> None:
+    """Checksum every bundle file and write manifest.json; the bundle version is a digest of the checksums."""
+    names = [*(f"{name}.npy" for name in ARRAYS), "items.jsonl", "index.faiss"]
     files = {name: sha256_file(out / name) for name in names}
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "version": hashlib.sha256("".join(files[n] for n in names).encode()).hexdigest()[:12],
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "items": len(items),
+        "items": items,
         "model_version": ranker.version,
         "model_dim": ranker.card.dim,
         "feature_schema": ranker.card.schema.to_dict(),
         "text_encoder": ranker.card.schema.text_encoder,
-        "index": {
-            "params": {**asdict(params), "kind": params.kind.value},
-            "metric": "inner_product",
-            f"recall@{RECALL_K}": round(recall, 4),
-            "recall_probes": 0 if params.kind is IndexKind.EXACT else RECALL_PROBES,
-        },
+        "index": index_info,
         "files": files,
     }
+    for key, value in (extra or {}).items():
+        manifest.setdefault(key, value)  # never overrides what the loader checks
     write_json(out / MANIFEST_FILE, manifest)
-    return out
+
+
+def reproject_bundle(source: Path, model_dir: Path, out: Path) -> Bundle:
+    """New model, same catalog: recompute only the ranker's candidate keys/values of an existing bundle.
+
+    Features and the FAISS index are reused (no re-encoding, no index build); the new bundle is written beside
+    the target and moved into place, so `out` may be `source`."""
+    ranker = OnnxRanker(model_dir)
+    old = Bundle.load(source)
+    differences = ranker.card.schema.differences(old.schema)
+    if differences:
+        raise ArtifactError(
+            f"model {ranker.version} has another feature schema than bundle {source} "
+            f"({'; '.join(differences)}): rebuild with `make index`"
+        )
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("cand_kv.npy", MANIFEST_FILE))
+    np.save(staging / "cand_kv.npy", ranker.encode_candidates(old.text, old.image, old.attrs))
+    kept = {k: v for k, v in old.manifest.items() if k not in ("format", "version", "created", "files")}
+    write_manifest(staging, ranker, old.size, old.manifest["index"], kept)
+    if out.exists():
+        retired = out.with_name(f".{out.name}.retired")
+        shutil.rmtree(retired, ignore_errors=True)
+        out.rename(retired)
+        staging.rename(out)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(out)
+    bundle = Bundle.load(out)
+    bundle.check_compatible(ranker.card)
+    return bundle
 
 
 def build_bundle(data: Path, model_dir: Path, encoder_dir: Path, out: Path, kind: str = "auto") -> Bundle:
@@ -102,7 +152,13 @@ def build_bundle(data: Path, model_dir: Path, encoder_dir: Path, out: Path, kind
     encoder = TextEncoder(encoder_dir)
     if encoder.name != ranker.card.schema.text_encoder:
         raise ArtifactError(f"text encoder {encoder.name} is not the model's {ranker.card.schema.text_encoder}")
-    items = read_items(data / "items.jsonl" if data.is_dir() else data)
+    items = read_items(items_path(data))
+    needs_images = [item.id for item in items if item.image_embedding is None and item.image]
+    if needs_images:
+        raise DataError(
+            f"{len(needs_images)} items (e.g. {needs_images[0]!r}) have an image path but no image_embedding: "
+            "build with `make ingest`, which encodes images"
+        )
     started = time.perf_counter()
     features = featurize(items, ranker.card.schema, encoder)
     log.info("featurized %d items in %.1fs", len(items), time.perf_counter() - started)
@@ -120,10 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", type=Path, default=Path("artifacts/encoders/minilm"))
     parser.add_argument("--out", type=Path, default=Path("artifacts/bundle"))
     parser.add_argument("--index", choices=["auto", *(k.value for k in IndexKind)], default="auto")
+    parser.add_argument(
+        "--from-bundle",
+        type=Path,
+        default=None,
+        help="reuse this bundle's features and index; recompute only the new model's candidate projections",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        bundle = build_bundle(args.data, args.model, args.encoder, args.out, args.index)
+        if args.from_bundle is not None:
+            bundle = reproject_bundle(args.from_bundle, args.model, args.out)
+        else:
+            bundle = build_bundle(args.data, args.model, args.encoder, args.out, args.index)
     except (DataError, ArtifactError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

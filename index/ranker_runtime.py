@@ -21,6 +21,8 @@ from model.schema import FeatureSchema
 CANDIDATE_ENCODER_FILE = "candidate_encoder.onnx"
 RANKER_FILE = "ranker.onnx"
 MODEL_CARD_FILE = "model_card.json"
+CANARY_FILE = "canaries.npz"
+CANARY_TOLERANCE = 1e-4
 
 
 class ArtifactError(ValueError):
@@ -69,6 +71,7 @@ class OnnxRanker:
     """The fusion ranker's two ONNX graphs, with the card they were exported with."""
 
     def __init__(self, model_dir: Path, *, providers: list[str] | None = None, threads: int = 1) -> None:
+        self.model_dir = model_dir
         self.card = ModelCard.load(model_dir)
         verify_files(model_dir, self.card.files, "model")
         self.session = make_session(model_dir / RANKER_FILE, providers=providers, threads=threads)
@@ -90,6 +93,23 @@ class OnnxRanker:
             for s in range(0, len(text), batch)
         ]
         return np.concatenate(parts).astype(np.float32)
+
+    def check_canaries(self) -> float:
+        """Score the stored canary inputs and compare with the PyTorch scores recorded at export.
+
+        Returns the max abs difference; raises ArtifactError above CANARY_TOLERANCE."""
+        path = self.model_dir / CANARY_FILE
+        if not path.exists():
+            raise ArtifactError(f"model: {path} is missing; re-run `make export`")
+        with np.load(path) as canary:
+            kv = self.encode_candidates(canary["text"], canary["image"], canary["attrs"])
+            scores = self.score(canary["query"], kv, canary["text"], canary["query_index"])
+            diff = float(np.abs(scores - canary["expected"]).max())
+        if not diff <= CANARY_TOLERANCE:
+            raise ArtifactError(
+                f"model: canary scores differ from the exported model's by {diff:.2e} (tolerance {CANARY_TOLERANCE:g})"
+            )
+        return diff
 
     def score(
         self, query: np.ndarray, cand_kv: np.ndarray, cand_text: np.ndarray, query_index: np.ndarray

@@ -8,16 +8,40 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
 
 from index.catalog import DataError
 from index.ranker_runtime import ArtifactError
-from service.app import create_app, load_engine
+from service.app import AppState, create_app, load_engine
 from service.metrics import Metrics
 from service.settings import Settings
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with a drain before the graceful shutdown: on SIGTERM readiness turns false and new requests get
+    503 for `drain_seconds` (load balancers notice), then uvicorn stops accepting connections and waits up to
+    `timeout_graceful_shutdown` for in-flight requests. A second signal exits at once."""
+
+    def __init__(self, config: uvicorn.Config, state: AppState, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.state = state
+        self.drain_seconds = drain_seconds
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and not self._draining:
+            self._draining = True
+            self.state.begin_drain()
+            logging.getLogger("service").info("SIGTERM: draining for %.1fs", self.drain_seconds)
+            threading.Timer(self.drain_seconds, super().handle_exit, (sig, frame)).start()
+            return
+        super().handle_exit(sig, frame)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         f'-d \'{{"query": "pink gin cocktail in a coupe", "top_k": 3}}\'',
         flush=True,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -53,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         http="httptools",
         log_level=settings.log_level,
         access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
+    DrainingServer(config, app.state.rank, settings.drain_seconds).run()
     return 0
 
 

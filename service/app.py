@@ -1,16 +1,22 @@
 """The FastAPI application: `create_app(settings)` builds it; the lifespan loads, checks and warms the artifacts.
 
-Routes are thin: they parse (pydantic), call `RankingEngine`, and serialise with orjson. Every domain error maps to
-an HTTP status in `_install_error_handlers`, the one place that does so.
+Routes are thin: they parse (pydantic), let the current `RankingEngine` validate, hand the job to the micro-batcher
+and serialise with orjson. Every domain error maps to an HTTP status in `_install_error_handlers`, the one place
+that does so. A hot swap (`POST /admin/reload` or SIGHUP) loads and validates a new engine beside the serving one
+and replaces it in one assignment; work already queued finishes on the engine that validated it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 import onnxruntime as ort
@@ -19,17 +25,20 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from index.bundle import Bundle
-from index.ranker_runtime import ArtifactError, OnnxRanker
+from index.catalog import DataError
+from index.ranker_runtime import ArtifactError, ModelCard, OnnxRanker
 from index.retriever import gpu_available
 from index.runtime import CPU, CUDA
 from index.text_encoder import TextEncoder
 from service.batcher import DeadlineExceeded, MicroBatcher, QueueFull, ShuttingDown
 from service.metrics import Metrics
 from service.protocol import RankRequest, RankResponse, RerankRequest, RerankResponse
-from service.ranking import Job, RankingEngine, RequestError, job_size
+from service.ranking import Job, RankingEngine, RequestError, Work, process_work
 from service.settings import Device, Settings
 
 log = logging.getLogger("service")
@@ -43,36 +52,19 @@ class JSONBytes(Response):
 
 
 class NotReady(RuntimeError):
-    """The service is starting (or stopping) and cannot answer ranking requests yet."""
+    """The service is starting (or draining) and cannot answer ranking requests."""
 
 
-@dataclass
-class AppState:
-    """Everything the routes need, typed, on `app.state.rank`."""
+class BodyTooLarge(ValueError):
+    """The request body exceeds `max_body_bytes`."""
 
-    settings: Settings
-    metrics: Metrics
-    engine: RankingEngine | None = None
-    batcher: MicroBatcher[Job, dict[str, Any]] | None = None
-    ready: bool = False
-    provider: str = "none"
 
-    async def serve(self, job: Job, timeout_ms: int | None, route: str) -> Response:
-        """Run a job through the batcher (or inline when batching is off), time it, and build the response."""
-        started = time.perf_counter()
-        deadline = started + timeout_ms / 1000.0 if timeout_ms else None
-        if self.batcher is not None:
-            body = await self.batcher.submit(job, deadline)
-        else:
-            assert self.engine is not None
-            body = self.engine.serve_one(job)
-        timing = body["timing_ms"] if "timing_ms" in body else body["meta"]["timing_ms"]
-        timing["total"] = (time.perf_counter() - started) * 1000.0
-        for stage, ms in timing.items():
-            self.metrics.stage_seconds.labels(route, stage).observe(ms / 1000.0)
-            timing[stage] = round(ms, 4)
-        server_timing = ", ".join(f"{stage};dur={ms:.3f}" for stage, ms in timing.items())
-        return JSONBytes(body, headers={"Server-Timing": server_timing})
+class AdminDenied(PermissionError):
+    """The admin API is off, or the bearer token is missing or wrong."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def resolve_providers(settings: Settings) -> list[str]:
@@ -86,24 +78,43 @@ def resolve_providers(settings: Settings) -> list[str]:
     return [CPU]
 
 
-def load_engine(settings: Settings, metrics: Metrics) -> RankingEngine:
-    """Load bundle, ranker and encoder, check they belong together, and warm the request path."""
+def check_quality_gate(card: ModelCard, min_ndcg: float, require_beats_baseline: bool) -> None:
+    """Refuse a model whose recorded test metrics fall below the gate or below the text-cosine baseline."""
+    test = card.raw.get("metrics", {}).get("test", {})
+    fusion = test.get("fusion", {}).get("ndcg@10")
+    if fusion is None:
+        raise ArtifactError(f"model {card.version}: the model card records no test nDCG@10 for the quality gate")
+    if fusion < min_ndcg:
+        raise ArtifactError(f"model {card.version}: test nDCG@10 {fusion} is below the gate min_ndcg={min_ndcg}")
+    baseline = test.get("text_cosine", {}).get("ndcg@10")
+    if require_beats_baseline and baseline is not None and fusion < baseline:
+        raise ArtifactError(f"model {card.version}: test nDCG@10 {fusion} is below the text-cosine baseline {baseline}")
+
+
+def load_engine(
+    settings: Settings, metrics: Metrics, *, model_dir: Path | None = None, bundle_dir: Path | None = None
+) -> RankingEngine:
+    """Load bundle, ranker and encoder; verify checksums, canary parity, the quality gate and that they belong
+    together; then warm the request path. Raises ArtifactError (or DataError) saying what is wrong."""
     started = time.perf_counter()
     providers = resolve_providers(settings)
-    ranker = OnnxRanker(settings.model_dir, providers=providers, threads=settings.ort_threads)
+    ranker = OnnxRanker(model_dir or settings.model_dir, providers=providers, threads=settings.ort_threads)
     if settings.device is Device.CUDA and ranker.providers[0] != CUDA and not settings.allow_cpu_fallback:
         raise ArtifactError(f"device=cuda was asked for, but the ranker runs on {ranker.providers[0]}")
+    canary_diff = ranker.check_canaries()
+    check_quality_gate(ranker.card, settings.min_ndcg, settings.require_beats_baseline)
     use_gpu = settings.device is not Device.CPU and gpu_available()
-    bundle = Bundle.load(settings.bundle_dir, use_gpu=use_gpu)
+    bundle = Bundle.load(bundle_dir or settings.bundle_dir, use_gpu=use_gpu)
     encoder = TextEncoder(settings.encoder_dir, cache_size=settings.query_cache_size, providers=providers)
     if encoder.name != ranker.card.schema.text_encoder:
         raise ArtifactError(f"text encoder {encoder.name} is not the model's {ranker.card.schema.text_encoder}")
     engine = RankingEngine(bundle, ranker, encoder, settings, metrics)
     engine.warm(settings.warmup_queries)
     log.info(
-        "ready in %.1fs: model %s, bundle %s (%d items, %s index on %s), ranker on %s",
+        "loaded in %.1fs: model %s (canary diff %.1e), bundle %s (%d items, %s index on %s), ranker on %s",
         time.perf_counter() - started,
         ranker.version,
+        canary_diff,
         bundle.version,
         bundle.size,
         bundle.manifest["index"]["params"]["kind"],
@@ -113,18 +124,113 @@ def load_engine(settings: Settings, metrics: Metrics) -> RankingEngine:
     return engine
 
 
+class ReloadRequest(BaseModel):
+    """POST /admin/reload: new artifact locations; each defaults to the configured one (re-read from disk)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_dir: Path | None = None
+    bundle_dir: Path | None = None
+
+
+@dataclass
+class AppState:
+    """Everything the routes need, typed, on `app.state.rank`."""
+
+    settings: Settings
+    metrics: Metrics
+    engine: RankingEngine | None = None
+    batcher: MicroBatcher[Work, dict[str, Any]] | None = None
+    ready: bool = False
+    draining: bool = False
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def publish(self, engine: RankingEngine) -> None:
+        """Make `engine` the one that serves new requests (one assignment: atomic for the handlers)."""
+        self.engine = engine
+        self.metrics.info.info(
+            {
+                "model_version": engine.ranker.version,
+                "bundle_version": engine.bundle.version,
+                "provider": engine.ranker.providers[0],
+                "index": str(engine.bundle.manifest["index"]["params"]["kind"]),
+            }
+        )
+
+    def current(self) -> RankingEngine:
+        if self.draining:
+            raise NotReady("the service is shutting down")
+        if not self.ready or self.engine is None:
+            raise NotReady("the service is not ready")
+        return self.engine
+
+    def begin_drain(self) -> None:
+        """Readiness off and new requests refused with 503; in-flight ones still finish."""
+        self.draining = True
+        self.metrics.ready.set(0)
+
+    async def reload(self, model_dir: Path | None = None, bundle_dir: Path | None = None) -> dict[str, str]:
+        """Load and validate new artifacts beside the serving ones, then switch. Raises (keeping the old engine
+        serving) when anything about the new artifacts is wrong."""
+        async with self.reload_lock:
+            old = self.current()
+            new = await asyncio.to_thread(
+                load_engine, self.settings, self.metrics, model_dir=model_dir, bundle_dir=bundle_dir
+            )
+            self.publish(new)
+            log.info(
+                "swapped model %s -> %s, bundle %s -> %s",
+                old.ranker.version,
+                new.ranker.version,
+                old.bundle.version,
+                new.bundle.version,
+            )
+            return {
+                "status": "reloaded",
+                "model_version": new.ranker.version,
+                "bundle_version": new.bundle.version,
+                "previous_model_version": old.ranker.version,
+                "previous_bundle_version": old.bundle.version,
+            }
+
+    async def serve(self, engine: RankingEngine, job: Job, timeout_ms: int | None, route: str) -> Response:
+        """Run a job through the batcher (or inline when batching is off), time it, and build the response."""
+        started = time.perf_counter()
+        deadline = started + timeout_ms / 1000.0 if timeout_ms else None
+        if self.batcher is not None:
+            body = await self.batcher.submit(Work(engine, job), deadline)
+        else:
+            body = engine.serve_one(job)
+        timing = body["timing_ms"] if "timing_ms" in body else body["meta"]["timing_ms"]
+        timing["total"] = (time.perf_counter() - started) * 1000.0
+        for stage, ms in timing.items():
+            self.metrics.stage_seconds.labels(route, stage).observe(ms / 1000.0)
+            timing[stage] = round(ms, 4)
+        server_timing = ", ".join(f"{stage};dur={ms:.3f}" for stage, ms in timing.items())
+        return JSONBytes(body, headers={"Server-Timing": server_timing})
+
+
 def _state(request: Request) -> AppState:
     return request.app.state.rank
 
 
 def _engine(request: Request) -> RankingEngine:
+    return _state(request).current()
+
+
+def _admin(request: Request) -> AppState:
     state = _state(request)
-    if not state.ready or state.engine is None:
-        raise NotReady("the service is not ready")
-    return state.engine
+    token = state.settings.admin_token
+    if token is None:
+        raise AdminDenied(403, "the admin API is disabled; set RANK_ADMIN_TOKEN to enable it")
+    given = request.headers.get("authorization", "")
+    if not secrets.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
+        raise AdminDenied(401, "authorization: a valid 'Bearer <RANK_ADMIN_TOKEN>' header is required")
+    return state
 
 
 EngineDep = Annotated[RankingEngine, Depends(_engine)]
+AdminDep = Annotated[AppState, Depends(_admin)]
 
 
 class MetricsMiddleware:
@@ -157,6 +263,34 @@ class MetricsMiddleware:
             self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
 
 
+class BodyLimitMiddleware:
+    """Refuses bodies over `limit` bytes: by Content-Length before reading, or while streaming a chunked body."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _error(413, f"body: larger than the {self.limit}-byte limit")(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge(f"body: larger than the {self.limit}-byte limit")
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def _error(code: int, message: str, **extra: Any) -> JSONBytes:
     return JSONBytes({"error": message, **extra}, status_code=code)
 
@@ -169,19 +303,26 @@ def _field_of(loc: tuple[Any, ...]) -> str:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
-        errors = exc.errors()
         details = []
-        for err in errors:
-            loc = tuple(err.get("loc", ()))
-            field = "body" if err.get("type") == "json_invalid" else _field_of(loc)
-            message = "is not valid JSON" if err.get("type") == "json_invalid" else err.get("msg", "is invalid")
-            details.append({"field": field, "message": message})
+        for err in exc.errors():
+            bad_json = err.get("type") == "json_invalid"
+            field_name = "body" if bad_json else _field_of(tuple(err.get("loc", ())))
+            details.append({"field": field_name, "message": "is not valid JSON" if bad_json else err.get("msg")})
         first = details[0] if details else {"field": "body", "message": "is invalid"}
         return _error(422, f"{first['field']}: {first['message']}", field=first["field"], errors=details)
 
     @app.exception_handler(RequestError)
     async def _bad_request(_: Request, exc: RequestError) -> Response:
         return _error(422, str(exc), field=exc.field, errors=[{"field": exc.field, "message": exc.message}])
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> Response:
+        detail = "body: could not be parsed" if exc.status_code == 400 else str(exc.detail)
+        return _error(exc.status_code, detail)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> Response:
+        return _error(413, str(exc))
 
     @app.exception_handler(NotReady)
     async def _not_ready(_: Request, exc: NotReady) -> Response:
@@ -203,10 +344,29 @@ def _install_error_handlers(app: FastAPI) -> None:
         _state(request).metrics.deadline_drops.inc()
         return _error(504, f"timeout_ms: {exc}")
 
+    @app.exception_handler(AdminDenied)
+    async def _denied(_: Request, exc: AdminDenied) -> Response:
+        return _error(exc.status, str(exc))
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error")
         return _error(500, "internal error; see the service log")
+
+
+def _install_sighup(state: AppState) -> None:
+    """SIGHUP reloads the configured artifacts (only possible when the loop runs in the main thread)."""
+
+    async def reload() -> None:
+        try:
+            await state.reload()
+        except (ArtifactError, DataError, FileNotFoundError, ValueError, NotReady) as exc:
+            log.error("SIGHUP reload refused, still serving the old model: %s", exc)
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+    except (RuntimeError, ValueError, NotImplementedError):
+        log.debug("SIGHUP reload not installed (event loop not in the main thread)")
 
 
 def create_app(
@@ -220,32 +380,23 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.engine = engine or load_engine(settings, metrics)
-        state.provider = state.engine.ranker.providers[0]
+        state.publish(engine or load_engine(settings, metrics))
         if settings.batching:
-            state.batcher = MicroBatcher(
-                state.engine.process_batch,
-                job_size,
+            batcher: MicroBatcher[Work, dict[str, Any]] = MicroBatcher(
+                process_work,
+                lambda work: work.size,
                 max_batch=settings.max_batch,
                 max_delay_us=settings.max_delay_us,
                 max_queue=settings.max_queue,
             )
-            state.batcher.start()
-            batcher = state.batcher
+            batcher.start()
             metrics.queue_depth.set_function(lambda: batcher.depth)
-        metrics.info.info(
-            {
-                "model_version": state.engine.ranker.version,
-                "bundle_version": state.engine.bundle.version,
-                "provider": state.provider,
-                "index": str(state.engine.bundle.manifest["index"]["params"]["kind"]),
-            }
-        )
+            state.batcher = batcher
+        _install_sighup(state)
         state.ready = True
         metrics.ready.set(1)
         yield
-        state.ready = False
-        metrics.ready.set(0)
+        state.begin_drain()
         if state.batcher is not None:
             state.batcher.close()
 
@@ -256,34 +407,49 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.rank = state
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)  # type: ignore[arg-type]
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # type: ignore[arg-type]
     _install_error_handlers(app)
 
     @app.post("/rank", response_model=RankResponse, summary="Rank catalog items for a query")
     async def rank(body: RankRequest, engine: EngineDep) -> Response:
-        return await state.serve(engine.prepare_rank(body), body.timeout_ms, "/rank")
+        return await state.serve(engine, engine.prepare_rank(body), body.timeout_ms, "/rank")
 
     @app.post("/rerank", response_model=RerankResponse, summary="Rerank given documents (Cohere/Jina shape)")
     async def rerank(body: RerankRequest, engine: EngineDep) -> Response:
-        return await state.serve(engine.prepare_rerank(body), body.timeout_ms, "/rerank")
+        return await state.serve(engine, engine.prepare_rerank(body), body.timeout_ms, "/rerank")
+
+    @app.post("/admin/reload", summary="Load, validate and warm new artifacts, then switch to them atomically")
+    async def admin_reload(admin: AdminDep, body: ReloadRequest | None = None) -> Response:
+        request = body or ReloadRequest()
+        try:
+            return JSONBytes(await admin.reload(request.model_dir, request.bundle_dir))
+        except (ArtifactError, DataError, FileNotFoundError, ValueError) as exc:
+            serving = admin.current()
+            return _error(
+                422,
+                f"reload refused, still serving the old model: {exc}",
+                model_version=serving.ranker.version,
+                bundle_version=serving.bundle.version,
+            )
 
     @app.get("/health/live", summary="Liveness: the process answers")
     async def live() -> Response:
         return JSONBytes({"status": "alive"})
 
     @app.get("/health/ready", summary="Readiness: artifacts loaded and warm")
-    async def ready(request: Request) -> Response:
-        s = _state(request)
-        if not s.ready or s.engine is None:
-            return _error(503, "not ready", status="starting")
-        e = s.engine
+    async def ready() -> Response:
+        try:
+            e = state.current()
+        except NotReady as exc:
+            return _error(503, str(exc), status="draining" if state.draining else "starting")
         return JSONBytes(
             {
                 "status": "ready",
                 "model_version": e.ranker.version,
                 "bundle_version": e.bundle.version,
                 "items": e.bundle.size,
-                "provider": s.provider,
+                "provider": e.ranker.providers[0],
                 "retriever_device": e.bundle.retriever.device,
                 "synthetic": bool(e.ranker.card.raw.get("dataset", {}).get("synthetic", False)),
             }

@@ -37,7 +37,7 @@ LATENCY_BUCKETS = (
     1.0,
 )
 STAGES = ("queue", "encode", "retrieve", "gather", "rank", "total")
-ROUTES = ("/rank", "/rerank", "/health/live", "/health/ready", "/metrics")
+ROUTES = ("/rank", "/rerank", "/admin/reload", "/health/live", "/health/ready", "/metrics")
 
 
 class Metrics:

@@ -68,8 +68,31 @@ class RerankJob:
 Job = RankJob | RerankJob
 
 
-def job_size(job: Job) -> int:
-    return job.size
+@dataclass(frozen=True)
+class Work:
+    """A job tagged with the engine that validated it: after a hot swap, queued work still finishes on the
+    engine (bundle rows, filter masks) it was prepared for."""
+
+    engine: RankingEngine
+    job: Job
+
+    @property
+    def size(self) -> int:
+        return self.job.size
+
+
+def process_work(batch: list[Batched[Work]]) -> list[dict[str, Any] | Exception]:
+    """Serve a micro-batch; items prepared by different engines (only around a swap) go to their own engine."""
+    results: list[dict[str, Any] | Exception] = [RuntimeError("not processed")] * len(batch)
+    groups: dict[int, list[int]] = {}
+    for i, b in enumerate(batch):
+        groups.setdefault(id(b.item.engine), []).append(i)
+    for members in groups.values():
+        engine = batch[members[0]].item.engine
+        served = engine.process_batch([Batched(batch[i].item.job, batch[i].queue_seconds) for i in members])
+        for i, result in zip(members, served, strict=True):
+            results[i] = result
+    return results
 
 
 def normalize_query(text: str, max_chars: int, field_name: str = "query") -> str:

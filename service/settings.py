@@ -5,8 +5,10 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+UNSAFE_TOKENS = {"changeme", "change-me-please!", "secret", "password", "admin", "token"}
 
 
 class Device(StrEnum):
@@ -39,10 +41,19 @@ class Settings(BaseSettings):
     max_batch: int = Field(4096, ge=1, description="flush a micro-batch at this many candidates")
     max_delay_us: int = Field(100, ge=0, le=100_000, description="or when the oldest request has waited this long")
     max_queue: int = Field(512, ge=1, description="requests waiting beyond this get 429")
+    max_body_bytes: int = Field(1_000_000, ge=1_000, description="larger request bodies get 413")
+    admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*; admin API off when unset")
+    min_ndcg: float = Field(0.0, ge=0.0, le=1.0, description="quality gate: a model card below this is refused")
+    require_beats_baseline: bool = Field(True, description="quality gate: refuse a model below text cosine")
+    drain_seconds: float = Field(1.0, ge=0.0, description="on SIGTERM, answer 503 this long before closing")
+    shutdown_grace_seconds: float = Field(10.0, gt=0.0, description="then wait this long for in-flight requests")
     log_level: str = "info"
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        token = self.admin_token.get_secret_value() if self.admin_token else None
+        if token is not None and (len(token) < 16 or token.lower() in UNSAFE_TOKENS):
+            raise ValueError("admin_token must be at least 16 characters and not a well-known default")
         if self.default_candidates > self.max_candidates:
             raise ValueError(
                 f"default_candidates ({self.default_candidates}) exceeds max_candidates ({self.max_candidates})"

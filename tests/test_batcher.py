@@ -14,9 +14,8 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.batcher import Batched, DeadlineExceeded, MicroBatcher, QueueFull, ShuttingDown
-from service.settings import Settings
 
-from .conftest import TinyPipeline
+from .conftest import TinyPipeline, serving_settings
 
 
 def _batcher(process=None, **kwargs) -> tuple[MicroBatcher[int, int], list[list[int]]]:
@@ -100,9 +99,8 @@ def test_closed_batcher_refuses_new_work() -> None:
 
 @pytest.fixture(scope="module")
 def clients(tiny: TinyPipeline) -> Iterator[tuple[TestClient, TestClient]]:
-    common = dict(bundle_dir=tiny.bundle, model_dir=tiny.model, encoder_dir=tiny.encoder, warmup_queries=1)
-    batched = create_app(Settings(**common, batching=True, max_delay_us=20_000))
-    direct = create_app(Settings(**common, batching=False))
+    batched = create_app(serving_settings(tiny, batching=True, max_delay_us=20_000))
+    direct = create_app(serving_settings(tiny, batching=False))
     with TestClient(batched) as a, TestClient(direct) as b:
         yield a, b
 

@@ -13,28 +13,16 @@ from fastapi.testclient import TestClient
 
 from index.text_encoder import TextEncoder
 from service.app import create_app
-from service.settings import Settings
 from training.dataset import load_dataset
 from training.export import load_checkpoint
 from training.train import FeatureTensors, score_lists
 
-from .conftest import TinyPipeline
-
-
-def _settings(tiny: TinyPipeline, **overrides) -> Settings:
-    return Settings(
-        bundle_dir=tiny.bundle,
-        model_dir=tiny.model,
-        encoder_dir=tiny.encoder,
-        warmup_queries=2,
-        max_candidates=200,
-        **overrides,
-    )
+from .conftest import TinyPipeline, serving_settings
 
 
 @pytest.fixture(scope="module")
 def client(tiny: TinyPipeline) -> Iterator[TestClient]:
-    with TestClient(create_app(_settings(tiny))) as c:
+    with TestClient(create_app(serving_settings(tiny))) as c:
         yield c
 
 
@@ -153,7 +141,7 @@ def test_metrics_exposition(client: TestClient) -> None:
 
 
 def test_not_ready_until_started(tiny: TinyPipeline) -> None:
-    client = TestClient(create_app(_settings(tiny)))  # no context manager: the lifespan has not run
+    client = TestClient(create_app(serving_settings(tiny)))  # no context manager: the lifespan has not run
     assert client.get("/health/ready").status_code == 503
     assert client.post("/rank", json={"query": "gin"}).status_code == 503
 

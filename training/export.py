@@ -22,8 +22,9 @@ import onnx
 import torch
 from torch import nn
 
+from index.featurize import CandidateFeatures
 from index.files import read_json, sha256_file, write_json
-from index.ranker_runtime import CANDIDATE_ENCODER_FILE, MODEL_CARD_FILE, RANKER_FILE, OnnxRanker
+from index.ranker_runtime import CANARY_FILE, CANDIDATE_ENCODER_FILE, MODEL_CARD_FILE, RANKER_FILE, OnnxRanker
 from index.text_encoder import TextEncoder
 from model.fusion import FusionConfig, FusionRanker
 from model.schema import FeatureSchema
@@ -154,10 +155,31 @@ def top10_identical(a: np.ndarray, b: np.ndarray) -> int:
     )
 
 
-def _version(out_dir: Path) -> str:
+def save_canaries(
+    path: Path, features: CandidateFeatures, lists: RankingLists, reference: np.ndarray, queries: int = 16, k: int = 20
+) -> None:
+    """Store a few validation queries with their candidates' raw features and PyTorch scores, so that loading or
+    reloading the model can prove its ONNX files still score like the model that was evaluated."""
+    cand = lists.candidates[:queries, :k]  # (C, k)
+    rows = cand.reshape(-1)
+    np.savez(
+        path,
+        query=lists.query_emb[:queries],
+        text=features.text[rows],
+        image=features.image[rows],
+        attrs=features.attrs[rows],
+        query_index=np.repeat(np.arange(len(cand)), k).astype(np.int64),
+        expected=reference[:queries, :k].reshape(-1),
+    )
+
+
+def weights_version(model: FusionRanker) -> str:
+    """A version from the weights alone: re-exporting the same checkpoint keeps the version, so bundles whose
+    candidate projections came from these weights stay valid."""
     digest = hashlib.sha256()
-    for name in (CANDIDATE_ENCODER_FILE, RANKER_FILE):
-        digest.update(sha256_file(out_dir / name).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:12]
 
 
@@ -171,7 +193,7 @@ def run_export(out_dir: Path) -> int:
     }
     export_onnx(model, out_dir, metadata)
     files = {name: sha256_file(out_dir / name) for name in (CANDIDATE_ENCODER_FILE, RANKER_FILE)}
-    version = _version(out_dir)
+    version = weights_version(model)
     metrics = read_json(out_dir / "metrics.json")
     card: dict[str, Any] = {
         "name": "fusion-ranker",
@@ -196,6 +218,9 @@ def run_export(out_dir: Path) -> int:
     )
     val = dataset.splits["val"]
     reference = score_lists(model, FeatureTensors(dataset.features, torch.device("cpu")), val)
+    save_canaries(out_dir / CANARY_FILE, dataset.features, val, reference)
+    card["files"][CANARY_FILE] = sha256_file(out_dir / CANARY_FILE)
+    write_json(out_dir / MODEL_CARD_FILE, card)
     ranker = OnnxRanker(out_dir)
     f = dataset.features
     exported = onnx_scores(ranker, ranker.encode_candidates(f.text, f.image, f.attrs), f.text, val)
