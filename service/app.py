@@ -317,6 +317,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> Response:
+        if isinstance(exc.__cause__, BodyTooLarge):  # raised while FastAPI streamed the body in
+            return _error(413, str(exc.__cause__))
         detail = "body: could not be parsed" if exc.status_code == 400 else str(exc.detail)
         return _error(exc.status_code, detail)
 
