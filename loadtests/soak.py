@@ -1,0 +1,87 @@
+"""Soak: steady load on the service for N minutes, recording RSS and latency per minute; memory must not grow
+without bound.
+
+    PYTHONPATH=. .venv/bin/python loadtests/soak.py --minutes 10
+
+Starts the service on 127.0.0.1 (default artifacts), warms it, then runs wrk one minute at a time at a fixed
+concurrency. One request in ten carries a never-seen query, so the query cache fills to its bound and evicts.
+RSS comes from /proc/<pid>/status. Exits non-zero when RSS grew more than --max-growth-mb over the second half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import free_port, post, run_wrk, start, stop, wait_ready  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def soak_script(texts: list[str], path: Path) -> None:
+    quoted = ",\n".join(f"  [[{json.dumps({'query': t, 'top_k': 10})}]]" for t in texts)
+    path.write_text(
+        f"local bodies = {{\n{quoted}\n}}\nlocal i = 0\n"
+        "request = function()\n  i = i + 1\n  local body = bodies[(i % #bodies) + 1]\n"
+        "  if i % 10 == 0 then\n"
+        '    body = string.format(\'{"query": "unique soak query %d %d", "top_k": 10}\', i, math.random(1e9))\n'
+        "  end\n"
+        '  return wrk.format("POST", "/rank", {["Content-Type"] = "application/json"}, body)\nend\n'
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--bundle", type=Path, default=Path("artifacts/bundle"))
+    parser.add_argument("--model", type=Path, default=Path("artifacts"))
+    parser.add_argument("--encoder", type=Path, default=Path("artifacts/encoders/minilm"))
+    parser.add_argument("--queries", type=Path, default=Path("data/synthetic/queries.jsonl"))
+    parser.add_argument("--max-growth-mb", type=float, default=50.0)
+    parser.add_argument("--bench-python", type=Path, default=Path(sys.executable))  # unused: bench.start needs it
+    args = parser.parse_args(argv)
+    texts = [json.loads(line)["text"] for line in args.queries.read_text().splitlines()][:200]
+    script = Path(tempfile.gettempdir()) / "soak-rank.lua"
+    soak_script(texts, script)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start("service", port, args)
+    rows = []
+    try:
+        wait_ready(url, {"query": texts[0]}, process)
+        for text in texts:
+            post(f"{url}/rank", {"query": text})
+        start_rss = rss_mb(process.pid)
+        print(f"RSS after warm-up: {start_rss:.1f} MB", flush=True)
+        for minute in range(1, args.minutes + 1):
+            p50, p99, rps, errors = run_wrk(url, script, args.concurrency, 60)
+            rows.append((minute, rss_mb(process.pid), p50, p99, rps, errors))
+            print(
+                f"minute {minute:2d}: RSS {rows[-1][1]:7.1f} MB  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+                f"{rps:7.0f} req/s  errors {errors}",
+                flush=True,
+            )
+    finally:
+        stop(process)
+    half = rows[len(rows) // 2 - 1][1] if len(rows) > 1 else start_rss
+    growth = rows[-1][1] - half
+    print("\n| minute | RSS MB | p50 ms | p99 ms | requests/s | errors |\n| --- | --- | --- | --- | --- | --- |")
+    print(f"| 0 (warm) | {start_rss:.1f} | | | | |")
+    for minute, rss, p50, p99, rps, errors in rows:
+        print(f"| {minute} | {rss:.1f} | {p50:.2f} | {p99:.2f} | {rps:.0f} | {errors} |")
+    print(f"\nRSS growth over the second half: {growth:+.1f} MB (limit {args.max_growth_mb} MB)")
+    return 0 if growth <= args.max_growth_mb and all(r[5] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
