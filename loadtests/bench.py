@@ -119,13 +119,24 @@ def stop(process: subprocess.Popen) -> None:
         pass
 
 
-def wrk_script(bodies: list[dict], path: Path) -> None:
+def wrk_script(bodies: list[dict], path: Path, unique_every: int = 0) -> None:
+    """A wrk Lua script that cycles through `bodies`; with `unique_every` = n, every n-th request instead carries
+    a never-seen query (cache misses and evictions)."""
     quoted = ",\n".join(f"  [[{json.dumps(b)}]]" for b in bodies)
+    unique = (
+        (
+            f"  if i % {unique_every} == 0 then\n"
+            '    body = string.format(\'{"query": "unique query %d %d", "top_k": 10}\', i, math.random(1e9))\n'
+            "  end\n"
+        )
+        if unique_every
+        else ""
+    )
     path.write_text(
         f"local bodies = {{\n{quoted}\n}}\nlocal i = 0\n"
-        "request = function()\n  i = i + 1\n"
-        '  return wrk.format("POST", "/rank", {["Content-Type"] = "application/json"}, bodies[(i % #bodies) + 1])\n'
-        "end\n"
+        "request = function()\n  i = i + 1\n  local body = bodies[(i % #bodies) + 1]\n"
+        f"{unique}"
+        '  return wrk.format("POST", "/rank", {["Content-Type"] = "application/json"}, body)\nend\n'
     )
 
 

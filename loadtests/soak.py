@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import free_port, post, run_wrk, start, stop, wait_ready  # noqa: E402
+from bench import free_port, post, run_wrk, start, stop, wait_ready, wrk_script  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -25,18 +25,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def soak_script(texts: list[str], path: Path) -> None:
-    quoted = ",\n".join(f"  [[{json.dumps({'query': t, 'top_k': 10})}]]" for t in texts)
-    path.write_text(
-        f"local bodies = {{\n{quoted}\n}}\nlocal i = 0\n"
-        "request = function()\n  i = i + 1\n  local body = bodies[(i % #bodies) + 1]\n"
-        "  if i % 10 == 0 then\n"
-        '    body = string.format(\'{"query": "unique soak query %d %d", "top_k": 10}\', i, math.random(1e9))\n'
-        "  end\n"
-        '  return wrk.format("POST", "/rank", {["Content-Type"] = "application/json"}, body)\nend\n'
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     texts = [json.loads(line)["text"] for line in args.queries.read_text().splitlines()][:200]
     script = Path(tempfile.gettempdir()) / "soak-rank.lua"
-    soak_script(texts, script)
+    wrk_script([{"query": t, "top_k": 10} for t in texts], script, unique_every=10)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = start("service", port, args)
