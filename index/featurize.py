@@ -83,3 +83,18 @@ def featurize(items: Sequence[Item], schema: FeatureSchema, encoder: TextEncoder
         text[given] = _stack([items[i] for i in given], "text_embedding", schema.text_dim)
     image = _stack(items, "image_embedding", schema.image_dim)
     return CandidateFeatures(text=text, image=image, attrs=schema.encode_attributes([i.attributes for i in items]))
+
+
+def features_from_arrays(
+    items: Sequence[Item], schema: FeatureSchema, text: np.ndarray, image: np.ndarray
+) -> CandidateFeatures:
+    """Features for items whose text and image vectors were computed elsewhere (e.g. by batched ingestion)."""
+    expected = {"text": (len(items), schema.text_dim), "image": (len(items), schema.image_dim)}
+    for name, array in (("text", text), ("image", image)):
+        if array.shape != expected[name]:
+            raise DataError(f"{name} vectors have shape {array.shape}, the schema expects {expected[name]}")
+    return CandidateFeatures(
+        text=np.ascontiguousarray(text, dtype=np.float32),
+        image=np.ascontiguousarray(image, dtype=np.float32),
+        attrs=schema.encode_attributes([i.attributes for i in items]),
+    )

@@ -1,0 +1,542 @@
+"""Catalog ingestion at scale: `python -m index.ingest --data DIR` (or `make ingest DATA=DIR`).
+
+Reads a catalog in the user data format (docs/data.md), or a folder of images described by a `manifest.csv`;
+decodes and encodes images in batches with the ONNX CLIP image tower and embeds titles with MiniLM; reports images
+that could not be used (and skips their items) and near-duplicate images (perceptual hash); and writes the same
+bundle as `make index`, with `ingest_report.json` beside the manifest.
+
+Work is saved per chunk of items in a work directory. A run that was interrupted (Ctrl-C, a kill, a crash)
+continues from its last saved chunk when the same command is run again, and ends with the same bundle, byte for
+byte, as an uninterrupted run. A chunk is reused only while its items, their image files (size and mtime) and the
+encoders are unchanged; anything else is recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from index.build import write_bundle
+from index.bundle import Bundle
+from index.catalog import DataError, Item, find_data_file, items_path, read_items
+from index.featurize import features_from_arrays, item_text
+from index.files import write_json
+from index.image_encoder import ImageEncoder
+from index.images import ClipPreprocessing, ImageError, load_image, near_duplicate_pairs, perceptual_hash
+from index.ranker_runtime import ArtifactError, OnnxRanker
+from index.retriever import IndexKind, IndexParams
+from index.text_encoder import TextEncoder
+
+log = logging.getLogger(__name__)
+
+INGEST_FORMAT = 1
+IMAGE_MANIFEST = "manifest.csv"
+NEUTRAL_TITLE = "photo {id}"  # image-only catalogs have no captions; a neutral title says nothing false
+REPORT_FILE = "ingest_report.json"
+DEFAULT_CHUNK = 256
+# phash bits that may differ for two images to count as near-duplicates. On the 500 Pexels photos the one re-upload
+# pair differs in 6 bits, the closest distinct shots (same shoot, another moment) in 10, unrelated photos in 16+.
+DEFAULT_DUP_DISTANCE = 8
+CLIP_DIR_ENV = "RANK_CLIP_DIR"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Items to ingest, with image paths made absolute, and the file they came from."""
+
+    items: list[Item]
+    source: Path
+    image_md5: dict[str, str] = field(default_factory=dict)  # item id -> md5 an image manifest recorded
+
+
+@dataclass(frozen=True)
+class SkippedItem:
+    """An item left out of the bundle because its image could not be used."""
+
+    id: str
+    path: str
+    problem: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class NearDuplicate:
+    """Two items whose images are perceptually (almost) the same; both stay in the bundle."""
+
+    first: str
+    second: str
+    distance: int
+
+
+@dataclass
+class IngestReport:
+    """What an ingestion run did; written to `ingest_report.json` and logged."""
+
+    source: str
+    bundle: str
+    bundle_version: str
+    items_read: int
+    items_indexed: int
+    images_encoded: int
+    skipped: list[SkippedItem]
+    near_duplicates: list[NearDuplicate]
+    dup_max_distance: int
+    chunks: int
+    chunks_resumed: int
+    seconds: float
+    image_seconds: float
+    images_per_second: float
+
+    @property
+    def skipped_by_problem(self) -> dict[str, int]:
+        return dict(Counter(s.problem for s in self.skipped))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["skipped_by_problem"] = self.skipped_by_problem
+        return data
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Inputs and knobs of one ingestion run; the CLI's options mirror it."""
+
+    data: Path
+    model_dir: Path = Path("artifacts")
+    text_encoder_dir: Path = Path("artifacts/encoders/minilm")
+    image_encoder_dir: Path | None = Path("artifacts/encoders/clip")
+    out: Path = Path("artifacts/bundle")
+    work_dir: Path | None = None  # default: <out>.work beside the bundle
+    chunk_size: int = DEFAULT_CHUNK
+    workers: int = 2
+    dup_max_distance: int = DEFAULT_DUP_DISTANCE
+    index_kind: str = "auto"
+    keep_work: bool = False
+
+    @property
+    def resolved_work_dir(self) -> Path:
+        return self.work_dir or self.out.parent / f"{self.out.name}.work"
+
+
+def read_image_manifest(path: Path) -> Catalog:
+    """A folder of images described by a CSV with at least `id` and `file` (relative to the CSV) columns.
+
+    Items get the neutral title "photo <id>" and no attributes; an `md5` column, when present, is checked against
+    each file before decoding.
+    """
+    items: list[Item] = []
+    md5: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"id", "file"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{path}:1: missing column(s) {', '.join(sorted(missing))} (need id and file)")
+        for number, row in enumerate(reader, start=2):
+            item_id, file = (row.get("id") or "").strip(), (row.get("file") or "").strip()
+            if not item_id or not file:
+                raise DataError(f"{path}:{number}: fields 'id' and 'file' must be non-empty")
+            if item_id in seen:
+                raise DataError(f"{path}:{number}: field 'id' duplicates {item_id!r} (line {seen[item_id]})")
+            seen[item_id] = number
+            items.append(Item(id=item_id, title=NEUTRAL_TITLE.format(id=item_id), image=str(path.parent / file)))
+            if row.get("md5"):
+                md5[item_id] = row["md5"].strip().lower()
+    if not items:
+        raise DataError(f"{path}: no items")
+    return Catalog(items=items, source=path, image_md5=md5)
+
+
+def read_catalog(data: Path) -> Catalog:
+    """Items from a dataset directory or file (JSONL/Parquet items, or an image manifest CSV)."""
+    data = Path(data)
+    if not data.exists():
+        raise DataError(f"{data}: no such file or directory")
+    if data.suffix == ".csv":
+        return read_image_manifest(data)
+    if data.is_dir() and find_data_file(data, "items") is None and (data / IMAGE_MANIFEST).exists():
+        return read_image_manifest(data / IMAGE_MANIFEST)
+    path = items_path(data)
+    if data.is_dir() and not path.exists():
+        raise DataError(f"{data}: no items.jsonl, items.parquet or {IMAGE_MANIFEST}")
+    items = [
+        dataclasses.replace(item, image=str(path.parent / item.image)) if item.image else item
+        for item in read_items(path)
+    ]
+    return Catalog(items=items, source=path)
+
+
+def _needs_image(item: Item) -> bool:
+    return item.image_embedding is None
+
+
+def _file_state(path: str | None) -> list[Any]:
+    if not path:
+        return []
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return ["absent"]
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _vector_digest(vector: Sequence[float] | None) -> str | None:
+    if vector is None:
+        return None
+    return hashlib.sha256(np.asarray(vector, dtype=np.float32).tobytes()).hexdigest()[:16]
+
+
+@dataclass
+class _Encoders:
+    text: TextEncoder
+    image: ImageEncoder | None
+    text_dim: int
+    image_dim: int
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "text": self.text.info.get("files", {}).get("model.onnx", self.text.name),
+            "image": None if self.image is None else self.image.version,
+            "preprocess": None if self.image is None else dataclasses.asdict(self.image.preprocess),
+        }
+
+
+def _fingerprint(items: Sequence[Item], md5: dict[str, str], encoders: dict[str, Any]) -> str:
+    """What a chunk's result depends on: items, image files as they are now, and the encoders."""
+    state = {
+        "format": INGEST_FORMAT,
+        "encoders": encoders,
+        "items": [
+            [
+                item.id,
+                item_text(item),
+                item.image,
+                _file_state(item.image) if _needs_image(item) else None,
+                md5.get(item.id),
+                _vector_digest(item.text_embedding),
+                _vector_digest(item.image_embedding),
+            ]
+            for item in items
+        ],
+    }
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class _Chunk:
+    ids: list[str]
+    ok: np.ndarray  # (C,) bool: the item goes into the bundle
+    text: np.ndarray  # (C, text_dim)
+    image: np.ndarray  # (C, image_dim)
+    phash: np.ndarray  # (C,) uint64
+    hashed: np.ndarray  # (C,) bool: phash holds a hash of a decoded image
+    skipped: list[SkippedItem]
+    images_encoded: int = 0
+    image_seconds: float = 0.0
+
+    def save(self, path: Path, fingerprint: str) -> None:
+        # Written under a temporary name and renamed: a kill mid-write leaves no half chunk that looks finished.
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                fingerprint=np.array(fingerprint),
+                ids=np.array(self.ids),
+                ok=self.ok,
+                text=self.text,
+                image=self.image,
+                phash=self.phash,
+                hashed=self.hashed,
+                skipped=np.array(json.dumps([dataclasses.asdict(s) for s in self.skipped])),
+            )
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, fingerprint: str) -> _Chunk | None:
+        """The saved chunk, or None when there is none or it was made from other inputs."""
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                if str(saved["fingerprint"]) != fingerprint:
+                    return None
+                return cls(
+                    ids=[str(i) for i in saved["ids"]],
+                    ok=saved["ok"],
+                    text=saved["text"],
+                    image=saved["image"],
+                    phash=saved["phash"],
+                    hashed=saved["hashed"],
+                    skipped=[SkippedItem(**s) for s in json.loads(str(saved["skipped"]))],
+                )
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring unreadable saved chunk %s (%s)", path, exc)
+            return None
+
+
+def _decode(item: Item, md5: str | None, preprocess: ClipPreprocessing) -> tuple[np.ndarray, int]:
+    image = load_image(Path(str(item.image)), md5=md5)
+    return preprocess(image), perceptual_hash(image)
+
+
+def _check_vector(item: Item, what: str, vector: Sequence[float], dim: int) -> None:
+    if len(vector) != dim:
+        raise DataError(f"item {item.id!r}: {what} has dimension {len(vector)}, the schema expects {dim}")
+
+
+def _process_chunk(items: Sequence[Item], md5: dict[str, str], encoders: _Encoders, pool: ThreadPoolExecutor) -> _Chunk:
+    n = len(items)
+    chunk = _Chunk(
+        ids=[item.id for item in items],
+        ok=np.ones(n, dtype=bool),
+        text=np.zeros((n, encoders.text_dim), dtype=np.float32),
+        image=np.zeros((n, encoders.image_dim), dtype=np.float32),
+        phash=np.zeros(n, dtype=np.uint64),
+        hashed=np.zeros(n, dtype=bool),
+        skipped=[],
+    )
+    to_embed = [i for i, item in enumerate(items) if item.text_embedding is None]
+    if to_embed:
+        chunk.text[to_embed] = encoders.text.encode([item_text(items[i]) for i in to_embed])
+    for i, item in enumerate(items):
+        if item.text_embedding is not None:
+            _check_vector(item, "text_embedding", item.text_embedding, encoders.text_dim)
+            chunk.text[i] = item.text_embedding
+        if item.image_embedding is not None:
+            _check_vector(item, "image_embedding", item.image_embedding, encoders.image_dim)
+            chunk.image[i] = item.image_embedding
+
+    to_encode = [i for i, item in enumerate(items) if _needs_image(item)]
+    if not to_encode:
+        return chunk
+    if encoders.image is None:
+        raise DataError(f"item {items[to_encode[0]].id!r} needs an image encoder (it has no image_embedding)")
+    started = time.perf_counter()
+    preprocess = encoders.image.preprocess
+    futures = [pool.submit(_decode, items[i], md5.get(items[i].id), preprocess) for i in to_encode]
+    pixels, rows = [], []
+    for i, future in zip(to_encode, futures):
+        try:
+            pixel_values, phash = future.result()
+        except ImageError as exc:
+            chunk.ok[i] = False
+            chunk.skipped.append(SkippedItem(items[i].id, str(exc.path), exc.problem.value, exc.detail))
+            continue
+        pixels.append(pixel_values)
+        rows.append(i)
+        chunk.phash[i], chunk.hashed[i] = phash, True
+    if rows:
+        chunk.image[rows] = encoders.image.encode_pixels(np.stack(pixels))
+    chunk.images_encoded = len(rows)
+    chunk.image_seconds = time.perf_counter() - started
+    return chunk
+
+
+def _load_encoders(cfg: IngestConfig, ranker: OnnxRanker, catalog: Catalog) -> _Encoders:
+    schema = ranker.card.schema
+    text = TextEncoder(cfg.text_encoder_dir)
+    if text.name != schema.text_encoder:
+        raise ArtifactError(f"text encoder {text.name} is not the model's {schema.text_encoder}")
+    if text.dim != schema.text_dim:
+        raise ArtifactError(f"text encoder gives {text.dim}-d vectors, the model expects text_dim={schema.text_dim}")
+    image: ImageEncoder | None = None
+    needing = sum(_needs_image(item) for item in catalog.items)
+    if needing:
+        missing_path = [item.id for item in catalog.items if _needs_image(item) and not item.image]
+        if missing_path:
+            raise DataError(f"item {missing_path[0]!r} has neither an image path nor an image_embedding")
+        if cfg.image_encoder_dir is None:
+            raise DataError(f"{needing} items have images to encode, but no image encoder was given")
+        image = ImageEncoder(cfg.image_encoder_dir)
+        if image.dim != schema.image_dim:
+            raise ArtifactError(
+                f"image encoder {image.name} gives {image.dim}-d vectors, "
+                f"the model expects image_dim={schema.image_dim}"
+            )
+    return _Encoders(text=text, image=image, text_dim=schema.text_dim, image_dim=schema.image_dim)
+
+
+def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = None) -> IngestReport:
+    """Ingest the catalog at cfg.data into a bundle at cfg.out, resuming saved work; returns the report.
+
+    Args:
+        cfg: inputs, outputs and knobs.
+        on_chunk: called as on_chunk(done, total) after each chunk is saved (progress hooks; an exception raised
+            here interrupts the run like Ctrl-C would, leaving the saved chunks for the next run).
+    """
+    started = time.perf_counter()
+    if cfg.chunk_size < 1:
+        raise ValueError(f"chunk size must be at least 1, got {cfg.chunk_size}")
+    catalog = read_catalog(cfg.data)
+    ranker = OnnxRanker(cfg.model_dir)
+    encoders = _load_encoders(cfg, ranker, catalog)
+    identity = encoders.identity() | {"chunk_size": cfg.chunk_size}
+    items = catalog.items
+    bounds = [(s, min(s + cfg.chunk_size, len(items))) for s in range(0, len(items), cfg.chunk_size)]
+    work = cfg.resolved_work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    log.info("ingesting %d items from %s in %d chunks (work in %s)", len(items), catalog.source, len(bounds), work)
+
+    chunks: list[_Chunk] = []
+    resumed = 0
+    with (
+        ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool,
+        tqdm(total=len(items), unit="item", desc="ingest", mininterval=1.0) as bar,
+    ):
+        for number, (start, end) in enumerate(bounds):
+            part = items[start:end]
+            fingerprint = _fingerprint(part, catalog.image_md5, identity)
+            path = work / f"chunk-{number:06d}.npz"
+            chunk = _Chunk.load(path, fingerprint)
+            if chunk is None:
+                chunk = _process_chunk(part, catalog.image_md5, encoders, pool)
+                chunk.save(path, fingerprint)
+            else:
+                resumed += 1
+            chunks.append(chunk)
+            bar.update(end - start)
+            if on_chunk is not None:
+                on_chunk(number + 1, len(bounds))
+    if resumed:
+        log.info("resumed %d of %d chunks saved by an earlier run", resumed, len(bounds))
+
+    ok = np.concatenate([c.ok for c in chunks])
+    skipped = [s for c in chunks for s in c.skipped]
+    for s in skipped:
+        log.warning("skipped item %s: %s: %s (%s)", s.id, s.path, s.problem, s.detail)
+    kept = [item for item, keep in zip(items, ok) if keep]
+    if not kept:
+        raise DataError(f"{catalog.source}: no item could be ingested ({len(skipped)} skipped)")
+    hashed = np.concatenate([c.hashed for c in chunks])[ok]
+    phash = np.concatenate([c.phash for c in chunks])[ok]
+    hashed_rows = np.flatnonzero(hashed)
+    duplicates = [
+        NearDuplicate(kept[hashed_rows[i]].id, kept[hashed_rows[j]].id, d)
+        for i, j, d in near_duplicate_pairs(phash[hashed_rows], cfg.dup_max_distance)
+    ]
+    for dup in duplicates:
+        log.warning("near-duplicate images: %s and %s (phash distance %d)", dup.first, dup.second, dup.distance)
+
+    schema = ranker.card.schema
+    features = features_from_arrays(
+        kept, schema, np.concatenate([c.text for c in chunks])[ok], np.concatenate([c.image for c in chunks])[ok]
+    )
+    params = IndexParams.for_size(len(kept)) if cfg.index_kind == "auto" else IndexParams(IndexKind(cfg.index_kind))
+    extra = {
+        "image_encoder": None if encoders.image is None else encoders.image.describe(),
+        "ingest": {"format": INGEST_FORMAT, "items_read": len(items), "skipped": len(skipped)},
+    }
+    write_bundle(cfg.out, kept, features, ranker, params, extra=extra)
+    bundle = Bundle.load(cfg.out)
+    bundle.check_compatible(ranker.card)
+
+    images_encoded = sum(c.images_encoded for c in chunks)
+    image_seconds = sum(c.image_seconds for c in chunks)
+    report = IngestReport(
+        source=str(catalog.source),
+        bundle=str(cfg.out),
+        bundle_version=bundle.version,
+        items_read=len(items),
+        items_indexed=bundle.size,
+        images_encoded=images_encoded,
+        skipped=skipped,
+        near_duplicates=duplicates,
+        dup_max_distance=cfg.dup_max_distance,
+        chunks=len(bounds),
+        chunks_resumed=resumed,
+        seconds=round(time.perf_counter() - started, 3),
+        image_seconds=round(image_seconds, 3),
+        images_per_second=round(images_encoded / image_seconds, 2) if image_seconds > 0 else 0.0,
+    )
+    write_json(cfg.out / REPORT_FILE, report.to_dict())
+    if not cfg.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m index.ingest", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="dataset dir, items .jsonl/.parquet, or manifest.csv")
+    parser.add_argument("--model", type=Path, default=IngestConfig.model_dir, help="directory with the exported ranker")
+    parser.add_argument("--encoder", type=Path, default=IngestConfig.text_encoder_dir, help="ONNX text encoder")
+    parser.add_argument("--image-encoder", type=Path, default=IngestConfig.image_encoder_dir, help="ONNX image encoder")
+    parser.add_argument(
+        "--clip",
+        type=Path,
+        default=os.environ.get(CLIP_DIR_ENV) or None,
+        help=f"local CLIPModel directory to export a missing image encoder from (default: ${CLIP_DIR_ENV})",
+    )
+    parser.add_argument("--out", type=Path, default=IngestConfig.out)
+    parser.add_argument("--work-dir", type=Path, default=None, help="where chunks are saved (default: <out>.work)")
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, help="items per saved chunk")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image decoding threads")
+    parser.add_argument("--dup-distance", type=int, default=DEFAULT_DUP_DISTANCE, help="max phash bits that differ")
+    parser.add_argument("--index", choices=["auto", *(k.value for k in IndexKind)], default="auto")
+    parser.add_argument("--keep-work", action="store_true", help="keep the saved chunks after success")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("onnx_ir", "onnxscript", "torch"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cfg = IngestConfig(
+        data=args.data,
+        model_dir=args.model,
+        text_encoder_dir=args.encoder,
+        image_encoder_dir=args.image_encoder,
+        out=args.out,
+        work_dir=args.work_dir,
+        chunk_size=args.chunk_size,
+        workers=args.workers,
+        dup_max_distance=args.dup_distance,
+        index_kind=args.index,
+        keep_work=args.keep_work,
+    )
+    try:
+        if args.clip is not None and not (args.image_encoder / "encoder.json").exists():
+            from index.export_image_encoder import export_image_encoder
+
+            export_image_encoder(args.clip, args.image_encoder)
+        report = ingest(cfg)
+    except KeyboardInterrupt:
+        print(
+            f"error: interrupted; finished chunks are in {cfg.resolved_work_dir}, run the same command to continue",
+            file=sys.stderr,
+        )
+        return 130
+    except (DataError, ArtifactError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log.info(
+        "bundle %s: %d of %d items at %s; %d skipped %s; %d near-duplicate pairs; %d images at %.1f/s; %.1fs in all",
+        report.bundle_version,
+        report.items_indexed,
+        report.items_read,
+        report.bundle,
+        len(report.skipped),
+        report.skipped_by_problem or "",
+        len(report.near_duplicates),
+        report.images_encoded,
+        report.images_per_second,
+        report.seconds,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
