@@ -2,18 +2,25 @@
 
 A list holds the candidates the service's retriever would give for the query (top-K by MiniLM cosine, exact
 search), with their grades: the ranker learns and is evaluated on exactly what it will see when serving.
+
+Any dataset in the user data format (docs/data.md) is read here: JSONL or Parquet files, judgments as JSONL/Parquet or
+TREC qrels, items with precomputed vectors or with image paths (encoded with the ONNX CLIP image encoder). The
+embedded synthetic generator is one producer of that format.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from index.catalog import DataError, Item, iter_jsonl, read_items
+from index.catalog import DataError, Item, find_data_file, items_path, iter_records, read_items
 from index.featurize import CandidateFeatures, featurize, schema_from_items
 from index.retriever import IndexKind, IndexParams, Retriever, build_index
 from index.text_encoder import TextEncoder
@@ -23,6 +30,11 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 IDEAL_DEPTH = 10  # nDCG@10 needs only the ten best judged grades of a query
+QRELS_FILES = ("qrels.txt", "judgments.qrels", "qrels")
+DEFAULT_IMAGE_ENCODER = Path("artifacts/encoders/clip")  # where `make image-encoder` writes it
+# Queries with no `split` field are split by a hash of their id: stable across runs and machines, and a query
+# never moves between splits when others are added.
+HASH_SPLIT = (("train", 0.6), ("val", 0.8), ("test", 1.0))
 
 
 @dataclass(frozen=True)
@@ -62,15 +74,26 @@ class Dataset:
     name: str
 
 
+def hash_split(query_id: str) -> str:
+    """The split of a query whose data names none: 60/20/20 by a hash of its id."""
+    fraction = int.from_bytes(hashlib.sha256(query_id.encode()).digest()[:8], "big") / 2**64
+    return next(name for name, upper in HASH_SPLIT if fraction < upper)
+
+
 def read_queries(path: Path) -> list[Query]:
+    """Queries from JSONL or Parquet. When no query names a split, queries are split by `hash_split`."""
     queries = []
-    for number, record in iter_jsonl(path):
+    named = False
+    for number, record in iter_records(path):
+        named = named or "split" in record
         qid, text, split = record.get("id"), record.get("text"), record.get("split", "train")
         if not isinstance(qid, str) or not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}:{number}: fields 'id' and 'text' must be non-empty strings")
         if split not in SPLITS:
             raise DataError(f"{path}:{number}: field 'split' must be one of {SPLITS}, got {split!r}")
         queries.append(Query(qid, text, split, dict(record.get("constraints") or {})))
+    if not named:
+        queries = [dataclasses.replace(q, split=hash_split(q.id)) for q in queries]
     return queries
 
 
@@ -79,7 +102,7 @@ def read_judgments(
 ) -> dict[str, dict[int, tuple[int, bool]]]:
     """query id -> item row -> (grade, compliant). Unknown ids and grades outside 0..3 are errors."""
     judged: dict[str, dict[int, tuple[int, bool]]] = {}
-    for number, record in iter_jsonl(path):
+    for number, record in iter_judgment_records(path):
         qid, iid, grade = record.get("query_id"), record.get("item_id"), record.get("grade")
         if qid not in query_ids:
             raise DataError(f"{path}:{number}: field 'query_id' names unknown query {qid!r}")
@@ -90,6 +113,64 @@ def read_judgments(
         compliant = bool(record.get("compliant", grade >= 2))
         judged.setdefault(qid, {})[item_rows[iid]] = (grade, compliant)
     return judged
+
+
+def iter_qrels(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """TREC qrels lines (`query_id iteration item_id grade`) as judgment records; compliant is left to the grade."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 4 or not parts[3].lstrip("-").isdigit():
+                raise DataError(f"{path}:{number}: expected 'query_id iteration item_id grade' with an integer grade")
+            yield number, {"query_id": parts[0], "item_id": parts[2], "grade": int(parts[3])}
+
+
+def iter_judgment_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    is_qrels = path.name in QRELS_FILES or path.suffix == ".qrels"
+    return iter_qrels(path) if is_qrels else iter_records(path)
+
+
+def find_judgments(data_dir: Path) -> Path:
+    """judgments.jsonl / judgments.parquet, else a TREC qrels file; the JSONL name when there is none."""
+    found = find_data_file(data_dir, "judgments")
+    if found is None:
+        found = next((data_dir / n for n in QRELS_FILES if (data_dir / n).exists()), None)
+    return found or data_dir / "judgments.jsonl"
+
+
+def encode_item_images(items: list[Item], image_encoder_dir: Path | None) -> list[Item]:
+    """Fill image_embedding for items that give an image path instead, with the ONNX CLIP image encoder.
+
+    Image paths are relative to the items file's directory (the caller resolves them). An image that cannot be
+    decoded is an error here: training data should pass `make validate` and `make ingest` first, which report them.
+    """
+    needing = [i for i, item in enumerate(items) if item.image_embedding is None and item.image]
+    if not needing:
+        return items
+    from index.image_encoder import ImageEncoder
+    from index.images import ImageError, load_image
+
+    directory = image_encoder_dir or DEFAULT_IMAGE_ENCODER
+    if not (directory / "encoder.json").exists():
+        raise DataError(
+            f"{len(needing)} items have image paths but no image_embedding, and there is no image encoder at "
+            f"{directory}: run `make image-encoder CLIP=/path/to/local/clip`"
+        )
+    encoder = ImageEncoder(directory)
+    out = list(items)
+    batch = 64
+    for start in range(0, len(needing), batch):
+        rows = needing[start : start + batch]
+        try:
+            images = [load_image(Path(str(items[r].image))) for r in rows]
+        except ImageError as exc:
+            raise DataError(f"cannot use an item image: {exc}") from None
+        for r, vector in zip(rows, encoder.encode(images)):
+            out[r] = dataclasses.replace(items[r], image_embedding=vector.tolist())
+    log.info("encoded %d item images with %s", len(needing), encoder.name)
+    return out
 
 
 def build_lists(
@@ -127,14 +208,24 @@ def load_dataset(
     num_candidates: int = 100,
     image_dim: int | None = None,
     schema: FeatureSchema | None = None,
+    image_encoder_dir: Path | None = None,
 ) -> Dataset:
-    """Read items/queries/judgments from data_dir, encode them and build the per-split candidate lists."""
+    """Read items/queries/judgments from data_dir, encode them and build the per-split candidate lists.
+
+    Items that give an image path instead of an image_embedding are encoded with the ONNX image encoder at
+    image_encoder_dir (default: artifacts/encoders/clip).
+    """
     if not data_dir.is_dir():
         raise DataError(f"data directory {data_dir} does not exist (run `make data` for the synthetic default)")
-    items = read_items(data_dir / "items.jsonl")
-    queries = read_queries(data_dir / "queries.jsonl")
+    source = items_path(data_dir)
+    items = [
+        dataclasses.replace(item, image=str(source.parent / item.image)) if item.image else item
+        for item in read_items(source)
+    ]
+    items = encode_item_images(items, image_encoder_dir)
+    queries = read_queries(find_data_file(data_dir, "queries") or data_dir / "queries.jsonl")
     rows = {item.id: i for i, item in enumerate(items)}
-    judged = read_judgments(data_dir / "judgments.jsonl", {q.id for q in queries}, rows)
+    judged = read_judgments(find_judgments(data_dir), {q.id for q in queries}, rows)
     if schema is None:
         first = next((i.image_embedding for i in items if i.image_embedding is not None), None)
         dim = image_dim or (len(first) if first is not None else 0)
@@ -146,7 +237,7 @@ def load_dataset(
     for split in SPLITS:
         chosen = [q for q in queries if q.split == split]
         if not chosen:
-            raise DataError(f"{data_dir / 'queries.jsonl'}: no queries in split {split!r}")
+            raise DataError(f"{data_dir}: no queries in split {split!r}")
         emb = encoder.encode([q.text for q in chosen])
         splits[split] = build_lists(chosen, emb, judged, retriever, num_candidates)
     name = data_dir.name
