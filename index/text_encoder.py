@@ -17,12 +17,22 @@ from tokenizers import Tokenizer
 from index.runtime import make_session
 
 MAX_TOKENS = 128  # the model card's max_seq_length; longer queries are truncated, as sentence-transformers does
+INT8_FILE = "model.int8.onnx"
+INT8_MIN_COSINE = 0.99  # mean cosine to fp32 an int8 variant must have recorded to be used
 
 
 class TextEncoder:
     """Encodes strings to unit-norm MiniLM embeddings with ONNX Runtime; holds an LRU cache for repeated queries."""
 
-    def __init__(self, model_dir: Path, *, cache_size: int = 0, providers: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        cache_size: int = 0,
+        providers: list[str] | None = None,
+        variant: str = "fp32",
+        check_cosine: bool = True,
+    ) -> None:
         model_dir = Path(model_dir)
         info_path = model_dir / "encoder.json"
         if not info_path.exists():
@@ -32,12 +42,24 @@ class TextEncoder:
         self.info = json.loads(info_path.read_text())
         self.name: str = self.info["name"]
         self.dim: int = int(self.info["dim"])
+        self.variant = variant
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(MAX_TOKENS)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        self.session: ort.InferenceSession = make_session(model_dir / "model.onnx", providers=providers)
+        model_file = model_dir / self._model_file(variant, check_cosine)
+        self.session: ort.InferenceSession = make_session(model_file, providers=providers)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
+
+    def _model_file(self, variant: str, check_cosine: bool) -> str:
+        if variant == "fp32":
+            return "model.onnx"
+        if variant != "int8":
+            raise ValueError(f"text encoder variant must be fp32 or int8, got {variant!r}")
+        recorded = self.info.get("int8", {}).get("cosine_to_fp32", {}).get("mean")
+        if check_cosine and (recorded is None or recorded < INT8_MIN_COSINE):
+            raise ValueError(f"the int8 text encoder's recorded cosine to fp32 is {recorded}, below {INT8_MIN_COSINE}")
+        return INT8_FILE
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Embeddings (N, dim) float32, unit norm, in input order."""

@@ -105,7 +105,12 @@ def load_engine(
     check_quality_gate(ranker.card, settings.min_ndcg, settings.require_beats_baseline)
     use_gpu = settings.device is not Device.CPU and gpu_available()
     bundle = Bundle.load(bundle_dir or settings.bundle_dir, use_gpu=use_gpu)
-    encoder = TextEncoder(settings.encoder_dir, cache_size=settings.query_cache_size, providers=providers)
+    encoder = TextEncoder(
+        settings.encoder_dir,
+        cache_size=settings.query_cache_size,
+        providers=providers,
+        variant=settings.query_encoder.value,
+    )
     if encoder.name != ranker.card.schema.text_encoder:
         raise ArtifactError(f"text encoder {encoder.name} is not the model's {ranker.card.schema.text_encoder}")
     engine = RankingEngine(bundle, ranker, encoder, settings, metrics)

@@ -17,6 +17,11 @@ class Device(StrEnum):
     CUDA = "cuda"  # required: start-up fails without it unless allow_cpu_fallback
 
 
+class EncoderVariant(StrEnum):
+    FP32 = "fp32"
+    INT8 = "int8"  # fused + dynamic int8; used only if its recorded cosine to fp32 is >= 0.99
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Read once at start-up; nothing reads the environment elsewhere."""
 
@@ -31,6 +36,7 @@ class Settings(BaseSettings):
     allow_cpu_fallback: bool = True
     ort_threads: int = Field(1, ge=1, le=64)
     query_cache_size: int = Field(10_000, ge=0)
+    query_encoder: EncoderVariant = EncoderVariant.FP32
     max_query_chars: int = Field(2048, ge=1)
     max_top_k: int = Field(100, ge=1)
     max_candidates: int = Field(1000, ge=1)

@@ -1,0 +1,49 @@
+"""The ONNX MiniLM encoder: unit-norm embeddings, the int8 variant's recorded agreement with fp32, the LRU cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.text_encoder import INT8_MIN_COSINE, TextEncoder
+
+
+def test_embeddings_are_unit_norm_and_meaningful(encoder_dir: Path) -> None:
+    encoder = TextEncoder(encoder_dir)
+    a, b, c = encoder.encode(["a pink cocktail in a coupe", "rose drink in a champagne saucer", "tax return form"])
+    assert np.allclose([np.linalg.norm(a), np.linalg.norm(b)], 1.0, atol=1e-4)
+    assert a @ b > a @ c + 0.2
+
+
+def test_int8_variant_records_its_cosine_and_keeps_it(encoder_dir: Path) -> None:
+    info = json.loads((encoder_dir / "encoder.json").read_text())
+    assert info["int8"]["cosine_to_fp32"]["mean"] >= INT8_MIN_COSINE
+    texts = ["smoky mezcal negroni", "green drink with fresh mint in a highball", "something not too sweet"]
+    fp32 = TextEncoder(encoder_dir).encode(texts)
+    int8 = TextEncoder(encoder_dir, variant="int8").encode(texts)
+    assert ((fp32 * int8).sum(1) / np.linalg.norm(int8, axis=1)).min() > 0.97
+
+
+def test_int8_below_the_bar_is_refused(encoder_dir: Path, tmp_path: Path) -> None:
+    for name in ("encoder.json", "tokenizer.json", "model.onnx", "model.int8.onnx"):
+        (tmp_path / name).write_bytes((encoder_dir / name).read_bytes())
+    info = json.loads((tmp_path / "encoder.json").read_text())
+    info["int8"]["cosine_to_fp32"]["mean"] = 0.95
+    (tmp_path / "encoder.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="below 0.99"):
+        TextEncoder(tmp_path, variant="int8")
+    with pytest.raises(ValueError, match="fp32 or int8"):
+        TextEncoder(tmp_path, variant="fp16")
+
+
+def test_query_cache_is_bounded_lru(encoder_dir: Path) -> None:
+    encoder = TextEncoder(encoder_dir, cache_size=2)
+    vectors = encoder.encode(["a", "b", "c"])
+    encoder.remember("a", vectors[0])
+    encoder.remember("b", vectors[1])
+    assert encoder.cached("a") is not None  # a is now the most recently used
+    encoder.remember("c", vectors[2])
+    assert encoder.cached("b") is None and encoder.cached("a") is not None and encoder.cached("c") is not None
