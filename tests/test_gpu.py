@@ -1,0 +1,67 @@
+"""CUDA paths: chosen by themselves where a GPU is present (these tests skip without one), and a GPU that was
+required but is missing is a start-up error rather than a silent CPU fallback (this runs everywhere)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from index.ranker_runtime import ArtifactError, OnnxRanker
+from index.retriever import IndexKind, IndexParams, Retriever, build_index, gpu_available
+from index.runtime import CUDA
+from service.app import load_engine
+from service.metrics import Metrics
+
+from .conftest import TinyPipeline, serving_settings
+
+needs_torch_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
+needs_ort_cuda = pytest.mark.skipif(CUDA not in ort.get_available_providers(), reason="onnxruntime-gpu not installed")
+needs_faiss_gpu = pytest.mark.skipif(not gpu_available(), reason="faiss-gpu not installed or no GPU")
+
+
+def test_required_gpu_that_is_missing_fails_start_up(tiny: TinyPipeline) -> None:
+    if CUDA in ort.get_available_providers():
+        pytest.skip("a CUDA provider is present here")
+    with pytest.raises(ArtifactError, match="device=cuda was asked for"):
+        load_engine(serving_settings(tiny, device="cuda", allow_cpu_fallback=False), Metrics())
+
+
+def test_cpu_fallback_when_allowed(tiny: TinyPipeline) -> None:
+    engine = load_engine(serving_settings(tiny, device="cuda", allow_cpu_fallback=True), Metrics())
+    assert engine.ranker.providers[0] in (CUDA, "CPUExecutionProvider")
+
+
+@pytest.mark.gpu
+@needs_torch_cuda
+def test_training_picks_cuda_with_bf16_by_itself(tiny: TinyPipeline) -> None:
+    from index.text_encoder import TextEncoder
+    from training.dataset import load_dataset
+    from training.train import train
+
+    dataset = load_dataset(tiny.data, TextEncoder(tiny.encoder), num_candidates=tiny.config.num_candidates)
+    result = train(tiny.config.__class__(**{**tiny.config.__dict__, "epochs": 2}), dataset)
+    assert result.device.startswith("cuda")
+
+
+@pytest.mark.gpu
+@needs_ort_cuda
+def test_ranker_runs_on_the_cuda_provider_and_matches_cpu(tiny: TinyPipeline) -> None:
+    gpu, cpu = OnnxRanker(tiny.model), OnnxRanker(tiny.model, providers=["CPUExecutionProvider"])
+    assert gpu.providers[0] == CUDA
+    assert gpu.check_canaries() <= 1e-3 and cpu.check_canaries() <= 1e-4
+
+
+@pytest.mark.gpu
+@needs_faiss_gpu
+def test_exact_search_on_gpu_matches_cpu() -> None:
+    vectors = np.random.default_rng(0).normal(size=(5000, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    params = IndexParams(IndexKind.EXACT)
+    gpu, cpu = (
+        Retriever(build_index(vectors, params), params, use_gpu=True),
+        Retriever(build_index(vectors, params), params),
+    )
+    assert gpu.device == "cuda"
+    assert np.array_equal(gpu.search(vectors[:10], 50)[1], cpu.search(vectors[:10], 50)[1])
