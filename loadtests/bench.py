@@ -157,6 +157,8 @@ def run_wrk(url: str, script: Path, concurrency: int, duration: int) -> tuple[fl
             "-d",
             f"{duration}s",
             "--latency",
+            "--timeout",
+            "10s",
             "-s",
             str(script),
             f"{url}/rank",
@@ -166,7 +168,7 @@ def run_wrk(url: str, script: Path, concurrency: int, duration: int) -> tuple[fl
         timeout=duration + 60,
         check=True,
     ).stdout
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     errors += (

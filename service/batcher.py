@@ -80,7 +80,7 @@ class MicroBatcher(Generic[Item, Result]):
     process_batch: Callable[[list[Batched[Item]]], list[Result | Exception]]
     size_of: Callable[[Item], int]
     max_batch: int = 4096
-    max_delay_us: int = 100
+    max_delay_us: int = 0
     max_queue: int = 512
     on_flush: Callable[[BatchStats], None] | None = None
     _queue: deque[_Pending[Item]] = field(default_factory=deque, init=False)

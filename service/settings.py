@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     warmup_queries: int = Field(20, ge=0)
     batching: bool = True
     max_batch: int = Field(4096, ge=1, description="flush a micro-batch at this many candidates")
-    max_delay_us: int = Field(100, ge=0, le=100_000, description="or when the oldest request has waited this long")
+    max_delay_us: int = Field(0, ge=0, le=100_000, description="or when the oldest request has waited this long")
     max_queue: int = Field(512, ge=1, description="requests waiting beyond this get 429")
     max_body_bytes: int = Field(1_000_000, ge=1_000, description="larger request bodies get 413")
     admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*; admin API off when unset")
