@@ -86,3 +86,23 @@ bench: $(STAMP) bench-data .venv-bench/bin/python ## Benchmark service vs naive 
 
 clean: ## Remove generated data and artifacts (keeps .venv)
 	rm -rf artifacts data reports
+
+# User catalogs with images (docs/data.md). CLIP: a local CLIPModel directory; nothing is fetched from a model hub.
+CLIP          ?= $(RANK_CLIP_DIR)
+IMAGE_ENCODER ?= artifacts/encoders/clip
+BUNDLE        ?= artifacts/bundle
+
+.PHONY: validate image-encoder ingest bench-images
+
+validate: $(STAMP) ## Check a dataset in the user data format (DATA=dir): every problem with file, line, field
+	$(PY) -m index.validate $(DATA) $(ARGS)
+
+image-encoder: $(STAMP) ## Export a local CLIP checkpoint's image tower to ONNX (CLIP=dir, or RANK_CLIP_DIR)
+	@test -n "$(CLIP)" || { echo "error: set CLIP=/path/to/local/clip (a CLIPModel.save_pretrained directory)" >&2; exit 2; }
+	$(PY) -m index.export_image_encoder --clip $(CLIP) --out $(IMAGE_ENCODER)
+
+ingest: $(STAMP) $(ENCODER)/encoder.json ## Ingest a catalog (DATA=dir, images or vectors) into BUNDLE, resumable
+	$(PY) -m index.ingest --data $(DATA) --image-encoder $(IMAGE_ENCODER) --out $(BUNDLE) $(ARGS)
+
+bench-images: $(STAMP) ## Image decode + encode throughput, tiny and ViT-B/32 CLIP towers (random weights)
+	$(PY) -m index.bench_images $(ARGS)

@@ -191,3 +191,13 @@ def test_cli_errors_are_one_sentence(tiny: TinyPipeline, tmp_path: Path) -> None
         )
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_vector_catalog_ingests_to_the_bundle_make_index_builds(tiny: TinyPipeline, tmp_path: Path) -> None:
+    """No images to encode: ingestion must give, file for file, the bundle `make index` gives."""
+    cfg = IngestConfig(
+        data=tiny.data, model_dir=tiny.model, text_encoder_dir=tiny.encoder, image_encoder_dir=None, out=tmp_path / "b"
+    )
+    report = ingest(cfg)
+    assert report.images_encoded == 0 and report.items_indexed == 400
+    assert _checksums(tmp_path / "b") == _checksums(tiny.bundle)
