@@ -6,7 +6,8 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 GPU     ?= 0
 EXTRAS  := $(if $(filter 1,$(GPU)),gpu,cpu),train,dev
-DATA    ?= data/synthetic
+SYNTH   := data/synthetic
+DATA    ?= $(SYNTH)
 ENCODER := artifacts/encoders/minilm
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
@@ -25,11 +26,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create .venv with pinned dependencies (GPU=1 for onnxruntime-gpu + faiss-gpu)
 
-$(DATA)/items.jsonl: | $(STAMP)
-	$(PY) -m training.synthetic --out $(DATA)
+# Only the embedded default is ever generated; a user's DATA directory is read, never written.
+$(SYNTH)/items.jsonl: | $(STAMP)
+	$(PY) -m training.synthetic --out $(SYNTH)
 
 data: $(STAMP) ## Generate the embedded SYNTHETIC catalog into data/synthetic
-	$(PY) -m training.synthetic --out $(DATA)
+	$(PY) -m training.synthetic --out $(SYNTH)
 
 $(ENCODER)/encoder.json: | $(STAMP)
 	$(PY) -m index.export_text_encoder --out $(ENCODER)
@@ -37,7 +39,7 @@ $(ENCODER)/encoder.json: | $(STAMP)
 encoder: $(STAMP) ## Export all-MiniLM-L6-v2 (offline PyPI package) to ONNX
 	$(PY) -m index.export_text_encoder --out $(ENCODER)
 
-train: $(STAMP) $(DATA)/items.jsonl $(ENCODER)/encoder.json ## Train the fusion ranker, evaluate it against baselines
+train: $(STAMP) $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/items.jsonl) $(ENCODER)/encoder.json ## Train the fusion ranker, evaluate it against baselines
 	$(PY) -m training.cli train --data-dir $(DATA) $(ARGS)
 
 export: $(STAMP) ## Export the trained ranker to ONNX, check parity, write artifacts/model_card.json

@@ -62,8 +62,12 @@ def serving_settings(tiny: TinyPipeline, **overrides: object) -> Settings:
     """Settings that serve the tiny artifacts. The tiny model, trained on 60 queries, does not beat the text
     baseline, so the baseline part of the quality gate is off unless a test turns it on."""
     base: dict[str, object] = dict(
-        bundle_dir=tiny.bundle, model_dir=tiny.model, encoder_dir=tiny.encoder, warmup_queries=2,
-        max_candidates=200, require_beats_baseline=False,
+        bundle_dir=tiny.bundle,
+        model_dir=tiny.model,
+        encoder_dir=tiny.encoder,
+        warmup_queries=2,
+        max_candidates=200,
+        require_beats_baseline=False,
     )
     return Settings(**{**base, **overrides})  # type: ignore[arg-type]
 

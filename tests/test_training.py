@@ -15,6 +15,7 @@ from index.text_encoder import TextEncoder
 from training.baselines import text_cosine_scores
 from training.dataset import load_dataset
 from training.metrics import evaluate_scores
+from training.synthetic import SyntheticConfig, write_dataset
 from training.train import FeatureTensors, TrainConfig, lr_at, score_lists, train
 
 from .conftest import TinyPipeline
@@ -30,14 +31,21 @@ def _small_cfg(tiny: TinyPipeline, **overrides) -> TrainConfig:
     return TrainConfig(**{**base, **overrides})
 
 
-def test_training_learns_beyond_the_text_baseline(tiny: TinyPipeline, tiny_dataset) -> None:
-    result = train(_small_cfg(tiny), tiny_dataset)
-    val = tiny_dataset.splits["val"]
-    tensors = FeatureTensors(tiny_dataset.features, torch.device("cpu"))
+@pytest.fixture(scope="module")
+def toy_dataset(tmp_path_factory: pytest.TempPathFactory, encoder_dir: Path):
+    """A small synthetic problem with enough training queries (180) for learning to show within seconds."""
+    data = tmp_path_factory.mktemp("toy") / "synthetic"
+    write_dataset(data, SyntheticConfig(seed=21, items=1500, queries=300))
+    return load_dataset(data, TextEncoder(encoder_dir), num_candidates=50)
+
+
+def test_training_learns_beyond_the_text_baseline(tiny: TinyPipeline, toy_dataset) -> None:
+    cfg = _small_cfg(tiny, epochs=30, patience=30, batch_queries=8, dim=64, num_candidates=50)
+    result = train(cfg, toy_dataset)
+    val = toy_dataset.splits["val"]
+    tensors = FeatureTensors(toy_dataset.features, torch.device("cpu"))
     learned = evaluate_scores(score_lists(result.model, tensors, val), val.grades, val.compliant, val.ideal_grades)
-    cosine = evaluate_scores(
-        text_cosine_scores(tiny_dataset.features, val), val.grades, val.compliant, val.ideal_grades
-    )
+    cosine = evaluate_scores(text_cosine_scores(toy_dataset.features, val), val.grades, val.compliant, val.ideal_grades)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert learned.ndcg_at_10 > cosine.ndcg_at_10 + 0.05
 
