@@ -16,7 +16,7 @@ STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 .PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
