@@ -96,24 +96,28 @@ def _records(path: Path, check: _Checker) -> Iterator[tuple[int, dict[str, Any]]
         except DataError as exc:
             check.error(None, None, str(exc).removeprefix(f"{path}: "))
         return
+    for number, line in _text_lines(path, check):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            check.error(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not isinstance(record, dict):
+            check.error(number, None, f"expected a JSON object, got {type(record).__name__}")
+            continue
+        yield number, record
+
+
+def _text_lines(path: Path, check: _Checker) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each UTF-8 line; a line that is not UTF-8 is reported with its byte and skipped."""
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
-                line = raw.decode("utf-8")
+                yield number, raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 check.error(number, None, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
-                continue
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                check.error(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            if not isinstance(record, dict):
-                check.error(number, None, f"expected a JSON object, got {type(record).__name__}")
-                continue
-            yield number, record
 
 
 def _is_number(value: Any) -> bool:
@@ -297,22 +301,16 @@ def _check_qrels(path: Path, report: Report, queries: dict[str, int] | None, ite
     """TREC qrels: `query_id iteration item_id grade` per line, whitespace-separated."""
     check = _Checker(report, path)
     seen: dict[tuple[str, str], int] = {}
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                check.error(number, None, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
-                continue
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 4:
-                check.error(number, None, f"expected 4 columns (query_id iteration item_id grade), got {len(parts)}")
-                continue
-            grade: Any = int(parts[3]) if parts[3].lstrip("-").isdigit() else parts[3]
-            record = {"query_id": parts[0], "item_id": parts[2], "grade": grade}
-            _check_judgment(check, number, record, queries, items, seen)
+    for number, line in _text_lines(path, check):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 4:
+            check.error(number, None, f"expected 4 columns (query_id iteration item_id grade), got {len(parts)}")
+            continue
+        grade: Any = int(parts[3]) if parts[3].lstrip("-").isdigit() else parts[3]
+        record = {"query_id": parts[0], "item_id": parts[2], "grade": grade}
+        _check_judgment(check, number, record, queries, items, seen)
     report.counts["judgments"] = len(seen)
 
 

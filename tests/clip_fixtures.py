@@ -37,6 +37,7 @@ def build_tiny_clip(root: Path) -> TinyClip:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
+    from index.bench_images import TINY_VISION
     from index.export_image_encoder import export_image_encoder
 
     torch.manual_seed(0)
@@ -49,14 +50,7 @@ def build_tiny_clip(root: Path) -> TinyClip:
             "vocab_size": 100,
             "max_position_embeddings": 16,
         },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 224,
-            "patch_size": 32,
-        },
+        vision_config=TINY_VISION,
         projection_dim=512,
     )
     checkpoint = root / "tiny-clip"
