@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from index.ranker_runtime import verify_files
 from index.runtime import make_session
 
 MAX_TOKENS = 128  # the model card's max_seq_length; longer queries are truncated, as sentence-transformers does
@@ -43,11 +44,13 @@ class TextEncoder:
         self.name: str = self.info["name"]
         self.dim: int = int(self.info["dim"])
         self.variant = variant
+        model_name = self._model_file(variant, check_cosine)
+        files = self.info.get("files", {})
+        verify_files(model_dir, {n: files[n] for n in ("tokenizer.json", model_name) if n in files}, "text encoder")
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(MAX_TOKENS)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        model_file = model_dir / self._model_file(variant, check_cosine)
-        self.session: ort.InferenceSession = make_session(model_file, providers=providers)
+        self.session: ort.InferenceSession = make_session(model_dir / model_name, providers=providers)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
 

@@ -47,3 +47,11 @@ def test_query_cache_is_bounded_lru(encoder_dir: Path) -> None:
     assert encoder.cached("a") is not None  # a is now the most recently used
     encoder.remember("c", vectors[2])
     assert encoder.cached("b") is None and encoder.cached("a") is not None and encoder.cached("c") is not None
+
+
+def test_a_damaged_encoder_file_is_refused(encoder_dir: Path, tmp_path: Path) -> None:
+    for name in ("encoder.json", "tokenizer.json", "model.onnx"):
+        (tmp_path / name).write_bytes((encoder_dir / name).read_bytes())
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(ValueError, match="checksum mismatch for .*tokenizer.json"):
+        TextEncoder(tmp_path)
