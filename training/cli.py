@@ -20,7 +20,7 @@ from index.catalog import DataError
 from index.files import write_json
 from index.text_encoder import TextEncoder
 from training.baselines import LambdaMART, text_cosine_scores
-from training.dataset import Dataset, load_dataset
+from training.dataset import Dataset, load_dataset, require_data_dir
 from training.export import ParityError, run_export
 from training.metrics import NDCG_CONVENTION, RankingMetrics, evaluate_scores
 from training.train import FeatureTensors, TrainConfig, score_lists, train
@@ -71,6 +71,7 @@ def evaluate_systems(
 
 def run_train(cfg: TrainConfig) -> int:
     started = time.perf_counter()
+    require_data_dir(cfg.data_dir)  # the user's likeliest mistake, so it is the first thing checked
     dataset = load_dataset(cfg.data_dir, TextEncoder(cfg.encoder_dir), num_candidates=cfg.num_candidates)
     synthetic = "SYNTHETIC " if "synthetic" in dataset.name else ""
     log.info(

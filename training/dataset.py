@@ -201,6 +201,11 @@ def build_lists(
     )
 
 
+def require_data_dir(data_dir: Path) -> None:
+    if not data_dir.is_dir():
+        raise DataError(f"data directory {data_dir} does not exist (run `make data` for the synthetic default)")
+
+
 def load_dataset(
     data_dir: Path,
     encoder: TextEncoder,
@@ -215,8 +220,7 @@ def load_dataset(
     Items that give an image path instead of an image_embedding are encoded with the ONNX image encoder at
     image_encoder_dir (default: artifacts/encoders/clip).
     """
-    if not data_dir.is_dir():
-        raise DataError(f"data directory {data_dir} does not exist (run `make data` for the synthetic default)")
+    require_data_dir(data_dir)
     source = items_path(data_dir)
     items = [
         dataclasses.replace(item, image=str(source.parent / item.image)) if item.image else item
