@@ -37,6 +37,33 @@ def delta(after: Buckets, before: Buckets) -> Buckets:
     return {le: count - before.get(le, 0.0) for le, count in after.items()}
 
 
+def series(text: str, sample_name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample called `sample_name` (e.g. `rank_http_requests_total`, `rank_queue_depth`) as (labels, value);
+    empty when the service does not export it."""
+    out = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == sample_name:
+                out.append((dict(sample.labels), float(sample.value)))
+    return out
+
+
+def has_family(text: str, name: str) -> bool:
+    """Whether the exposition declares metric family `name` (a counter may be named with or without `_total`),
+    even one with no samples yet (a labelled counter before its first increment)."""
+    return any(family.name in (name, name.removesuffix("_total")) for family in text_string_to_metric_families(text))
+
+
+def counter_deltas(after: str, before: str, sample_name: str, by: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+    """Increase of a counter between two scrapes, summed by the label values in `by`. A series that first appears
+    after the first scrape counts from zero, as prometheus_client creates labelled series on first use."""
+    totals: dict[tuple[str, ...], float] = defaultdict(float)
+    for sign, text in ((1.0, after), (-1.0, before)):
+        for labels, value in series(text, sample_name):
+            totals[tuple(labels.get(k, "") for k in by)] += sign * value
+    return dict(totals)
+
+
 def histogram_quantile(q: float, buckets: Buckets) -> float:
     """The q-quantile (0..1) of cumulative buckets; NaN when empty. Values in the +Inf bucket clamp to the last
     finite bound, as in PromQL."""

@@ -1,0 +1,336 @@
+"""`make loadtest`: the pre-rollout load test. Drives the service with Locust, reads its Prometheus metrics, writes a
+report and exits non-zero when an SLO of loadtests/slo.toml is missed.
+
+    .venv/bin/python loadtests/run.py                       # start the service (default artifacts), 60 s, 10 users
+    .venv/bin/python loadtests/run.py --host http://127.0.0.1:8000 --duration 30 --users 20
+
+Without --host it starts `python -m service` on a free port on 127.0.0.1 and stops it afterwards. It scrapes
+/metrics before and after the run (and samples the queue-depth and in-flight gauges every second), runs Locust
+headless as a subprocess for --duration seconds (loadtests/locustfile.py; never imported here: Locust
+monkey-patches the process with gevent), and writes reports/loadtest-<UTC timestamp>/: summary.md, summary.json,
+latency.png, throughput.png, Locust's CSVs, every request's times and both scrapes.
+
+Exit codes: 0 every objective met, 1 an objective missed, 2 the test could not run (the message says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from promstats import series  # noqa: E402
+from report import RunInfo, Scrapes, build_report, write_charts, write_report  # noqa: E402
+from slo import SloError, load_objectives  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+
+
+class RunError(RuntimeError):
+    """The load test could not be run; the message is the one sentence the CLI prints."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fetch(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def scrape(url: str) -> str:
+    status, body = fetch(f"{url}/metrics")
+    if status != 200:
+        raise RunError(f"{url}/metrics answered HTTP {status}")
+    return body.decode()
+
+
+def stop_group(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the process group we started (the service drains, then exits), SIGKILL it after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+@dataclass
+class Service:
+    """A service process started by the runner, in its own process group, logging to the report directory."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def start(cls, args: argparse.Namespace, run_dir: Path, env: dict[str, str]) -> Service:
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "service",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
+        for option in ("bundle_dir", "model_dir", "encoder_dir"):
+            if getattr(args, option):
+                command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+        log = run_dir / "service.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return cls(f"http://127.0.0.1:{port}", process, log)
+
+    def last_words(self) -> str:
+        lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
+        return lines[-1] if lines else "no output"
+
+
+def wait_ready(url: str, seconds: float, service: Service | None) -> dict[str, Any]:
+    """The /health/ready body once it answers 200; RunError if the service exits or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if service is not None and service.process.poll() is not None:
+            raise RunError(
+                f"the service exited during start-up (code {service.process.returncode}): {service.last_words()}"
+            )
+        try:
+            status, body = fetch(f"{url}/health/ready", timeout=2.0)
+            if status == 200:
+                return dict(json.loads(body))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.25)
+    raise RunError(f"{url}/health/ready did not answer 200 within {seconds:.0f}s")
+
+
+@dataclass
+class GaugeSampler:
+    """Samples rank_queue_depth and rank_in_flight_requests once per `interval` while the load runs."""
+
+    url: str
+    interval: float
+    t0: float = field(default_factory=time.monotonic)
+    samples: list[tuple[float, float | None, float | None]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                text = scrape(self.url)
+            except (OSError, RunError):
+                continue  # a missed sample under overload is itself informative; the run goes on
+            queue = series(text, "rank_queue_depth")
+            in_flight = series(text, "rank_in_flight_requests")
+            self.samples.append(
+                (
+                    time.monotonic() - self.t0,
+                    queue[0][1] if queue else None,
+                    in_flight[0][1] if in_flight else None,
+                )
+            )
+
+    def __enter__(self) -> GaugeSampler:
+        self.t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def run_locust(args: argparse.Namespace, url: str, run_dir: Path) -> None:
+    locust = Path(sys.executable).parent / "locust"
+    if not locust.exists():
+        raise RunError(f"{locust} not found; install the load-test tools with `make setup` (the loadtest extra)")
+    command = [
+        str(locust),
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        url,
+        "--users",
+        str(args.users),
+        "--spawn-rate",
+        str(args.spawn_rate),
+        "--run-time",
+        f"{args.duration}s",
+        "--stop-timeout",
+        "5",
+        "--csv",
+        str(run_dir / "locust"),
+        "--csv-full-history",
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        "--exit-code-on-error",
+        "0",  # failures are judged by the SLO file, not by Locust
+        "--queries",
+        str(args.queries),
+        "--user-rps",
+        str(args.user_rps),
+        "--mix-seed",
+        str(args.mix_seed),
+        "--samples-csv",
+        str(run_dir / "samples.csv"),
+    ]
+    if args.items:
+        command += ["--items", str(args.items)]
+    with (run_dir / "locust.log").open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = process.wait(args.duration + 90)
+        except subprocess.TimeoutExpired:
+            raise RunError(f"Locust did not stop within {args.duration + 90}s of a {args.duration}s run") from None
+        finally:
+            stop_group(process, 10)
+    if code != 0:
+        raise RunError(f"Locust exited with code {code}; see {run_dir / 'locust.log'}")
+    if not (run_dir / "samples.csv").exists():
+        raise RunError(f"Locust wrote no samples; see {run_dir / 'locust.log'}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="loadtests/run.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="", help="URL of a running service (default: start one on 127.0.0.1)")
+    parser.add_argument("--duration", type=int, default=60, help="seconds of load (default 60)")
+    parser.add_argument("--users", type=int, default=10, help="Locust users (default 10)")
+    parser.add_argument("--spawn-rate", type=float, default=10.0, help="users started per second (default 10)")
+    parser.add_argument("--user-rps", type=float, default=10.0, help="requests/s per user, Poisson (0: no wait)")
+    parser.add_argument("--slo", type=Path, default=ROOT / "loadtests/slo.toml", help="SLO file")
+    parser.add_argument("--queries", type=Path, default=ROOT / "data/synthetic/queries.jsonl", help="query set")
+    parser.add_argument("--items", type=Path, default=None, help="items JSONL for /rerank (default: beside queries)")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports", help="parent of the report directory")
+    parser.add_argument("--mix-seed", type=int, default=None, help="seed of the request mix (default: random)")
+    parser.add_argument("--bundle-dir", type=Path, default=None, help="bundle for the started service")
+    parser.add_argument("--model-dir", type=Path, default=None, help="model for the started service")
+    parser.add_argument("--encoder-dir", type=Path, default=None, help="text encoder for the started service")
+    parser.add_argument(
+        "--ready-timeout", type=float, default=None, help="seconds to wait for readiness (180 started, 10 --host)"
+    )
+    args = parser.parse_args(argv)
+    if args.duration < 1 or args.users < 1 or args.spawn_rate <= 0 or args.user_rps < 0:
+        parser.error("--duration, --users and --spawn-rate must be positive and --user-rps not negative")
+    if args.mix_seed is None:
+        # A fresh seed per run: against a long-running service, a repeated seed would replay last run's "never
+        # seen" tail queries straight into a warm cache.
+        args.mix_seed = random.SystemRandom().randrange(1_000_000)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (RunError, SloError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    objectives = load_objectives(args.slo)
+    if not args.queries.exists():
+        raise RunError(f"no query set at {args.queries}; run `make data` or pass --queries")
+    started = datetime.now(UTC)
+    run_dir = args.out / f"loadtest-{started:%Y%m%d-%H%M%S}"
+    suffix = 1
+    while run_dir.exists():
+        run_dir = args.out / f"loadtest-{started:%Y%m%d-%H%M%S}-{suffix}"
+        suffix += 1
+    run_dir.mkdir(parents=True)
+
+    service: Service | None = None
+    service_env: dict[str, str] = {}
+    if not args.host:
+        # One OpenMP thread for FAISS, as `make bench` runs it: on 2 cores, spinning OpenMP workers fight the event
+        # loop and the load generator, and tail latency multiplies.
+        service_env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        service = Service.start(args, run_dir, {**os.environ, **service_env})
+    url = (args.host or (service.url if service else "")).rstrip("/")
+    clock = time.monotonic()
+    try:
+        ready = wait_ready(url, args.ready_timeout or (180.0 if service else 10.0), service)
+        before = scrape(url)
+        with GaugeSampler(url, 1.0) as gauges:
+            run_locust(args, url, run_dir)
+        after = scrape(url)
+    finally:
+        if service is not None:
+            stop_group(service.process, 30)
+    (run_dir / "metrics-before.prom").write_text(before)
+    (run_dir / "metrics-after.prom").write_text(after)
+
+    info = RunInfo(
+        target=url,
+        started_service=service is not None,
+        users=args.users,
+        spawn_rate=args.spawn_rate,
+        duration_s=args.duration,
+        user_rps=args.user_rps,
+        mix_seed=args.mix_seed,
+        queries=str(args.queries),
+        slo_file=str(args.slo),
+        started_at=f"{started:%Y-%m-%d %H:%M:%S} UTC",
+        elapsed_s=round(time.monotonic() - clock, 1),
+        ready=ready,
+        service_env=service_env,
+        locust_version=f"locust {metadata.version('locust')}",
+        gauges=gauges.samples,
+    )
+    report = build_report(run_dir, info, Scrapes(before, after), objectives)
+    report.charts = write_charts(run_dir, gauges.samples)
+    write_report(report, run_dir)
+
+    print(f"report: {run_dir / 'summary.md'}")
+    print(f"{report.requests} requests, {report.rps:.1f}/s, {report.errors} failures")
+    for a in report.agreement:
+        print(
+            f"{a.route} p99: Locust {a.client_p99:.3f} ms, histogram {a.server_p99:.3f} ms "
+            f"(apart {abs(a.difference):.3f} ms, allowed {a.allowance:.3f} ms)"
+        )
+    for o in report.outcomes:
+        print(f"SLO {o.objective.name}: {o.shown()} ({o.objective.describe()}): {'pass' if o.passed else 'MISSED'}")
+    missed = sum(not o.passed for o in report.outcomes)
+    print("PASS" if not missed else f"FAIL: {missed} of {len(report.outcomes)} objectives missed")
+    return 0 if not missed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
