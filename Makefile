@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 GPU     ?= 0
-EXTRAS  := $(if $(filter 1,$(GPU)),gpu,cpu),train,dev
+EXTRAS  := $(if $(filter 1,$(GPU)),gpu,cpu),train,dev,loadtest
 SYNTH   := data/synthetic
 DATA    ?= $(SYNTH)
 ENCODER := artifacts/encoders/minilm
@@ -13,7 +13,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 
-.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data
+.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -66,6 +66,16 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy model training index service
+
+# The pre-rollout load test (loadtests/run.py): starts the service on a free 127.0.0.1 port unless TARGET names a
+# running one, drives it with Locust, writes reports/loadtest-<time>/ and fails when loadtests/slo.toml is missed.
+DURATION   ?= 60
+USERS      ?= 10
+SPAWN_RATE ?= 10
+TARGET     ?=
+
+loadtest: $(STAMP) ## Locust load test, report in reports/ (DURATION USERS SPAWN_RATE TARGET=url); fails on a missed SLO
+	$(PY) loadtests/run.py --duration $(DURATION) --users $(USERS) --spawn-rate $(SPAWN_RATE) $(if $(TARGET),--host $(TARGET)) $(ARGS)
 
 BENCH_ITEMS ?= 100000
 BENCH_DATA  := data/synthetic-100k
