@@ -7,10 +7,11 @@ Normally run by `make loadtest` (loadtests/run.py); by hand:
 Never import this module from the service or from pytest: `import locust` monkey-patches the process with gevent.
 
 Task weights: /rank 88, /rerank 10, invalid 2. Request names (Locust's stats rows): `/rank`, `/rerank`, and
-`/rank [invalid]`, `/rerank [invalid]` for the requests that are wrong by design; those count as successes when answered 4xx and as failures otherwise, so the
-failure count is the service's real error count. Besides Locust's own CSV (which rounds response times to whole
-milliseconds), `--samples-csv` writes every request's exact client time and the server's `total` from its
-Server-Timing header, so the runner can compare client and server percentiles per request.
+`/rank [invalid]`, `/rerank [invalid]` for the requests that are wrong by design; those count as successes when
+answered 4xx and as failures otherwise, so the failure count is the service's real error count. Besides Locust's
+own CSV (which rounds response times to whole milliseconds), `--samples-csv` writes every request's exact client
+time and the server's `total` from its Server-Timing header, so the runner can compare client and server
+percentiles over the same requests.
 """
 
 from __future__ import annotations
@@ -124,6 +125,8 @@ class RankingUser(FastHttpUser):
         with self.client.post(route, data=data, headers=JSON_HEADERS, name=name, catch_response=True) as response:
             if response.status_code in ok:
                 response.success()
+            elif not response.status_code:
+                response.failure(f"no response: {getattr(response, 'error', None) or 'connection failed'}")
             else:
                 expected = "200" if ok.start == 200 else "4xx"
                 response.failure(f"HTTP {response.status_code}, expected {expected}")

@@ -191,6 +191,7 @@ class RunInfo:
     service_env: dict[str, str] = field(default_factory=dict)
     locust_version: str = ""
     gauges: list[tuple[float, float | None, float | None]] = field(default_factory=list)  # (t, queue, in-flight)
+    problems: list[str] = field(default_factory=list)  # what went wrong with the run itself
 
 
 @dataclass
@@ -432,6 +433,7 @@ def render_markdown(report: Report) -> str:
         f"{platform.python_version()}; load generator and service share it"
         + (f"; service env {info.service_env}" if info.service_env else ""),
         f"- SLO file: `{info.slo_file}`",
+        *(f"- **problem**: {problem}" for problem in info.problems),
         "",
         "## SLOs",
         "",

@@ -290,7 +290,13 @@ def run(args: argparse.Namespace) -> int:
         before = scrape(url)
         with GaugeSampler(url, 1.0) as gauges:
             run_locust(args, url, run_dir)
-        after = scrape(url)
+        try:
+            after, problems = scrape(url), []
+        except (OSError, RunError) as exc:
+            # The service died or hung under load: that is a result, not a reason to lose the client-side figures.
+            after, problems = "", [f"the /metrics scrape after the run failed ({exc}); server-side figures are missing"]
+        if service is not None and service.process.poll() is not None:
+            problems.append(f"the service exited during the run (code {service.process.returncode}); see service.log")
     finally:
         if service is not None:
             stop_group(service.process, 30)
@@ -313,12 +319,15 @@ def run(args: argparse.Namespace) -> int:
         service_env=service_env,
         locust_version=f"locust {metadata.version('locust')}",
         gauges=gauges.samples,
+        problems=problems,
     )
     report = build_report(run_dir, info, Scrapes(before, after), objectives)
     report.charts = write_charts(run_dir, gauges.samples)
     write_report(report, run_dir)
 
     print(f"report: {run_dir / 'summary.md'}")
+    for problem in problems:
+        print(f"warning: {problem}")
     print(f"{report.requests} requests, {report.rps:.1f}/s, {report.errors} failures")
     for a in report.agreement:
         print(
