@@ -431,7 +431,11 @@ def render_markdown(report: Report) -> str:
         f"`{info.queries}`",
         f"- machine: {platform.node()}, {_cpus()} CPUs, {platform.system()} {platform.release()}, Python "
         f"{platform.python_version()}; load generator and service share it"
-        + (f"; service env {info.service_env}" if info.service_env else ""),
+        + (
+            f"; service started with {' '.join(f'{k}={v}' for k, v in info.service_env.items())}"
+            if info.service_env
+            else ""
+        ),
         f"- SLO file: `{info.slo_file}`",
         *(f"- **problem**: {problem}" for problem in info.problems),
         "",
@@ -603,6 +607,7 @@ def write_charts(run_dir: Path, gauges: list[tuple[float, float | None, float | 
 
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     history = _history(run_dir / "locust_stats_history.csv")
     if len(history.get("Timestamp", [])) < 2:
@@ -628,11 +633,14 @@ def write_charts(run_dir: Path, gauges: list[tuple[float, float | None, float | 
     top.plot(t, history["Failures/s"], label="failures/s", color="tab:red")
     top.set(ylabel="per second", title="Throughput (Locust)")
     users = top.twinx()
-    users.plot(t, history["User Count"], color="tab:gray", linestyle=":", label="users")
+    users.plot(t, history["User Count"], color="tab:gray", linestyle=":", label="users (right axis)")
     users.set_ylabel("users")
+    users.set_ylim(bottom=0)
+    users.yaxis.set_major_locator(MaxNLocator(integer=True))
     top.set_ylim(bottom=0)
     top.grid(alpha=0.3)
-    top.legend(loc="upper left")
+    handles = top.get_legend_handles_labels()[0] + users.get_legend_handles_labels()[0]
+    top.legend(handles=handles, loc="lower right")
     if gauges:
         bottom = axes[1][0]
         gt = [g[0] for g in gauges]
@@ -640,6 +648,7 @@ def write_charts(run_dir: Path, gauges: list[tuple[float, float | None, float | 
         bottom.plot(gt, [math.nan if g[2] is None else g[2] - 1 for g in gauges], label="in flight")
         bottom.set(ylabel="requests", title="Service gauges (sampled /metrics)")
         bottom.set_ylim(bottom=0)
+        bottom.yaxis.set_major_locator(MaxNLocator(integer=True))
         bottom.grid(alpha=0.3)
         bottom.legend(loc="upper left")
     axes[-1][0].set_xlabel("seconds since start")
