@@ -38,6 +38,12 @@ class IndexParams:
         return IndexParams(IndexKind.HNSW if n_items >= HNSW_MIN_ITEMS else IndexKind.EXACT)
 
 
+def set_search_threads(threads: int) -> None:
+    """Cap FAISS's OpenMP pool. One by default in the service: the worker searches a few queries per batch, and an
+    uncapped pool spinning on every core starves the event loop (retrieve p99 44 ms vs 6 ms under load here)."""
+    faiss.omp_set_num_threads(threads)
+
+
 def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from index.bundle import Bundle
 from index.catalog import DataError
 from index.ranker_runtime import ArtifactError, ModelCard, OnnxRanker
-from index.retriever import gpu_available
+from index.retriever import gpu_available, set_search_threads
 from index.runtime import CPU, CUDA
 from index.text_encoder import TextEncoder
 from service.batcher import DeadlineExceeded, MicroBatcher, QueueFull, ShuttingDown
@@ -103,6 +103,7 @@ def load_engine(
         raise ArtifactError(f"device=cuda was asked for, but the ranker runs on {ranker.providers[0]}")
     canary_diff = ranker.check_canaries()
     check_quality_gate(ranker.card, settings.min_ndcg, settings.require_beats_baseline)
+    set_search_threads(settings.faiss_threads)
     use_gpu = settings.device is not Device.CPU and gpu_available()
     bundle = Bundle.load(bundle_dir or settings.bundle_dir, use_gpu=use_gpu)
     encoder = TextEncoder(

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     device: Device = Device.AUTO
     allow_cpu_fallback: bool = True
     ort_threads: int = Field(1, ge=1, le=64)
+    faiss_threads: int = Field(1, ge=1, le=64, description="OpenMP threads for FAISS searches on the worker")
     query_cache_size: int = Field(10_000, ge=0)
     query_encoder: EncoderVariant = EncoderVariant.FP32
     max_query_chars: int = Field(2048, ge=1)
