@@ -185,10 +185,13 @@ def test_runner_never_imports_locust() -> None:
 
 
 def test_runner_cli_errors_are_one_sentence(tmp_path: Path) -> None:
+    queries = tmp_path / "queries.jsonl"  # its own query set: a clean clone has no data/synthetic yet
+    queries.write_text('{"id": "q1", "text": "gin sour", "split": "test"}\n')
+    unreachable = ["--host", "http://127.0.0.1:9", "--ready-timeout", "1", "--out", str(tmp_path)]
     cases = [
         (["--slo", str(tmp_path / "missing.toml")], "no such SLO file"),
         (["--queries", str(tmp_path / "none.jsonl")], "no query set at"),
-        (["--host", "http://127.0.0.1:9", "--ready-timeout", "1", "--out", str(tmp_path)], "did not answer 200"),
+        ([*unreachable, "--queries", str(queries)], "did not answer 200"),
     ]
     for args, expected in cases:
         done = subprocess.run(
