@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from index.cli_logging import configure_cli_logging
 from index.image_encoder import ImageEncoder
 from index.images import ClipPreprocessing, load_image
 
@@ -157,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingest-encoder", type=Path, default=Path("artifacts/encoders/minilm"))
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("onnx_ir", "onnxscript", "torch", "index.export_image_encoder"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_cli_logging()
+    logging.getLogger("index.export_image_encoder").setLevel(logging.WARNING)  # its export notes would break the table
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if unknown := sorted(set(models) - {"tiny", "vit-b32"}):
         print(f"error: unknown model(s) {', '.join(unknown)}; choose from tiny, vit-b32", file=sys.stderr)

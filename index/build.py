@@ -24,6 +24,7 @@ import numpy as np
 
 from index.bundle import ARRAYS, BUNDLE_FORMAT, MANIFEST_FILE, Bundle
 from index.catalog import DataError, Item, items_path, read_items
+from index.cli_logging import configure_cli_logging
 from index.featurize import CandidateFeatures, featurize
 from index.files import sha256_file, write_json
 from index.ranker_runtime import ArtifactError, OnnxRanker
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         help="reuse this bundle's features and index; recompute only the new model's candidate projections",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_cli_logging()
     try:
         if args.from_bundle is not None:
             bundle = reproject_bundle(args.from_bundle, args.model, args.out)

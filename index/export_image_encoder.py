@@ -24,6 +24,7 @@ from torch import nn
 from index.files import sha256_file
 from index.image_encoder import ENCODER_INFO_FILE, MODEL_FILE, PREPROCESSOR_FILE
 from index.images import ClipPreprocessing
+from index.onnx_export import torch_to_onnx
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +82,13 @@ def export_image_encoder(clip_dir: Path, out_dir: Path, *, name: str | None = No
     onnx_path = out_dir / MODEL_FILE
     with torch.inference_mode():
         reference = tower(sample).numpy()
-    torch.onnx.export(
+    torch_to_onnx(
         tower,
         (sample,),
-        str(onnx_path),
+        onnx_path,
         input_names=["pixel_values"],
         output_names=["image_embedding"],
         dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}},
-        dynamo=True,
-        external_data=False,
-        verbose=False,
     )
     (out_dir / PREPROCESSOR_FILE).write_text(json.dumps(preprocess.to_config(), indent=2) + "\n")
     info = {

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from index.cli_logging import configure_cli_logging
 from index.files import sha256_file
+from index.onnx_export import torch_to_onnx
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +61,13 @@ def export_text_encoder(out_dir: Path) -> Path:
     onnx_path = out_dir / "model.onnx"
     with torch.inference_mode():
         reference = model(*inputs).numpy()
-    torch.onnx.export(
+    torch_to_onnx(
         model,
         inputs,
-        str(onnx_path),
+        onnx_path,
         input_names=["input_ids", "attention_mask", "token_type_ids"],
         output_names=["sentence_embedding"],
         dynamic_shapes=dynamic,
-        dynamo=True,
-        external_data=False,
-        verbose=False,
     )
     shutil.copy(source / "tokenizer.json", out_dir / "tokenizer.json")
     info = {
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("artifacts/encoders/minilm"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_cli_logging()
     try:
         export_text_encoder(args.out)
     except (OSError, RuntimeError, ValueError) as exc:

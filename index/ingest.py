@@ -36,6 +36,7 @@ from tqdm import tqdm
 from index.build import write_bundle
 from index.bundle import Bundle
 from index.catalog import DataError, Item, find_data_file, items_path, read_items
+from index.cli_logging import configure_cli_logging
 from index.featurize import features_from_arrays, item_text
 from index.files import write_json
 from index.image_encoder import ImageEncoder
@@ -491,9 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", choices=["auto", *(k.value for k in IndexKind)], default="auto")
     parser.add_argument("--keep-work", action="store_true", help="keep the saved chunks after success")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("onnx_ir", "onnxscript", "torch"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_cli_logging()
     cfg = IngestConfig(
         data=args.data,
         model_dir=args.model,

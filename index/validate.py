@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from index.catalog import DataError, find_data_file, iter_parquet
+from index.cli_logging import configure_cli_logging
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-image-check", action="store_true", help="do not check that image files exist")
     parser.add_argument("--max-problems", type=int, default=200, help="print at most this many (all are counted)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_cli_logging()
     text_dim, image_dim = args.text_dim, args.image_dim
     if args.model is not None:
         try:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from index.catalog import DataError
+from index.cli_logging import configure_cli_logging
 from index.files import write_json
 from index.text_encoder import TextEncoder
 from training.baselines import LambdaMART, text_cosine_scores
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser("export", help="export ONNX, check parity, write the model card")
     export.add_argument("--out-dir", type=Path, default=Path("artifacts"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_cli_logging()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         if args.command == "train":

@@ -24,6 +24,7 @@ from torch import nn
 
 from index.featurize import CandidateFeatures
 from index.files import read_json, sha256_file, write_json
+from index.onnx_export import torch_to_onnx
 from index.ranker_runtime import CANARY_FILE, CANDIDATE_ENCODER_FILE, MODEL_CARD_FILE, RANKER_FILE, OnnxRanker
 from index.text_encoder import TextEncoder
 from model.fusion import FusionConfig, FusionRanker
@@ -90,17 +91,8 @@ def _export(
     path: Path,
     metadata: dict[str, str],
 ) -> None:
-    torch.onnx.export(
-        module,
-        args,
-        str(path),
-        input_names=names,
-        output_names=["out"],
-        dynamic_shapes=dynamic,
-        dynamo=True,
-        opset_version=OPSET,
-        external_data=False,
-        verbose=False,
+    torch_to_onnx(
+        module, args, path, input_names=names, output_names=["out"], dynamic_shapes=dynamic, opset_version=OPSET
     )
     proto = onnx.load(str(path))
     for key, value in metadata.items():

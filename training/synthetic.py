@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from index.cli_logging import configure_cli_logging
+
 log = logging.getLogger(__name__)
 
 IMAGE_DIM = 512
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=SyntheticConfig.items)
     parser.add_argument("--queries", type=int, default=SyntheticConfig.queries)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_cli_logging()
     if args.items < 10 or args.queries < 10:
         print("error: --items and --queries must each be at least 10", file=sys.stderr)
         return 2
