@@ -1,8 +1,9 @@
 """Build an index bundle from a catalog and an exported ranker: `python -m index.build` (or `make index`).
 
-Encodes item titles (ONNX MiniLM), encodes attributes with the model's feature schema, precomputes the ranker's
-candidate-side keys/values, builds the FAISS index (exact below 50k items, HNSW above, with its recall@100 against
-exact search measured on held-out probe queries), and writes the bundle with checksums.
+Encodes item titles (ONNX MiniLM), encodes attributes with the model's feature schema, runs the model's candidate
+encoder (the ranker's keys/values and each item's retrieval vector), builds the FAISS index over the retrieval
+vectors (exact below 50k items, HNSW above, with its recall@100 against exact search measured on probe queries), and
+writes the bundle with checksums.
 """
 
 from __future__ import annotations
@@ -49,6 +50,30 @@ def measure_recall(index: faiss.Index, vectors: np.ndarray, k: int = RECALL_K, p
     return recall_at_k(index.search(queries, k)[1], exact.search(queries, k)[1])
 
 
+def write_index(out: Path, vectors: np.ndarray, params: IndexParams) -> dict[str, Any]:
+    """Build and save the FAISS index over the retrieval vectors; returns its manifest section."""
+    started = time.perf_counter()
+    index = build_index(vectors, params)
+    faiss.write_index(index, str(out / "index.faiss"))
+    recall = 1.0 if params.kind is IndexKind.EXACT else measure_recall(index, vectors)
+    log.info(
+        "%s index over %d items in %.1fs, recall@%d vs exact %.4f",
+        params.kind.value,
+        len(vectors),
+        time.perf_counter() - started,
+        RECALL_K,
+        recall,
+    )
+    return {
+        "params": {**asdict(params), "kind": params.kind.value},
+        "metric": "inner_product",
+        "space": "learned",
+        "dim": int(vectors.shape[1]),
+        f"recall@{RECALL_K}": round(recall, 4),
+        "recall_probes": 0 if params.kind is IndexKind.EXACT else RECALL_PROBES,
+    }
+
+
 def write_bundle(
     out: Path,
     items: list[Item],
@@ -60,35 +85,21 @@ def write_bundle(
     """Write the bundle files and manifest; `extra` adds manifest sections (e.g. the image encoder that was used)."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    cand_kv = ranker.encode_candidates(features.text, features.image, features.attrs)
-    log.info("candidate projections for %d items in %.1fs", len(items), time.perf_counter() - started)
-    arrays = {"text": features.text, "image": features.image, "attrs": features.attrs, "cand_kv": cand_kv}
+    encoded = ranker.encode_candidates(features.text, features.image, features.attrs)
+    log.info("candidate encoder over %d items in %.1fs", len(items), time.perf_counter() - started)
+    arrays = {
+        "text": features.text,
+        "image": features.image,
+        "attrs": features.attrs,
+        "cand_kv": encoded.kv,
+        "retrieval": encoded.retrieval,
+    }
     for name, array in arrays.items():
         np.save(out / f"{name}.npy", np.ascontiguousarray(array, dtype=np.float32))
     with open(out / "items.jsonl", "w", encoding="utf-8") as handle:
         for item in items:
             handle.write(json.dumps({"id": item.id, "title": item.title, "attributes": item.attributes}) + "\n")
-
-    started = time.perf_counter()
-    index = build_index(features.text, params)
-    faiss.write_index(index, str(out / "index.faiss"))
-    recall = 1.0 if params.kind is IndexKind.EXACT else measure_recall(index, features.text)
-    log.info(
-        "%s index over %d items in %.1fs, recall@%d vs exact %.4f",
-        params.kind.value,
-        len(items),
-        time.perf_counter() - started,
-        RECALL_K,
-        recall,
-    )
-
-    index_info = {
-        "params": {**asdict(params), "kind": params.kind.value},
-        "metric": "inner_product",
-        f"recall@{RECALL_K}": round(recall, 4),
-        "recall_probes": 0 if params.kind is IndexKind.EXACT else RECALL_PROBES,
-    }
-    write_manifest(out, ranker, len(items), index_info, extra)
+    write_manifest(out, ranker, len(items), write_index(out, encoded.retrieval, params), extra)
     return out
 
 
@@ -116,10 +127,11 @@ def write_manifest(
 
 
 def reproject_bundle(source: Path, model_dir: Path, out: Path) -> Bundle:
-    """New model, same catalog: recompute only the ranker's candidate keys/values of an existing bundle.
+    """New model, same catalog: recompute only what the model makes (the ranker's candidate keys/values and the
+    index over its retrieval vectors) from an existing bundle's features.
 
-    Features and the FAISS index are reused (no re-encoding, no index build); the new bundle is written beside
-    the target and moved into place, so `out` may be `source`."""
+    Titles and images are not re-encoded; the new bundle is written beside the target and moved into place, so
+    `out` may be `source`."""
     ranker = OnnxRanker(model_dir)
     old = Bundle.load(source)
     differences = ranker.card.schema.differences(old.schema)
@@ -130,10 +142,14 @@ def reproject_bundle(source: Path, model_dir: Path, out: Path) -> Bundle:
         )
     staging = out.with_name(f".{out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("cand_kv.npy", MANIFEST_FILE))
-    np.save(staging / "cand_kv.npy", ranker.encode_candidates(old.text, old.image, old.attrs))
-    kept = {k: v for k, v in old.manifest.items() if k not in ("format", "version", "created", "files")}
-    write_manifest(staging, ranker, old.size, old.manifest["index"], kept)
+    made_by_model = ("cand_kv.npy", "retrieval.npy", "index.faiss", MANIFEST_FILE)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns(*made_by_model))
+    encoded = ranker.encode_candidates(old.text, old.image, old.attrs)
+    np.save(staging / "cand_kv.npy", encoded.kv)
+    np.save(staging / "retrieval.npy", encoded.retrieval)
+    params = old.retriever.params
+    kept = {k: v for k, v in old.manifest.items() if k not in ("format", "version", "created", "files", "index")}
+    write_manifest(staging, ranker, old.size, write_index(staging, encoded.retrieval, params), kept)
     if out.exists():
         retired = out.with_name(f".{out.name}.retired")
         shutil.rmtree(retired, ignore_errors=True)
@@ -181,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "--from-bundle",
         type=Path,
         default=None,
-        help="reuse this bundle's features and index; recompute only the new model's candidate projections",
+        help="reuse this bundle's features; recompute only what the new model makes (candidate encodings, index)",
     )
     args = parser.parse_args(argv)
     configure_cli_logging()

@@ -7,7 +7,9 @@
       image.npy        (N, image_dim) image embeddings
       attrs.npy        (N, attr_dim) encoded attributes
       cand_kv.npy      (N, 2, 3, dim) the ranker's query-independent keys/values, made by `model_version`
-      index.faiss      the candidate generator over text.npy
+      retrieval.npy    (N, retrieval_dim) unit retrieval vectors, made by `model_version` (the ranker's
+                       `retrieval_score` input is their inner product with the query's)
+      index.faiss      the candidate generator: the model's retrieval vector per item, searched with the query tower's
 
 A bundle is loaded only if every checksum matches, and served only with the model whose feature schema and
 version it was built for (`check_compatible`).
@@ -27,9 +29,9 @@ from index.ranker_runtime import ArtifactError, ModelCard, verify_files
 from index.retriever import IndexKind, IndexParams, Retriever
 from model.schema import FeatureSchema
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: the index holds the model's retrieval vectors, not title embeddings
 MANIFEST_FILE = "manifest.json"
-ARRAYS = ("text", "image", "attrs", "cand_kv")
+ARRAYS = ("text", "image", "attrs", "cand_kv", "retrieval")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Bundle:
     image: np.ndarray
     attrs: np.ndarray
     cand_kv: np.ndarray
+    retrieval: np.ndarray
     retriever: Retriever
     row_of: dict[str, int]
 
@@ -75,6 +78,7 @@ class Bundle:
             "image": (n, schema.image_dim),
             "attrs": (n, schema.attr_dim),
             "cand_kv": (n, 2, 3, int(manifest["model_dim"])),
+            "retrieval": (n, int(manifest["index"]["dim"])),
         }
         for name, shape in expected.items():
             if arrays[name].shape != shape:
@@ -85,6 +89,10 @@ class Bundle:
         retriever = Retriever.load(path / "index.faiss", params, use_gpu=use_gpu)
         if retriever.size != n:
             raise ArtifactError(f"bundle {path}: index.faiss holds {retriever.size} vectors, manifest says {n}")
+        if retriever.dim != int(manifest["index"]["dim"]):
+            raise ArtifactError(
+                f"bundle {path}: index.faiss holds {retriever.dim}-d vectors, manifest says {manifest['index']['dim']}"
+            )
         ids = [r["id"] for r in rows]
         return cls(
             path=path,
@@ -105,8 +113,13 @@ class Bundle:
             raise ArtifactError(
                 f"bundle {self.path} and model {card.version} disagree on feature schema: " + "; ".join(differences)
             )
+        if self.retriever.dim != card.retrieval_dim:
+            raise ArtifactError(
+                f"bundle {self.path} indexes {self.retriever.dim}-d vectors, but model {card.version}'s query tower "
+                f"gives {card.retrieval_dim}-d ones: rebuild the bundle with `make index`"
+            )
         if self.manifest["model_version"] != card.version:
             raise ArtifactError(
-                f"bundle {self.path} holds candidate projections of model {self.manifest['model_version']}, "
+                f"bundle {self.path} holds candidate encodings of model {self.manifest['model_version']}, "
                 f"but the model is {card.version}: rebuild the bundle with `make index`"
             )

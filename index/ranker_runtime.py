@@ -1,7 +1,10 @@
-"""The exported fusion ranker run by ONNX Runtime: its two graphs and its model card.
+"""The exported model run by ONNX Runtime: its three graphs and its model card.
 
-- `candidate_encoder.onnx`: (text, image, attrs) -> cand_kv, run once per item when a bundle is built;
-- `ranker.onnx`: (query, cand_kv, cand_text, query_index) -> scores, run per request (or per micro-batch).
+- `candidate_encoder.onnx`: (text, image, attrs) -> (cand_kv, retrieval), run once per item when a bundle is built:
+  the ranker's keys/values and the item's vector in the candidate generator's space;
+- `query_tower.onnx`: (query) -> the query's vector in that space, run per request before the FAISS search;
+- `ranker.onnx`: (query, cand_kv, cand_text, retrieval_score, query_index) -> scores, run per request (or per
+  micro-batch); `retrieval_score` is the inner product of the query's and the candidate's retrieval vectors.
 
 Loading checks every file against the checksums in `model_card.json` and refuses a mismatch with the reason.
 """
@@ -19,7 +22,10 @@ from index.runtime import make_session
 from model.schema import FeatureSchema
 
 CANDIDATE_ENCODER_FILE = "candidate_encoder.onnx"
+QUERY_TOWER_FILE = "query_tower.onnx"
 RANKER_FILE = "ranker.onnx"
+MODEL_FILES = (CANDIDATE_ENCODER_FILE, QUERY_TOWER_FILE, RANKER_FILE)
+RANKER_INPUTS = ("query", "cand_kv", "cand_text", "retrieval_score", "query_index")
 MODEL_CARD_FILE = "model_card.json"
 CANARY_FILE = "canaries.npz"
 CANARY_TOLERANCE = 1e-4
@@ -35,7 +41,8 @@ class ModelCard:
 
     version: str
     schema: FeatureSchema
-    dim: int
+    dim: int  # the ranker's token width (cand_kv's last axis)
+    retrieval_dim: int  # the candidate generator's vector width (the FAISS index's)
     files: dict[str, str]
     raw: dict[str, Any]
 
@@ -50,6 +57,7 @@ class ModelCard:
                 version=str(data["version"]),
                 schema=FeatureSchema.from_dict(data["feature_schema"]),
                 dim=int(data["model_config"]["dim"]),
+                retrieval_dim=int(data["retriever_config"]["dim"]),
                 files=dict(data["files"]),
                 raw=data,
             )
@@ -67,8 +75,16 @@ def verify_files(directory: Path, expected: dict[str, str], what: str) -> None:
             raise ArtifactError(f"{what}: checksum mismatch for {path} (file changed or corrupt)")
 
 
+@dataclass(frozen=True)
+class CandidateEncoding:
+    """What the candidate encoder gives for N items."""
+
+    kv: np.ndarray  # (N, 2, 3, dim) the ranker's keys and values
+    retrieval: np.ndarray  # (N, retrieval_dim) unit vectors for the candidate generator
+
+
 class OnnxRanker:
-    """The fusion ranker's two ONNX graphs, with the card they were exported with."""
+    """The exported model's three ONNX graphs (candidate encoder, query tower, ranker), with their model card."""
 
     def __init__(self, model_dir: Path, *, providers: list[str] | None = None, threads: int = 1) -> None:
         self.model_dir = model_dir
@@ -76,6 +92,7 @@ class OnnxRanker:
         verify_files(model_dir, self.card.files, "model")
         self.session = make_session(model_dir / RANKER_FILE, providers=providers, threads=threads)
         self.encoder_session = make_session(model_dir / CANDIDATE_ENCODER_FILE, providers=providers, threads=threads)
+        self.query_session = make_session(model_dir / QUERY_TOWER_FILE, providers=providers, threads=threads)
         self.providers = list(self.session.get_providers())
 
     @property
@@ -84,36 +101,58 @@ class OnnxRanker:
 
     def encode_candidates(
         self, text: np.ndarray, image: np.ndarray, attrs: np.ndarray, batch: int = 4096
-    ) -> np.ndarray:
-        """cand_kv (N, 2, 3, dim) for raw item features."""
+    ) -> CandidateEncoding:
+        """Ranker keys/values and retrieval vectors for raw item features."""
         parts = [
             self.encoder_session.run(
                 None, {"text": text[s : s + batch], "image": image[s : s + batch], "attrs": attrs[s : s + batch]}
-            )[0]
+            )
             for s in range(0, len(text), batch)
         ]
-        return np.concatenate(parts).astype(np.float32)
+        return CandidateEncoding(
+            kv=np.concatenate([p[0] for p in parts]).astype(np.float32),
+            retrieval=np.concatenate([p[1] for p in parts]).astype(np.float32),
+        )
+
+    def project_queries(self, query: np.ndarray) -> np.ndarray:
+        """(B, text_dim) MiniLM query embeddings -> (B, retrieval_dim) vectors to search the index with."""
+        return self.query_session.run(None, {"query": query})[0]
 
     def check_canaries(self) -> float:
-        """Score the stored canary inputs and compare with the PyTorch scores recorded at export.
+        """Run the stored canary inputs through all three graphs and compare with the PyTorch outputs recorded at
+        export (ranker scores, query and item retrieval vectors).
 
         Returns the max abs difference; raises ArtifactError above CANARY_TOLERANCE."""
         path = self.model_dir / CANARY_FILE
         if not path.exists():
             raise ArtifactError(f"model: {path} is missing; re-run `make export`")
         with np.load(path) as canary:
-            kv = self.encode_candidates(canary["text"], canary["image"], canary["attrs"])
-            scores = self.score(canary["query"], kv, canary["text"], canary["query_index"])
-            diff = float(np.abs(scores - canary["expected"]).max())
+            encoded = self.encode_candidates(canary["text"], canary["image"], canary["attrs"])
+            query_vectors = self.project_queries(canary["query"])
+            owner = canary["query_index"]
+            retrieval_score = (encoded.retrieval * query_vectors[owner]).sum(axis=1)
+            scores = self.score(canary["query"], encoded.kv, canary["text"], retrieval_score, owner)
+            diffs = {
+                "ranker scores": np.abs(scores - canary["expected"]).max(),
+                "query vectors": np.abs(query_vectors - canary["expected_query_vectors"]).max(),
+                "item vectors": np.abs(encoded.retrieval - canary["expected_item_vectors"]).max(),
+            }
+        worst = max(diffs, key=lambda name: diffs[name])
+        diff = float(diffs[worst])
         if not diff <= CANARY_TOLERANCE:
             raise ArtifactError(
-                f"model: canary scores differ from the exported model's by {diff:.2e} (tolerance {CANARY_TOLERANCE:g})"
+                f"model: canary {worst} differ from the exported model's by {diff:.2e} (tolerance {CANARY_TOLERANCE:g})"
             )
         return diff
 
     def score(
-        self, query: np.ndarray, cand_kv: np.ndarray, cand_text: np.ndarray, query_index: np.ndarray
+        self,
+        query: np.ndarray,
+        cand_kv: np.ndarray,
+        cand_text: np.ndarray,
+        retrieval_score: np.ndarray,
+        query_index: np.ndarray,
     ) -> np.ndarray:
         """Scores (M,) for M candidates of B queries; query_index[m] in [0, B) says whose candidate m is."""
-        feeds = {"query": query, "cand_kv": cand_kv, "cand_text": cand_text, "query_index": query_index}
-        return self.session.run(None, feeds)[0]
+        inputs = (query, cand_kv, cand_text, retrieval_score.astype(np.float32, copy=False), query_index)
+        return self.session.run(None, dict(zip(RANKER_INPUTS, inputs, strict=True)))[0]

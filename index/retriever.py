@@ -1,4 +1,4 @@
-"""Candidate generation with FAISS: inner-product search over unit-norm item text embeddings.
+"""Candidate generation with FAISS: inner-product search over unit-norm item vectors (the model's retrieval space).
 
 Exact (IndexFlatIP) for small catalogs; HNSW above `HNSW_MIN_ITEMS`, where exact search costs more than the
 ranking budget. A GPU copy is made when the faiss GPU build is installed and a GPU is visible.
@@ -79,6 +79,10 @@ class Retriever:
     @property
     def size(self) -> int:
         return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows), each (Q, k); rows are -1 where fewer than k items qualify.

@@ -2,8 +2,9 @@
 
 A candidate is three tokens (image, text, attributes) projected to `dim`; the query (a MiniLM embedding) becomes one
 token that attends over them. The attended vector, its product with the query token, the query token's product with each
-modality's value vector, the per-head attention logits (one explicit query-vs-modality match score each) and the
-query/title cosine feed an MLP that gives one score.
+modality's value vector, the per-head attention logits (one explicit query-vs-modality match score each), the
+query/title cosine and the candidate generator's score (the first stage's evidence, as in any ranking cascade) feed
+an MLP that gives one score.
 
 Everything on the candidate side is independent of the query: `encode_candidates` is run once per catalog item at
 index time and its output (keys and values) stored, so that `score` does only the query-side work per request.
@@ -42,7 +43,7 @@ class FusionConfig:
 
     @property
     def num_interactions(self) -> int:
-        return 1 + self.heads * NUM_TOKENS  # query/title cosine + one logit per (head, token)
+        return 2 + self.heads * NUM_TOKENS  # query/title cosine, retrieval score, one logit per (head, token)
 
     @property
     def head_inputs(self) -> int:
@@ -87,6 +88,7 @@ class FusionRanker(nn.Module):
         query: torch.Tensor,  # (B, text_dim)
         cand_kv: torch.Tensor,  # (M, 2, T, d)
         cand_text: torch.Tensor,  # (M, text_dim)
+        retrieval_score: torch.Tensor,  # (M,) the candidate generator's inner product for each candidate
         query_index: torch.Tensor,  # (M,) int64 in [0, B)
     ) -> torch.Tensor:
         """The per-request part: scores (M,) for candidates whose keys/values were encoded ahead."""
@@ -103,7 +105,8 @@ class FusionRanker(nn.Module):
         q_cand = q_tok[query_index]  # (M, d)
         per_token = (q_cand.unsqueeze(1) * cand_kv[:, 1]).flatten(1)  # (M, T*d): which modality matches the query
         cosine = (F.normalize(query, dim=-1)[query_index] * F.normalize(cand_text, dim=-1)).sum(-1, keepdim=True)
-        features = torch.cat([fused, fused * q_cand, per_token, cosine, logits.flatten(1)], dim=-1)
+        interactions = [cosine, retrieval_score.unsqueeze(-1), logits.flatten(1)]
+        features = torch.cat([fused, fused * q_cand, per_token, *interactions], dim=-1)
         return self.head(features).squeeze(-1)  # (M,)
 
     def forward(
@@ -112,7 +115,8 @@ class FusionRanker(nn.Module):
         text: torch.Tensor,
         image: torch.Tensor,
         attrs: torch.Tensor,
+        retrieval_score: torch.Tensor,
         query_index: torch.Tensor,
     ) -> torch.Tensor:
         """Score raw candidate features end to end (training and the parity reference)."""
-        return self.score(query, self.encode_candidates(text, image, attrs), text, query_index)
+        return self.score(query, self.encode_candidates(text, image, attrs), text, retrieval_score, query_index)

@@ -1,8 +1,10 @@
-"""The request path: query encoding -> candidate retrieval -> feature gather -> ONNX ranker -> top-k.
+"""The request path: query encoding -> candidate retrieval (query tower + FAISS) -> feature gather -> ONNX ranker
+-> top-k.
 
 Requests are validated on the event loop (`prepare_rank`, `prepare_rerank`) into jobs; `process_batch` then serves
 any number of jobs together on the batcher's worker thread: distinct queries are encoded once (misses in one
-MiniLM call), unfiltered searches with the same depth go to FAISS as one batch, and every candidate of every job is
+MiniLM call) and projected into the retrieval space in one query-tower call (the `encode` stage), unfiltered
+searches with the same depth go to FAISS as one batch, and every candidate of every job is
 scored in ONE ranker call. A batch of one job is exactly the unbatched path, so rankings do not depend on batching.
 """
 
@@ -196,8 +198,9 @@ class RankingEngine:
 
     # -- serving, on the batcher's worker thread ---------------------------------------------------------------
 
-    def _encode_queries(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Embeddings of distinct texts: cache hits first, all misses in one encoder call."""
+    def _encode_queries(self, texts: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """MiniLM embeddings of distinct texts (cache hits first, all misses in one encoder call), and the same
+        queries in the retrieval space (one query-tower call)."""
         found: dict[str, np.ndarray] = {}
         for text in texts:
             vector = self.encoder.cached(text)
@@ -210,58 +213,67 @@ class RankingEngine:
             for text, vector in zip(misses, self.encoder.encode(misses), strict=True):
                 self.encoder.remember(text, vector)
                 found[text] = vector
-        return found
+        projected = self.ranker.project_queries(np.stack([found[t] for t in texts]))
+        return found, dict(zip(texts, projected, strict=True))
 
-    def _retrieve(self, jobs: list[Job], vectors: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Candidate rows per job; unfiltered rank jobs of equal depth share one FAISS call."""
-        rows: list[np.ndarray] = [np.zeros(0, np.int64)] * len(jobs)
+    def _retrieve(self, jobs: list[Job], projected: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Candidate rows per job: rerank jobs bring their own; unfiltered rank jobs of equal depth share one FAISS
+        call."""
+        rows = [job.rows if isinstance(job, RerankJob) else np.zeros(0, np.int64) for job in jobs]
         groups: dict[int, list[int]] = {}
         for i, job in enumerate(jobs):
             if isinstance(job, RerankJob):
-                rows[i] = job.rows
-            elif job.allowed is None:
+                continue
+            if job.allowed is None:
                 groups.setdefault(job.num_candidates, []).append(i)
             else:
-                found = self.bundle.retriever.search(vectors[job.query][None], job.num_candidates, job.allowed)[1][0]
-                rows[i] = found[found >= 0]
+                found = self.bundle.retriever.search(projected[job.query][None], job.num_candidates, job.allowed)[1]
+                rows[i] = found[0][found[0] >= 0]
         for k, members in groups.items():
-            queries = np.stack([vectors[jobs[i].query] for i in members])
-            found = self.bundle.retriever.search(queries, k)[1]
+            found = self.bundle.retriever.search(np.stack([projected[jobs[i].query] for i in members]), k)[1]
             for i, hits in zip(members, found, strict=True):
                 rows[i] = hits[hits >= 0]
         return rows
 
-    def _gather(self, jobs: list[Job], rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """cand_kv and text rows for every candidate of every job, concatenated in job order."""
+    def _gather(self, jobs: list[Job], rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """cand_kv, text and retrieval vectors for every candidate of every job, concatenated in job order; rerank
+        documents given as text go through the candidate encoder here (no image, no attributes)."""
         flat = np.concatenate(rows)
-        cand_kv, cand_text = self.bundle.cand_kv[flat], self.bundle.text[flat]
+        b = self.bundle
+        cand_kv, cand_text, cand_retrieval = b.cand_kv[flat], b.text[flat], b.retrieval[flat]
         start = 0
         for job, job_rows in zip(jobs, rows, strict=True):
             if isinstance(job, RerankJob) and job.texts:
                 order = list(job.texts)
                 emb = self.encoder.encode([job.texts[i] for i in order])
                 n = len(order)
-                kv = self.ranker.encode_candidates(
+                encoded = self.ranker.encode_candidates(
                     emb, np.repeat(self._no_image, n, 0), np.repeat(self._no_attrs, n, 0)
                 )
                 at = [start + i for i in order]
-                cand_kv[at], cand_text[at] = kv, emb
+                cand_kv[at], cand_text[at], cand_retrieval[at] = encoded.kv, emb, encoded.retrieval
             start += len(job_rows)
-        return cand_kv, cand_text
+        return cand_kv, cand_text, cand_retrieval
 
     def process_batch(self, batch: list[Batched[Job]]) -> list[dict[str, Any] | Exception]:
         """Serve a batch of jobs; returns one response body (without timing 'total') per job, in order."""
         jobs = [b.item for b in batch]
         stages = _Stages()
-        vectors = self._encode_queries(list(dict.fromkeys(job.query for job in jobs)))
+        vectors, projected = self._encode_queries(list(dict.fromkeys(job.query for job in jobs)))
         stages.lap("encode")
-        rows = self._retrieve(jobs, vectors)
+        rows = self._retrieve(jobs, projected)
         stages.lap("retrieve")
-        cand_kv, cand_text = self._gather(jobs, rows)
+        cand_kv, cand_text, cand_retrieval = self._gather(jobs, rows)
         query_index = np.repeat(np.arange(len(jobs)), [len(r) for r in rows])
+        query_vectors = np.stack([projected[job.query] for job in jobs])
+        retrieval_score = np.einsum("md,md->m", cand_retrieval, query_vectors[query_index])
         stages.lap("gather")
         queries = np.stack([vectors[job.query] for job in jobs])
-        scores = self.ranker.score(queries, cand_kv, cand_text, query_index) if len(query_index) else query_index
+        scores = (
+            self.ranker.score(queries, cand_kv, cand_text, retrieval_score, query_index)
+            if len(query_index)
+            else query_index
+        )
         stages.lap("rank")
         self.metrics.batch_size.observe(len(query_index))
         self.metrics.batch_requests.observe(len(jobs))

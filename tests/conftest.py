@@ -51,6 +51,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, encoder_dir: Path) -> TinyPip
         heads=4,
         hidden=64,
         patience=6,
+        retrieval_epochs=8,
+        retrieval_dim=32,
+        retrieval_hidden=64,
     )
     assert run_train(cfg) == 0
     assert run_export(cfg.out_dir) == 0

@@ -19,10 +19,30 @@ def test_manifest_describes_the_bundle(tiny: TinyPipeline) -> None:
     assert m["items"] == bundle.size == 400
     assert m["index"]["params"]["kind"] == "exact" and m["index"]["recall@100"] == 1.0
     assert m["text_encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert set(m["files"]) == {"text.npy", "image.npy", "attrs.npy", "cand_kv.npy", "items.jsonl", "index.faiss"}
+    files = {"text.npy", "image.npy", "attrs.npy", "cand_kv.npy", "retrieval.npy", "items.jsonl", "index.faiss"}
+    assert set(m["files"]) == files
     assert bundle.cand_kv.shape == (400, 2, 3, 32)
+    card = ModelCard.load(tiny.model)
+    assert m["index"]["space"] == "learned" and m["index"]["dim"] == card.retrieval_dim == bundle.retriever.dim == 32
     np.testing.assert_allclose(np.linalg.norm(bundle.text, axis=1), 1.0, atol=1e-4)
-    bundle.check_compatible(ModelCard.load(tiny.model))
+    np.testing.assert_allclose(np.linalg.norm(bundle.retrieval, axis=1), 1.0, atol=1e-4)
+    bundle.check_compatible(card)
+
+
+def test_index_searches_the_retrieval_vectors(tiny: TinyPipeline) -> None:
+    bundle = Bundle.load(tiny.bundle)
+    scores, rows = bundle.retriever.search(bundle.retrieval[:3], 5)
+    assert rows[:, 0].tolist() == [0, 1, 2]  # each item is its own nearest neighbour
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-4)
+
+
+def test_bundle_of_an_older_format_is_refused(tiny_copy: TinyPipeline) -> None:
+    path = tiny_copy.bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format"] = 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="format 1, this service reads 2"):
+        Bundle.load(tiny_copy.bundle)
 
 
 def test_checksum_mismatch_is_refused(tiny_copy: TinyPipeline) -> None:

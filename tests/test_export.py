@@ -1,4 +1,5 @@
-"""ONNX export: parity with PyTorch, the model card's contents, dynamic axes, and the failing path."""
+"""ONNX export: parity with PyTorch (ranker and candidate generator), the model card's contents, dynamic axes, and
+the failing paths."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import onnx
 import pytest
 
 from index.files import sha256_file
-from index.ranker_runtime import OnnxRanker
+from index.ranker_runtime import ArtifactError, OnnxRanker
 from training import export as export_module
 from training.export import ParityError, run_export
 
@@ -18,10 +19,13 @@ from .conftest import TinyPipeline
 
 def test_model_card_holds_schema_settings_metrics_parity_and_checksums(tiny: TinyPipeline) -> None:
     card = json.loads((tiny.model / "model_card.json").read_text())
-    for system in ("fusion", "text_cosine", "lambdamart"):
+    for system in ("fusion", "text_cosine", "lambdamart", "two_tower"):
         assert set(card["metrics"]["test"][system]) >= {"ndcg@10", "compliance@1", "mrr"}
-    assert card["parity"]["max_abs_diff"] <= 1e-4
+    assert card["parity"]["max_abs_diff"] <= 1e-4 and card["parity"]["retrieval_max_abs_diff"] <= 1e-4
     assert card["parity"]["top10_identical"] == card["parity"]["queries"] > 0
+    assert set(card["files"]) == {"candidate_encoder.onnx", "query_tower.onnx", "ranker.onnx", "canaries.npz"}
+    assert card["retriever_config"]["dim"] == 32
+    assert set(card["metrics"]["candidates"]["test_recall"]) == {"text", "learned"}
     assert card["feature_schema"]["text_dim"] == 384 and card["feature_schema"]["image_dim"] == 512
     assert card["training"]["loss"] == "hybrid"
     assert card["dataset"]["synthetic"] is True
@@ -40,20 +44,27 @@ def test_dynamic_axes_and_batching_across_queries(tiny: TinyPipeline) -> None:
     rng = np.random.default_rng(0)
     schema = ranker.card.schema
     n = 300
-    kv = ranker.encode_candidates(
+    encoded = ranker.encode_candidates(
         rng.normal(size=(n, schema.text_dim)).astype(np.float32),
         rng.normal(size=(n, schema.image_dim)).astype(np.float32),
         schema.encode_attributes([{}] * n),
     )
+    kv = encoded.kv
+    assert encoded.retrieval.shape == (n, 32)
     text = rng.normal(size=(n, schema.text_dim)).astype(np.float32)
     queries = rng.normal(size=(3, schema.text_dim)).astype(np.float32)
+    assert ranker.project_queries(queries).shape == (3, 32)
+    similarity = rng.normal(size=n).astype(np.float32)
     owner = np.repeat(np.arange(3), 100)
-    together = ranker.score(queries, kv, text, owner)
+    together = ranker.score(queries, kv, text, similarity, owner)
     alone = np.concatenate(
-        [ranker.score(queries[q : q + 1], kv[owner == q], text[owner == q], np.zeros(100, np.int64)) for q in range(3)]
+        [
+            ranker.score(queries[q : q + 1], kv[owner == q], text[owner == q], similarity[owner == q], owner[:100] * 0)
+            for q in range(3)
+        ]
     )
     np.testing.assert_allclose(together, alone, atol=1e-5)
-    assert ranker.score(queries[:1], kv[:1], text[:1], np.zeros(1, np.int64)).shape == (1,)
+    assert ranker.score(queries[:1], kv[:1], text[:1], similarity[:1], np.zeros(1, np.int64)).shape == (1,)
 
 
 def test_export_fails_when_onnx_disagrees(tiny_copy: TinyPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,3 +72,25 @@ def test_export_fails_when_onnx_disagrees(tiny_copy: TinyPipeline, monkeypatch: 
     monkeypatch.setattr(export_module, "onnx_scores", lambda *a: real(*a) + 1e-3)
     with pytest.raises(ParityError, match="does not match PyTorch"):
         run_export(tiny_copy.model)
+
+
+def test_export_fails_when_the_candidate_generator_disagrees(
+    tiny_copy: TinyPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export_module, "retrieval_parity", lambda *a: (1e-2, 0))
+    with pytest.raises(ParityError, match="does not match PyTorch"):
+        run_export(tiny_copy.model)
+
+
+def test_canaries_catch_a_query_tower_that_changed(tiny_copy: TinyPipeline) -> None:
+    path = tiny_copy.model / "canaries.npz"
+    with np.load(path) as canary:
+        arrays = dict(canary)
+    arrays["expected_query_vectors"] = arrays["expected_query_vectors"] + 1e-2
+    np.savez(path, **arrays)
+    card_path = tiny_copy.model / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["files"]["canaries.npz"] = sha256_file(path)  # checksums agree; only the behaviour differs
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="canary query vectors differ"):
+        OnnxRanker(tiny_copy.model).check_canaries()

@@ -3,6 +3,8 @@ required but is missing is a start-up error rather than a silent CPU fallback (t
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -38,11 +40,13 @@ def test_cpu_fallback_when_allowed(tiny: TinyPipeline) -> None:
 def test_training_picks_cuda_with_bf16_by_itself(tiny: TinyPipeline) -> None:
     from index.text_encoder import TextEncoder
     from training.dataset import load_dataset
+    from training.retrieval import train_retriever
     from training.train import train
 
     dataset = load_dataset(tiny.data, TextEncoder(tiny.encoder), num_candidates=tiny.config.num_candidates)
-    result = train(tiny.config.__class__(**{**tiny.config.__dict__, "epochs": 2}), dataset)
-    assert result.device.startswith("cuda")
+    cfg = dataclasses.replace(tiny.config, epochs=2, retrieval_epochs=2)
+    assert next(train_retriever(cfg, dataset).model.parameters()).device.type == "cuda"
+    assert train(cfg, dataset).device.startswith("cuda")
 
 
 @pytest.mark.gpu

@@ -11,10 +11,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from index.text_encoder import TextEncoder
 from service.app import create_app
-from training.dataset import load_dataset
-from training.export import load_checkpoint
+from training.export import load_checkpoint, served_dataset
 from training.train import FeatureTensors, score_lists
 
 from .conftest import TinyPipeline, serving_settings
@@ -55,11 +53,12 @@ def test_filters_restrict_results(client: TestClient) -> None:
 
 
 def test_served_ranking_equals_offline_evaluation(tiny: TinyPipeline, client: TestClient) -> None:
-    model, schema, _ = load_checkpoint(tiny.model / "checkpoint.pt")
+    checkpoint = load_checkpoint(tiny.model / "checkpoint.pt")
     k = tiny.config.num_candidates
-    dataset = load_dataset(tiny.data, TextEncoder(tiny.encoder), num_candidates=k, schema=schema)
+    dataset = served_dataset(checkpoint)
+    assert dataset.space == "learned"
     test = dataset.splits["test"]
-    offline = score_lists(model, FeatureTensors(dataset.features, torch.device("cpu")), test)
+    offline = score_lists(checkpoint.ranker, FeatureTensors.of(dataset, torch.device("cpu")), test)
     for q in range(5):
         expected = [dataset.items[i].id for i in test.candidates[q][np.argsort(-offline[q], kind="stable")]]
         served = client.post("/rank", json={"query": test.query_texts[q], "top_k": k, "num_candidates": k}).json()

@@ -1,4 +1,5 @@
-"""The training loop learns, is reproducible, and the CLI refuses bad input with one sentence."""
+"""The training loops (candidate generator and ranker) learn and are reproducible, and the CLI refuses bad input
+with one sentence."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import torch
 
 from index.text_encoder import TextEncoder
 from training.baselines import text_cosine_scores
-from training.dataset import load_dataset
+from training.dataset import RankingLists, load_dataset
 from training.metrics import evaluate_scores
+from training.retrieval import _labels, _sample_items, learned_space, train_retriever
 from training.synthetic import SyntheticConfig, write_dataset
 from training.train import FeatureTensors, TrainConfig, lr_at, score_lists, train
 
@@ -43,7 +45,7 @@ def test_training_learns_beyond_the_text_baseline(tiny: TinyPipeline, toy_datase
     cfg = _small_cfg(tiny, epochs=30, patience=30, batch_queries=8, dim=64, num_candidates=50)
     result = train(cfg, toy_dataset)
     val = toy_dataset.splits["val"]
-    tensors = FeatureTensors(toy_dataset.features, torch.device("cpu"))
+    tensors = FeatureTensors.of(toy_dataset, torch.device("cpu"))
     learned = evaluate_scores(score_lists(result.model, tensors, val), val.grades, val.compliant, val.ideal_grades)
     cosine = evaluate_scores(text_cosine_scores(toy_dataset.features, val), val.grades, val.compliant, val.ideal_grades)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
@@ -68,10 +70,12 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 
 def test_train_writes_checkpoint_and_baseline_metrics(tiny: TinyPipeline) -> None:
     metrics = json.loads((tiny.model / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"fusion", "lambdamart", "text_cosine"}
+    assert set(metrics["test"]) == {"fusion", "lambdamart", "two_tower", "text_cosine"}
+    assert set(metrics["candidates"]["test_recall"]) == {"text", "learned"}
     assert metrics["synthetic"] is True
     checkpoint = torch.load(tiny.model / "checkpoint.pt", weights_only=False)
-    assert {"model", "optimizer", "model_config", "schema", "train_config", "step", "best_val_ndcg"} <= set(checkpoint)
+    expected = {"model", "optimizer", "model_config", "schema", "train_config", "step", "best_val_ndcg"}
+    assert expected | {"retriever", "retriever_config"} <= set(checkpoint)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -116,7 +120,56 @@ def test_cli_missing_encoder_says_what_to_run(tiny: TinyPipeline, tmp_path: Path
 
 def test_scores_are_finite(tiny: TinyPipeline, tiny_dataset) -> None:
     result = train(_small_cfg(tiny, epochs=1), tiny_dataset)
-    scores = score_lists(
-        result.model, FeatureTensors(tiny_dataset.features, torch.device("cpu")), tiny_dataset.splits["test"]
-    )
+    tensors = FeatureTensors.of(tiny_dataset, torch.device("cpu"))
+    scores = score_lists(result.model, tensors, tiny_dataset.splits["test"])
     assert np.isfinite(scores).all()
+
+
+def test_retriever_finds_what_title_search_misses(tiny: TinyPipeline, toy_dataset) -> None:
+    cfg = _small_cfg(tiny, retrieval_epochs=15, retrieval_dim=64, num_candidates=50, patience=15)
+    result = train_retriever(cfg, toy_dataset)
+    relisted = toy_dataset.with_candidates(learned_space(result.model, toy_dataset.features, torch.device("cpu")), 50)
+    title_only = toy_dataset.splits["val"].candidate_recall()
+    learned = relisted.splits["val"].candidate_recall()
+    assert learned == pytest.approx(result.best_val_recall)
+    assert learned > title_only + 0.2
+    assert relisted.space == "learned" and relisted.item_vectors.shape == (1500, 64)
+
+
+def test_same_seed_gives_the_same_retriever(tiny: TinyPipeline, tiny_dataset) -> None:
+    cfg = _small_cfg(tiny, retrieval_epochs=2, retrieval_dim=16, retrieval_hidden=32)
+    a = train_retriever(cfg, tiny_dataset).model.state_dict()
+    b = train_retriever(cfg, tiny_dataset).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_large_catalogs_train_the_retriever_on_sampled_items(tiny: TinyPipeline, tiny_dataset) -> None:
+    cfg = _small_cfg(tiny, retrieval_epochs=1, retrieval_dim=16, retrieval_hidden=32, retrieval_items_per_step=50)
+    assert 0.0 <= train_retriever(cfg, tiny_dataset).best_val_recall <= 1.0
+
+
+def test_sampled_items_keep_the_relevant_ones_and_their_grades() -> None:
+    batch = [(np.array([3, 7, 90]), np.array([3, 1, 2])), (np.array([7]), np.array([2]))]
+    rng = np.random.default_rng(0)
+    assert _sample_items(batch, 50, 100, rng).tolist() == list(range(50))  # a small catalog is scored whole
+    sample = _sample_items(batch, 1000, 10, rng)
+    assert {3, 7, 90} <= set(sample.tolist()) and list(sample) == sorted(sample)
+    labels = _labels(batch, sample)
+    at = {row: i for i, row in enumerate(sample.tolist())}
+    assert labels[0, at[3]] == 3 and labels[0, at[7]] == 1 and labels[0, at[90]] == 2 and labels[1, at[7]] == 2
+    assert labels.sum() == 8
+
+
+def test_candidate_recall_counts_relevant_items_that_were_retrieved() -> None:
+    lists = RankingLists(
+        query_ids=["a", "b", "c"],
+        query_texts=["a", "b", "c"],
+        query_emb=np.zeros((3, 4), np.float32),
+        query_vectors=np.zeros((3, 4), np.float32),
+        candidates=np.zeros((3, 3), np.int64),
+        grades=np.array([[3, 2, 1], [1, 0, 0], [0, 0, 0]]),
+        compliant=np.zeros((3, 3), bool),
+        ideal_grades=np.zeros((3, 10), np.int64),
+        relevant_total=np.array([4, 2, 0]),  # query c has no relevant item: excluded, not counted as zero
+    )
+    assert lists.candidate_recall() == pytest.approx((2 / 4 + 0 / 2) / 2)

@@ -1,8 +1,11 @@
 """Baselines scored on the same candidate lists as the fusion ranker.
 
-- text_cosine: MiniLM cosine of query and item title (also what the candidate generator ranks by).
+- text_cosine: MiniLM cosine of query and item title.
+- two_tower: the candidate generator's own score, i.e. no second stage at all (the ranker must beat it to be
+  worth its milliseconds).
 - lambdamart: LightGBM LambdaMART on the same inputs as the fusion ranker, as flat features: the query/title
-  cosine, the encoded attributes, and PCA-reduced query, title and image embeddings.
+  cosine, the candidate generator's score, the encoded attributes, and PCA-reduced query, title and image
+  embeddings.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 
 from index.featurize import CandidateFeatures
-from training.dataset import RankingLists
+from training.dataset import Dataset, RankingLists
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,11 @@ log = logging.getLogger(__name__)
 def text_cosine_scores(features: CandidateFeatures, lists: RankingLists) -> np.ndarray:
     """(Q, K) cosine of each query with each candidate's title embedding (both unit norm)."""
     return np.einsum("qkd,qd->qk", features.text[lists.candidates], lists.query_emb)
+
+
+def retrieval_scores(dataset: Dataset, lists: RankingLists) -> np.ndarray:
+    """(Q, K) inner product of each query with each candidate in the space the candidates were retrieved from."""
+    return np.einsum("qkd,qd->qk", dataset.item_vectors[lists.candidates], lists.query_vectors)
 
 
 class LambdaMART:
@@ -33,12 +41,14 @@ class LambdaMART:
         self.pca: dict[str, PCA] = {}
         self.model: lgb.LGBMRanker | None = None
 
-    def _rows(self, features: CandidateFeatures, lists: RankingLists) -> np.ndarray:
-        q, k = lists.candidates.shape
+    def _rows(self, dataset: Dataset, lists: RankingLists) -> np.ndarray:
+        features = dataset.features
+        k = lists.candidates.shape[1]
         cand = lists.candidates.reshape(-1)
         query = np.repeat(lists.query_emb, k, axis=0)
         parts = [
             text_cosine_scores(features, lists).reshape(-1, 1),
+            retrieval_scores(dataset, lists).reshape(-1, 1),
             features.attrs[cand],
             self.pca["query"].transform(query),
             self.pca["text"].transform(features.text[cand]),
@@ -46,7 +56,8 @@ class LambdaMART:
         ]
         return np.hstack(parts).astype(np.float32)
 
-    def fit(self, features: CandidateFeatures, train: RankingLists, val: RankingLists) -> LambdaMART:
+    def fit(self, dataset: Dataset, train: RankingLists, val: RankingLists) -> LambdaMART:
+        features = dataset.features
         self.pca = {
             "query": PCA(self.components, random_state=self.seed).fit(train.query_emb),
             "text": PCA(self.components, random_state=self.seed).fit(features.text),
@@ -63,14 +74,16 @@ class LambdaMART:
             subsample_freq=1,
             colsample_bytree=0.8,
             random_state=self.seed,
+            deterministic=True,  # the same table from the same seed, whatever the thread timing
+            force_row_wise=True,
             n_jobs=2,
             verbose=-1,
         )
         self.model.fit(
-            self._rows(features, train),
+            self._rows(dataset, train),
             train.grades.reshape(-1),
             group=[k] * len(train),
-            eval_X=(self._rows(features, val),),
+            eval_X=(self._rows(dataset, val),),
             eval_y=(val.grades.reshape(-1),),
             eval_group=[[val.candidates.shape[1]] * len(val)],
             eval_at=[10],
@@ -79,7 +92,7 @@ class LambdaMART:
         log.info("LambdaMART: %d trees (early-stopped on val nDCG@10)", self.model.best_iteration_)
         return self
 
-    def scores(self, features: CandidateFeatures, lists: RankingLists) -> np.ndarray:
+    def scores(self, dataset: Dataset, lists: RankingLists) -> np.ndarray:
         if self.model is None:
             raise RuntimeError("LambdaMART.scores called before fit")
-        return np.asarray(self.model.predict(self._rows(features, lists))).reshape(lists.candidates.shape)
+        return np.asarray(self.model.predict(self._rows(dataset, lists))).reshape(lists.candidates.shape)

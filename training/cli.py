@@ -20,15 +20,14 @@ from index.catalog import DataError
 from index.cli_logging import configure_cli_logging
 from index.files import write_json
 from index.text_encoder import TextEncoder
-from training.baselines import LambdaMART, text_cosine_scores
+from training.baselines import LambdaMART, retrieval_scores, text_cosine_scores
 from training.dataset import Dataset, load_dataset, require_data_dir
 from training.export import ParityError, run_export
-from training.metrics import NDCG_CONVENTION, RankingMetrics, evaluate_scores
-from training.train import FeatureTensors, TrainConfig, score_lists, train
+from training.metrics import NDCG_CONVENTION, RELEVANT_GRADE, RankingMetrics, evaluate_scores
+from training.retrieval import learned_space, train_retriever
+from training.train import FeatureTensors, TrainConfig, score_lists, select_device, train
 
 log = logging.getLogger("training")
-
-SYSTEMS = ("fusion", "lambdamart", "text_cosine")
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +59,12 @@ def metrics_table(results: dict[str, RankingMetrics], title: str) -> str:
     return "\n".join(lines)
 
 
+def candidates_table(recall: dict[str, float], k: int) -> str:
+    lines = [f"Candidate generation, recall@{k} of relevant items (grade >= 2) on the test split:"]
+    lines += [f"  {name:<8} {value:.4f}" for name, value in recall.items()]
+    return "\n".join(lines)
+
+
 def evaluate_systems(
     dataset: Dataset, scores_by_system: dict[str, np.ndarray], split: str = "test"
 ) -> dict[str, RankingMetrics]:
@@ -82,6 +87,22 @@ def run_train(cfg: TrainConfig) -> int:
         len(dataset.items),
         {k: len(v) for k, v in dataset.splits.items()},
     )
+    retriever = train_retriever(cfg, dataset)
+    log.info(
+        "best val candidate recall@%d %.4f at epoch %d; %d epochs in %.1fs",
+        cfg.num_candidates,
+        retriever.best_val_recall,
+        retriever.best_epoch,
+        retriever.epochs_run,
+        retriever.seconds,
+    )
+    text_recall = dataset.splits["test"].candidate_recall()
+    dataset = dataset.with_candidates(
+        learned_space(retriever.model, dataset.features, select_device(cfg.device)), cfg.num_candidates
+    )
+    candidate_recall = {"text": text_recall, "learned": dataset.splits["test"].candidate_recall()}
+    print(candidates_table(candidate_recall, cfg.num_candidates))
+
     result = train(cfg, dataset)
     log.info(
         "best val nDCG@10 %.4f at epoch %d; %d epochs in %.1fs (%.2fs/epoch on %s)",
@@ -93,18 +114,19 @@ def run_train(cfg: TrainConfig) -> int:
         result.device,
     )
 
-    lambdamart = LambdaMART(seed=cfg.seed).fit(dataset.features, dataset.splits["train"], dataset.splits["val"])
-    tensors = FeatureTensors(dataset.features, torch.device(result.device))
+    lambdamart = LambdaMART(seed=cfg.seed).fit(dataset, dataset.splits["train"], dataset.splits["val"])
+    tensors = FeatureTensors.of(dataset, torch.device(result.device))
     test = dataset.splits["test"]
     results = evaluate_systems(
         dataset,
         {
             "fusion": score_lists(result.model, tensors, test),
-            "lambdamart": lambdamart.scores(dataset.features, test),
+            "lambdamart": lambdamart.scores(dataset, test),
+            "two_tower": retrieval_scores(dataset, test),
             "text_cosine": text_cosine_scores(dataset.features, test),
         },
     )
-    print(metrics_table(results, f"Test split of {synthetic}dataset '{dataset.name}':"))
+    print(metrics_table(results, f"Test split of {synthetic}dataset '{dataset.name}', learned candidates:"))
 
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -112,6 +134,8 @@ def run_train(cfg: TrainConfig) -> int:
             "model": result.model.state_dict(),
             "optimizer": result.optimizer_state,
             "model_config": dataclasses.asdict(result.model_config),
+            "retriever": retriever.model.state_dict(),
+            "retriever_config": dataclasses.asdict(retriever.config),
             "schema": dataset.schema.to_dict(),
             "train_config": cfg.to_dict(),
             "step": result.steps,
@@ -128,6 +152,11 @@ def run_train(cfg: TrainConfig) -> int:
             "synthetic": bool(synthetic),
             "convention": NDCG_CONVENTION,
             "test": {name: m.as_dict() for name, m in results.items()},
+            "candidates": {
+                "k": cfg.num_candidates,
+                "relevant_grade": RELEVANT_GRADE,
+                "test_recall": {name: round(value, 4) for name, value in candidate_recall.items()},
+            },
             "training": {
                 "device": result.device,
                 "epochs_run": result.epochs_run,
@@ -135,6 +164,9 @@ def run_train(cfg: TrainConfig) -> int:
                 "seconds": round(result.seconds, 2),
                 "seconds_per_epoch": round(result.seconds_per_epoch, 3),
                 "best_val_ndcg@10": round(result.best_val_ndcg, 4),
+                "retriever_epochs_run": retriever.epochs_run,
+                "retriever_seconds": round(retriever.seconds, 2),
+                "retriever_best_val_recall": round(retriever.best_val_recall, 4),
             },
         },
     )

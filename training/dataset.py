@@ -1,7 +1,9 @@
 """Queries, judgments and the per-query candidate lists that training and evaluation work on.
 
-A list holds the candidates the service's retriever would give for the query (top-K by MiniLM cosine, exact
-search), with their grades: the ranker learns and is evaluated on exactly what it will see when serving.
+A list holds the candidates the service's retriever would give for the query (top-K by exact search in a
+`CandidateSpace`), with their grades: the ranker learns and is evaluated on exactly what it will see when serving.
+Lists start in the title-text space (MiniLM query vs title); once the two-tower retriever is trained,
+`Dataset.with_candidates` rebuilds them in its learned space.
 
 Any dataset in the user data format (docs/data.md) is read here: JSONL or Parquet files, judgments as JSONL/Parquet or
 TREC qrels, items with precomputed vectors or with image paths (encoded with the ONNX CLIP image encoder). The
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from index.featurize import CandidateFeatures, featurize, schema_from_items
 from index.retriever import IndexKind, IndexParams, Retriever, build_index
 from index.text_encoder import TextEncoder
 from model.schema import FeatureSchema
+from training.metrics import RELEVANT_GRADE
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +57,41 @@ class RankingLists:
     query_ids: list[str]
     query_texts: list[str]
     query_emb: np.ndarray  # (Q, text_dim)
+    query_vectors: np.ndarray  # (Q, D) the queries in the space the candidates were retrieved from
     candidates: np.ndarray  # (Q, K) int64 item rows
     grades: np.ndarray  # (Q, K) int64, 0 where unjudged
     compliant: np.ndarray  # (Q, K) bool
     ideal_grades: np.ndarray  # (Q, IDEAL_DEPTH) best judged grades over the whole catalog, descending
+    relevant_total: np.ndarray  # (Q,) items with grade >= RELEVANT_GRADE in the whole catalog
 
     def __len__(self) -> int:
         return len(self.query_ids)
+
+    def candidate_recall(self) -> float:
+        """Mean share of each query's relevant items that made its candidate list (queries with none excluded):
+        what the candidate generator lets the ranker see at all."""
+        has = self.relevant_total > 0
+        if not has.any():
+            return float("nan")
+        found = (self.grades >= RELEVANT_GRADE).sum(axis=1)
+        return float((found[has] / self.relevant_total[has]).mean())
+
+
+Judged = dict[str, dict[int, tuple[int, bool]]]  # query id -> item row -> (grade, compliant)
+
+
+@dataclass(frozen=True)
+class CandidateSpace:
+    """Where candidate generation searches: unit item vectors, and the map of a query embedding into their space."""
+
+    name: str
+    items: np.ndarray  # (N, D)
+    project: Callable[[np.ndarray], np.ndarray]  # (Q, text_dim) MiniLM query embeddings -> (Q, D)
+
+
+def text_space(features: CandidateFeatures) -> CandidateSpace:
+    """The title-only space: MiniLM query against MiniLM title (also the text-cosine baseline's order)."""
+    return CandidateSpace("text", features.text, lambda query: query)
 
 
 @dataclass
@@ -72,6 +103,17 @@ class Dataset:
     features: CandidateFeatures
     splits: dict[str, RankingLists]
     name: str
+    judged: Judged
+    item_vectors: np.ndarray  # (N, D) the items in the space the candidates were retrieved from
+    space: str = "text"  # that CandidateSpace's name
+
+    def with_candidates(self, space: CandidateSpace, num_candidates: int) -> Dataset:
+        """The same queries and labels with every split's candidate lists retrieved again from `space`."""
+        splits = {
+            name: build_lists(lists.query_ids, lists.query_texts, lists.query_emb, self.judged, space, num_candidates)
+            for name, lists in self.splits.items()
+        }
+        return dataclasses.replace(self, splits=splits, item_vectors=space.items, space=space.name)
 
 
 def hash_split(query_id: str) -> str:
@@ -97,11 +139,9 @@ def read_queries(path: Path) -> list[Query]:
     return queries
 
 
-def read_judgments(
-    path: Path, query_ids: set[str], item_rows: dict[str, int]
-) -> dict[str, dict[int, tuple[int, bool]]]:
+def read_judgments(path: Path, query_ids: set[str], item_rows: dict[str, int]) -> Judged:
     """query id -> item row -> (grade, compliant). Unknown ids and grades outside 0..3 are errors."""
-    judged: dict[str, dict[int, tuple[int, bool]]] = {}
+    judged: Judged = {}
     for number, record in iter_judgment_records(path):
         qid, iid, grade = record.get("query_id"), record.get("item_id"), record.get("grade")
         if qid not in query_ids:
@@ -174,30 +214,38 @@ def encode_item_images(items: list[Item], image_encoder_dir: Path | None) -> lis
 
 
 def build_lists(
-    queries: list[Query],
+    query_ids: list[str],
+    query_texts: list[str],
     query_emb: np.ndarray,
-    judged: dict[str, dict[int, tuple[int, bool]]],
-    retriever: Retriever,
+    judged: Judged,
+    space: CandidateSpace,
     num_candidates: int,
 ) -> RankingLists:
-    _, rows = retriever.search(query_emb, num_candidates)
+    """Retrieve each query's top `num_candidates` from `space` by exact search and label them."""
+    query_vectors = space.project(query_emb)
+    index = build_index(space.items, IndexParams(IndexKind.EXACT))
+    _, rows = Retriever(index, IndexParams(IndexKind.EXACT)).search(query_vectors, num_candidates)
     grades = np.zeros(rows.shape, dtype=np.int64)
     compliant = np.zeros(rows.shape, dtype=bool)
-    ideal = np.zeros((len(queries), IDEAL_DEPTH), dtype=np.int64)
-    for q, query in enumerate(queries):
-        labels = judged.get(query.id, {})
+    ideal = np.zeros((len(query_ids), IDEAL_DEPTH), dtype=np.int64)
+    relevant_total = np.zeros(len(query_ids), dtype=np.int64)
+    for q, query_id in enumerate(query_ids):
+        labels = judged.get(query_id, {})
         for k, row in enumerate(rows[q]):
             grades[q, k], compliant[q, k] = labels.get(int(row), (0, False))
         best = sorted((g for g, _ in labels.values()), reverse=True)[:IDEAL_DEPTH]
         ideal[q, : len(best)] = best
+        relevant_total[q] = sum(g >= RELEVANT_GRADE for g, _ in labels.values())
     return RankingLists(
-        query_ids=[q.id for q in queries],
-        query_texts=[q.text for q in queries],
+        query_ids=query_ids,
+        query_texts=query_texts,
         query_emb=query_emb,
+        query_vectors=query_vectors,
         candidates=rows.astype(np.int64),
         grades=grades,
         compliant=compliant,
         ideal_grades=ideal,
+        relevant_total=relevant_total,
     )
 
 
@@ -236,13 +284,20 @@ def load_dataset(
         schema = schema_from_items(items, text_dim=encoder.dim, image_dim=dim, text_encoder=encoder.name)
     log.info("encoding %d item titles and %d queries with %s", len(items), len(queries), encoder.name)
     features = featurize(items, schema, encoder)
-    retriever = Retriever(build_index(features.text, IndexParams(IndexKind.EXACT)), IndexParams(IndexKind.EXACT))
+    space = text_space(features)
     splits = {}
     for split in SPLITS:
         chosen = [q for q in queries if q.split == split]
         if not chosen:
             raise DataError(f"{data_dir}: no queries in split {split!r}")
-        emb = encoder.encode([q.text for q in chosen])
-        splits[split] = build_lists(chosen, emb, judged, retriever, num_candidates)
-    name = data_dir.name
-    return Dataset(items=items, schema=schema, features=features, splits=splits, name=name)
+        ids, texts = [q.id for q in chosen], [q.text for q in chosen]
+        splits[split] = build_lists(ids, texts, encoder.encode(texts), judged, space, num_candidates)
+    return Dataset(
+        items=items,
+        schema=schema,
+        features=features,
+        splits=splits,
+        name=data_dir.name,
+        judged=judged,
+        item_vectors=space.items,
+    )

@@ -1,8 +1,9 @@
 """Export the trained fusion ranker to ONNX, prove it scores like PyTorch, and write the model card.
 
-Two graphs (see `index.ranker_runtime`): the candidate encoder, run at index time, and the ranker, run per request.
-Parity is checked on the validation lists through the same path the service takes (encoder graph over the
-catalog, then the ranker graph over gathered rows); the command fails when the scores differ by more than
+Three graphs (see `index.ranker_runtime`): the candidate encoder (ranker keys/values and retrieval vector per
+item), run at index time; the query tower and the ranker, run per request. Parity is checked on the validation
+queries through the same path the service takes (candidate encoder over the catalog, query tower, exact search,
+then the ranker over gathered rows); the command fails when ranker scores or retrieval vectors differ by more than
 `PARITY_TOLERANCE` or any query's top-10 order differs.
 """
 
@@ -25,12 +26,23 @@ from torch import nn
 from index.featurize import CandidateFeatures
 from index.files import read_json, sha256_file, write_json
 from index.onnx_export import torch_to_onnx
-from index.ranker_runtime import CANARY_FILE, CANDIDATE_ENCODER_FILE, MODEL_CARD_FILE, RANKER_FILE, OnnxRanker
+from index.ranker_runtime import (
+    CANARY_FILE,
+    CANDIDATE_ENCODER_FILE,
+    MODEL_CARD_FILE,
+    MODEL_FILES,
+    QUERY_TOWER_FILE,
+    RANKER_FILE,
+    RANKER_INPUTS,
+    OnnxRanker,
+)
 from index.text_encoder import TextEncoder
 from model.fusion import FusionConfig, FusionRanker
+from model.retrieval import RetrievalConfig, TwoTowerRetriever
 from model.schema import FeatureSchema
-from training.dataset import RankingLists, load_dataset
+from training.dataset import Dataset, RankingLists, load_dataset
 from training.metrics import NDCG_CONVENTION
+from training.retrieval import learned_space
 from training.train import FeatureTensors, TrainConfig, score_lists
 
 log = logging.getLogger(__name__)
@@ -45,22 +57,56 @@ class ParityError(RuntimeError):
 
 @dataclass(frozen=True)
 class Parity:
-    max_abs_diff: float
+    """How closely the ONNX graphs reproduce PyTorch on the validation queries."""
+
+    max_abs_diff: float  # ranker scores
     top10_identical: int
     queries: int
+    retrieval_max_abs_diff: float  # query and item vectors of the candidate generator
+    candidates_identical: int  # queries whose candidate set is the same through ONNX as through PyTorch
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= PARITY_TOLERANCE and self.top10_identical == self.queries
+        return (
+            self.max_abs_diff <= PARITY_TOLERANCE
+            and self.retrieval_max_abs_diff <= PARITY_TOLERANCE
+            and self.top10_identical == self.queries
+        )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A training checkpoint, loaded: the ranker, the retriever, the schema, and the raw dict (configs, metrics)."""
+
+    ranker: FusionRanker
+    retriever: TwoTowerRetriever
+    schema: FeatureSchema
+    raw: dict[str, Any]
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.raw["train_config"])
 
 
 class _CandidateEncoder(nn.Module):
-    def __init__(self, model: FusionRanker) -> None:
+    def __init__(self, model: FusionRanker, retriever: TwoTowerRetriever) -> None:
         super().__init__()
         self.model = model
+        self.retriever = retriever
 
-    def forward(self, text: torch.Tensor, image: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_candidates(text, image, attrs)
+    def forward(
+        self, text: torch.Tensor, image: torch.Tensor, attrs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_candidates(text, image, attrs), self.retriever.encode_items(text, image, attrs)
+
+
+class _QueryTower(nn.Module):
+    def __init__(self, retriever: TwoTowerRetriever) -> None:
+        super().__init__()
+        self.retriever = retriever
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        return self.retriever.encode_queries(query)
 
 
 class _Scorer(nn.Module):
@@ -69,18 +115,40 @@ class _Scorer(nn.Module):
         self.model = model
 
     def forward(
-        self, query: torch.Tensor, cand_kv: torch.Tensor, cand_text: torch.Tensor, query_index: torch.Tensor
+        self,
+        query: torch.Tensor,
+        cand_kv: torch.Tensor,
+        cand_text: torch.Tensor,
+        retrieval_score: torch.Tensor,
+        query_index: torch.Tensor,
     ) -> torch.Tensor:
-        return self.model.score(query, cand_kv, cand_text, query_index)
+        return self.model.score(query, cand_kv, cand_text, retrieval_score, query_index)
 
 
-def load_checkpoint(path: Path) -> tuple[FusionRanker, FeatureSchema, dict[str, Any]]:
+def load_checkpoint(path: Path) -> Checkpoint:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; run `make train` first")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    model = FusionRanker(FusionConfig(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), FeatureSchema.from_dict(checkpoint["schema"]), checkpoint
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    if "retriever" not in raw:
+        raise ValueError(f"checkpoint {path} has no candidate generator (made by an older version): run `make train`")
+    ranker = FusionRanker(FusionConfig(**raw["model_config"]))
+    ranker.load_state_dict(raw["model"])
+    retriever = TwoTowerRetriever(RetrievalConfig(**raw["retriever_config"]))
+    retriever.load_state_dict(raw["retriever"])
+    return Checkpoint(ranker.eval(), retriever.eval(), FeatureSchema.from_dict(raw["schema"]), raw)
+
+
+def served_dataset(checkpoint: Checkpoint, data_dir: Path | None = None, encoder_dir: Path | None = None) -> Dataset:
+    """The checkpoint's dataset with the candidate lists its retriever gives: what the exported model serves."""
+    cfg = checkpoint.train_config
+    dataset = load_dataset(
+        data_dir or cfg.data_dir,
+        TextEncoder(encoder_dir or cfg.encoder_dir),
+        num_candidates=cfg.num_candidates,
+        schema=checkpoint.schema,
+    )
+    space = learned_space(checkpoint.retriever, dataset.features, torch.device("cpu"))
+    return dataset.with_candidates(space, cfg.num_candidates)
 
 
 def _export(
@@ -90,9 +158,10 @@ def _export(
     dynamic: dict,
     path: Path,
     metadata: dict[str, str],
+    outputs: tuple[str, ...] = ("out",),
 ) -> None:
     torch_to_onnx(
-        module, args, path, input_names=names, output_names=["out"], dynamic_shapes=dynamic, opset_version=OPSET
+        module, args, path, input_names=names, output_names=list(outputs), dynamic_shapes=dynamic, opset_version=OPSET
     )
     proto = onnx.load(str(path))
     for key, value in metadata.items():
@@ -100,31 +169,41 @@ def _export(
     onnx.save(proto, str(path))
 
 
-def export_onnx(model: FusionRanker, out_dir: Path, metadata: dict[str, str]) -> None:
+def export_onnx(model: FusionRanker, retriever: TwoTowerRetriever, out_dir: Path, metadata: dict[str, str]) -> None:
     cfg = model.cfg
     m, b = 7, 2
     candidates = torch.export.Dim("candidates", min=1)
     queries = torch.export.Dim("queries", min=1)
     text, image, attrs = torch.randn(m, cfg.text_dim), torch.randn(m, cfg.image_dim), torch.randn(m, cfg.attr_dim)
     _export(
-        _CandidateEncoder(model).eval(),
+        _QueryTower(retriever).eval(),
+        (torch.randn(b, cfg.text_dim),),
+        ["query"],
+        {"query": {0: queries}},
+        out_dir / QUERY_TOWER_FILE,
+        metadata,
+    )
+    _export(
+        _CandidateEncoder(model, retriever).eval(),
         (text, image, attrs),
         ["text", "image", "attrs"],
         {"text": {0: candidates}, "image": {0: candidates}, "attrs": {0: candidates}},
         out_dir / CANDIDATE_ENCODER_FILE,
         metadata,
+        outputs=("cand_kv", "retrieval"),
     )
     with torch.inference_mode():
-        cand_kv = model.encode_candidates(text, image, attrs)
+        cand_kv = model.encode_candidates(text, image, attrs)  # (m, 2, 3, d)
     query_index = torch.tensor([0, 0, 0, 1, 1, 1, 1])
     _export(
         _Scorer(model).eval(),
-        (torch.randn(b, cfg.text_dim), cand_kv, text, query_index),
-        ["query", "cand_kv", "cand_text", "query_index"],
+        (torch.randn(b, cfg.text_dim), cand_kv, text, torch.randn(m), query_index),
+        list(RANKER_INPUTS),
         {
             "query": {0: queries},
             "cand_kv": {0: candidates},
             "cand_text": {0: candidates},
+            "retrieval_score": {0: candidates},
             "query_index": {0: candidates},
         },
         out_dir / RANKER_FILE,
@@ -132,12 +211,16 @@ def export_onnx(model: FusionRanker, out_dir: Path, metadata: dict[str, str]) ->
     )
 
 
-def onnx_scores(ranker: OnnxRanker, cand_kv: np.ndarray, text: np.ndarray, lists: RankingLists) -> np.ndarray:
-    """(Q, K) scores through ONNX Runtime, one query per call as the service scores a request."""
+def onnx_scores(ranker: OnnxRanker, features: CandidateFeatures, lists: RankingLists) -> np.ndarray:
+    """(Q, K) scores through ONNX Runtime alone, one query per call as the service scores a request: the candidate
+    encoder over the catalog, the query tower, then the ranker over the gathered rows."""
+    encoded = ranker.encode_candidates(features.text, features.image, features.attrs)
     out = np.zeros(lists.candidates.shape, dtype=np.float32)
     for q, rows in enumerate(lists.candidates):
+        query = lists.query_emb[q : q + 1]
+        retrieval_score = encoded.retrieval[rows] @ ranker.project_queries(query)[0]
         index = np.zeros(len(rows), dtype=np.int64)
-        out[q] = ranker.score(lists.query_emb[q : q + 1], cand_kv[rows], text[rows], index)
+        out[q] = ranker.score(query, encoded.kv[rows], features.text[rows], retrieval_score, index)
     return out
 
 
@@ -147,45 +230,78 @@ def top10_identical(a: np.ndarray, b: np.ndarray) -> int:
     )
 
 
+@torch.inference_mode()
 def save_canaries(
-    path: Path, features: CandidateFeatures, lists: RankingLists, reference: np.ndarray, queries: int = 16, k: int = 20
+    path: Path,
+    checkpoint: Checkpoint,
+    features: CandidateFeatures,
+    lists: RankingLists,
+    reference: np.ndarray,
+    queries: int = 16,
+    k: int = 20,
 ) -> None:
-    """Store a few validation queries with their candidates' raw features and PyTorch scores, so that loading or
-    reloading the model can prove its ONNX files still score like the model that was evaluated."""
+    """Store a few validation queries with their candidates' raw features, PyTorch scores and retrieval vectors,
+    so that loading or reloading the model can prove its ONNX files still behave like the model that was evaluated
+    (`OnnxRanker.check_canaries` runs them through all three graphs)."""
     cand = lists.candidates[:queries, :k]  # (C, k)
     rows = cand.reshape(-1)
+    retriever = checkpoint.retriever
+    query = lists.query_emb[:queries]
+    text, image, attrs = features.text[rows], features.image[rows], features.attrs[rows]
     np.savez(
         path,
-        query=lists.query_emb[:queries],
-        text=features.text[rows],
-        image=features.image[rows],
-        attrs=features.attrs[rows],
+        query=query,
+        text=text,
+        image=image,
+        attrs=attrs,
         query_index=np.repeat(np.arange(len(cand)), k).astype(np.int64),
         expected=reference[:queries, :k].reshape(-1),
+        expected_query_vectors=retriever.encode_queries(torch.from_numpy(query)).numpy(),
+        expected_item_vectors=retriever.encode_items(*(torch.from_numpy(a) for a in (text, image, attrs))).numpy(),
     )
 
 
-def weights_version(model: FusionRanker) -> str:
+def weights_version(*models: nn.Module) -> str:
     """A version from the weights alone: re-exporting the same checkpoint keeps the version, so bundles whose
-    candidate projections came from these weights stay valid."""
+    candidate projections and index came from these weights stay valid."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for model in models:
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:12]
 
 
+@torch.inference_mode()
+def retrieval_parity(
+    checkpoint: Checkpoint, ranker: OnnxRanker, features: CandidateFeatures, lists: RankingLists
+) -> tuple[float, int]:
+    """(max abs difference of query and item vectors, queries whose top-K candidate set is identical) between the
+    PyTorch towers and the ONNX graphs, on the catalog and the given queries."""
+    tensors = [torch.from_numpy(a) for a in (features.text, features.image, features.attrs)]
+    torch_items = checkpoint.retriever.encode_items(*tensors).numpy()
+    torch_queries = checkpoint.retriever.encode_queries(torch.from_numpy(lists.query_emb)).numpy()
+    onnx_items = ranker.encode_candidates(features.text, features.image, features.attrs).retrieval
+    onnx_queries = ranker.project_queries(lists.query_emb)
+    diff = max(float(np.abs(torch_items - onnx_items).max()), float(np.abs(torch_queries - onnx_queries).max()))
+    k = lists.candidates.shape[1]
+    via_onnx = np.argsort(-(onnx_queries @ onnx_items.T), axis=1, kind="stable")[:, :k]
+    identical = sum(set(a.tolist()) == set(b.tolist()) for a, b in zip(via_onnx, lists.candidates))
+    return diff, identical
+
+
 def run_export(out_dir: Path) -> int:
-    model, schema, checkpoint = load_checkpoint(out_dir / "checkpoint.pt")
-    train_cfg = TrainConfig.from_dict(checkpoint["train_config"])
+    checkpoint = load_checkpoint(out_dir / "checkpoint.pt")
+    model, schema, raw = checkpoint.ranker, checkpoint.schema, checkpoint.raw
     metadata = {
         "feature_schema": json.dumps(schema.to_dict()),
-        "model_config": json.dumps(checkpoint["model_config"]),
-        "train_config": json.dumps(checkpoint["train_config"]),
+        "model_config": json.dumps(raw["model_config"]),
+        "retriever_config": json.dumps(raw["retriever_config"]),
+        "train_config": json.dumps(raw["train_config"]),
     }
-    export_onnx(model, out_dir, metadata)
-    files = {name: sha256_file(out_dir / name) for name in (CANDIDATE_ENCODER_FILE, RANKER_FILE)}
-    version = weights_version(model)
+    export_onnx(model, checkpoint.retriever, out_dir, metadata)
+    files = {name: sha256_file(out_dir / name) for name in MODEL_FILES}
+    version = weights_version(model, checkpoint.retriever)
     metrics = read_json(out_dir / "metrics.json")
     card: dict[str, Any] = {
         "name": "fusion-ranker",
@@ -193,35 +309,45 @@ def run_export(out_dir: Path) -> int:
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "dataset": {"name": metrics["dataset"], "synthetic": metrics["synthetic"]},
         "feature_schema": schema.to_dict(),
-        "model_config": checkpoint["model_config"],
-        "training": {**checkpoint["train_config"], **metrics["training"]},
-        "metrics": {"convention": NDCG_CONVENTION, "test": metrics["test"]},
+        "model_config": raw["model_config"],
+        "retriever_config": raw["retriever_config"],
+        "training": {**raw["train_config"], **metrics["training"]},
+        "metrics": {"convention": NDCG_CONVENTION, "test": metrics["test"], "candidates": metrics["candidates"]},
         "files": files,
         "onnx": {
             "opset": OPSET,
-            "ranker_inputs": ["query", "cand_kv", "cand_text", "query_index"],
+            "ranker_inputs": list(RANKER_INPUTS),
             "candidate_encoder_inputs": ["text", "image", "attrs"],
+            "candidate_encoder_outputs": ["cand_kv", "retrieval"],
+            "query_tower_inputs": ["query"],
         },
     }
     write_json(out_dir / MODEL_CARD_FILE, card)
 
-    dataset = load_dataset(
-        train_cfg.data_dir, TextEncoder(train_cfg.encoder_dir), num_candidates=train_cfg.num_candidates, schema=schema
-    )
+    dataset = served_dataset(checkpoint)
     val = dataset.splits["val"]
-    reference = score_lists(model, FeatureTensors(dataset.features, torch.device("cpu")), val)
-    save_canaries(out_dir / CANARY_FILE, dataset.features, val, reference)
+    reference = score_lists(model, FeatureTensors.of(dataset, torch.device("cpu")), val)
+    save_canaries(out_dir / CANARY_FILE, checkpoint, dataset.features, val, reference)
     card["files"][CANARY_FILE] = sha256_file(out_dir / CANARY_FILE)
     write_json(out_dir / MODEL_CARD_FILE, card)
     ranker = OnnxRanker(out_dir)
     f = dataset.features
-    exported = onnx_scores(ranker, ranker.encode_candidates(f.text, f.image, f.attrs), f.text, val)
-    parity = Parity(float(np.abs(reference - exported).max()), top10_identical(reference, exported), len(val))
+    exported = onnx_scores(ranker, f, val)
+    retrieval_diff, candidates_identical = retrieval_parity(checkpoint, ranker, f, val)
+    parity = Parity(
+        max_abs_diff=float(np.abs(reference - exported).max()),
+        top10_identical=top10_identical(reference, exported),
+        queries=len(val),
+        retrieval_max_abs_diff=retrieval_diff,
+        candidates_identical=candidates_identical,
+    )
     card["parity"] = {**dataclasses.asdict(parity), "split": "val", "tolerance": PARITY_TOLERANCE}
     write_json(out_dir / MODEL_CARD_FILE, card)
     print(
         f"ONNX parity on {parity.queries} validation queries: max |PyTorch - ONNX Runtime| = "
-        f"{parity.max_abs_diff:.2e}, identical top-10 on {parity.top10_identical}/{parity.queries}"
+        f"{parity.max_abs_diff:.2e}, identical top-10 on {parity.top10_identical}/{parity.queries}; "
+        f"retrieval vectors max diff {parity.retrieval_max_abs_diff:.2e}, "
+        f"identical candidate sets on {parity.candidates_identical}/{parity.queries}"
     )
     if not parity.ok:
         raise ParityError(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 NDCG_CONVENTION = "nDCG@10: gain 2^g-1, log2 discount, ties averaged, queries without relevant items excluded"
-RELEVANT_GRADE = 2  # MRR counts the first item with at least this grade
+RELEVANT_GRADE = 2  # MRR's first relevant item, and what candidate recall counts
 
 
 def dcg_at_k(scores: np.ndarray, gains: np.ndarray, k: int = 10) -> float:

@@ -1,8 +1,9 @@
 """Train the fusion ranker on per-query candidate lists, with early stopping on validation nDCG@10.
 
-`python -m training.train` (or `make train`) trains, evaluates the result and the baselines on the held-out test
-queries, and writes `artifacts/checkpoint.pt` and `artifacts/metrics.json`. CUDA with bf16 autocast when a GPU is
-present, CPU otherwise.
+`make train` (`python -m training.cli train`) first trains the candidate generator (`training.retrieval`), then
+this ranker on the lists it retrieves, evaluates both against baselines on the held-out test queries, and writes
+`artifacts/checkpoint.pt` and `artifacts/metrics.json`. CUDA with bf16 autocast when a GPU is present, CPU
+otherwise.
 """
 
 from __future__ import annotations
@@ -51,13 +52,18 @@ class TrainConfig:
     dropout: float = 0.2
     seed: int = 0
     device: str = "auto"
+    retrieval_dim: int = 128
+    retrieval_hidden: int = 256
+    retrieval_epochs: int = 40
+    retrieval_items_per_step: int = 8192
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        for name in ("epochs", "batch_queries", "num_candidates", "dim", "heads", "hidden"):
+        positive = ("epochs", "batch_queries", "num_candidates", "dim", "heads", "hidden")
+        for name in (*positive, "retrieval_dim", "retrieval_hidden", "retrieval_epochs", "retrieval_items_per_step"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -111,21 +117,29 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 
 class FeatureTensors:
-    """Catalog features on the training device, gathered per batch of lists."""
+    """Catalog features and candidate-space vectors on the training device, gathered per batch of lists."""
 
-    def __init__(self, features: CandidateFeatures, device: torch.device) -> None:
+    def __init__(self, features: CandidateFeatures, item_vectors: np.ndarray, device: torch.device) -> None:
         self.text = torch.from_numpy(features.text).to(device)
         self.image = torch.from_numpy(features.image).to(device)
         self.attrs = torch.from_numpy(features.attrs).to(device)
+        self.item_vectors = torch.from_numpy(item_vectors).to(device)
         self.device = device
 
+    @classmethod
+    def of(cls, dataset: Dataset, device: torch.device) -> FeatureTensors:
+        return cls(dataset.features, dataset.item_vectors, device)
+
     def batch(self, lists: RankingLists, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """(query, text, image, attrs, query_index) for the lists at `rows`, candidates flattened to M = B*K."""
+        """(query, text, image, attrs, retrieval_score, query_index) for the lists at `rows`, candidates flattened
+        to M = B*K."""
         cand = torch.from_numpy(lists.candidates[rows]).to(self.device)  # (B, K)
         flat = cand.flatten()
         query_index = torch.arange(len(rows), device=self.device).repeat_interleave(cand.shape[1])
         query = torch.from_numpy(lists.query_emb[rows]).to(self.device)
-        return query, self.text[flat], self.image[flat], self.attrs[flat], query_index
+        query_vectors = torch.from_numpy(lists.query_vectors[rows]).to(self.device)
+        retrieval_score = (query_vectors[query_index] * self.item_vectors[flat]).sum(-1)  # (M,)
+        return query, self.text[flat], self.image[flat], self.attrs[flat], retrieval_score, query_index
 
 
 @torch.inference_mode()
@@ -160,7 +174,7 @@ def train(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
     model = FusionRanker(model_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = make_loss(cfg.loss)
-    tensors = FeatureTensors(dataset.features, device)
+    tensors = FeatureTensors.of(dataset, device)
     train_lists, val_lists = dataset.splits["train"], dataset.splits["val"]
     labels_all = torch.from_numpy(train_lists.grades).to(device)
     generator = np.random.default_rng(cfg.seed)
@@ -187,9 +201,8 @@ def train(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
         for rows in np.array_split(generator.permutation(len(train_lists)), steps_per_epoch):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, cfg)
-            query, text, image, attrs, query_index = tensors.batch(train_lists, rows)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                scores = model(query, text, image, attrs, query_index).view(len(rows), -1)  # (B, K)
+                scores = model(*tensors.batch(train_lists, rows)).view(len(rows), -1)  # (B, K)
             labels = labels_all[torch.from_numpy(rows).to(device)]
             loss = loss_fn(scores.float(), labels, torch.ones_like(labels, dtype=torch.bool))
             optimizer.zero_grad(set_to_none=True)

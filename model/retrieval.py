@@ -1,0 +1,61 @@
+"""The candidate generator's two towers: queries and items mapped into one inner-product space.
+
+A title-only search (MiniLM query vs MiniLM title) misses every item whose title does not say what the query asks
+for, however plainly its image or metadata shows it. The item tower reads all three modalities (text, image,
+attributes), the query tower maps the MiniLM query embedding into the same space, and FAISS searches that space.
+Both outputs are unit-norm, so inner product is cosine. The item tower is query-independent and runs once per item
+at index time; the query tower is one small MLP per request.
+
+Shapes: B queries, N items, D = dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Tower hyper-parameters; the input widths come from the FeatureSchema."""
+
+    text_dim: int
+    image_dim: int
+    attr_dim: int
+    dim: int = 128
+    hidden: int = 256
+
+    @property
+    def item_inputs(self) -> int:
+        return self.text_dim + self.image_dim + self.attr_dim
+
+
+def _tower(inputs: int, hidden: int, dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+class TwoTowerRetriever(nn.Module):
+    """Embeds queries and items for candidate generation by inner-product search."""
+
+    def __init__(self, cfg: RetrievalConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.query_tower = _tower(cfg.text_dim, cfg.hidden, cfg.dim)
+        self.item_tower = _tower(cfg.item_inputs, cfg.hidden, cfg.dim)
+        # Softmax temperature for training only; it does not change the order of inner products.
+        self.logit_scale = nn.Parameter(torch.tensor(3.0))
+
+    def encode_queries(self, query: torch.Tensor) -> torch.Tensor:
+        """(B, text_dim) MiniLM query embeddings -> (B, D) unit vectors."""
+        return F.normalize(self.query_tower(query), dim=-1)
+
+    def encode_items(self, text: torch.Tensor, image: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+        """(N, ...) raw item features -> (N, D) unit vectors."""
+        return F.normalize(self.item_tower(torch.cat([text, image, attrs], dim=-1)), dim=-1)
+
+    def forward(self, query: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Training logits (B, N) of queries against already-encoded items."""
+        return self.encode_queries(query) @ items.T * self.logit_scale.exp()

@@ -1,0 +1,171 @@
+"""Train the two-tower candidate generator on the training queries' judgments.
+
+Each step scores a batch of training queries against catalog items and applies the listwise softmax loss over
+them (target proportional to 2^grade - 1: the sampled-softmax retrieval objective of Covington et al. 2016 and
+Yi et al. 2019, with graded targets). Catalogs up to `retrieval_items_per_step` items are scored whole; larger ones
+score the batch's relevant items plus a uniform sample of the rest. Early stopping on validation candidate recall:
+the share of a query's relevant items that reach its top-K candidates, which bounds what the ranker can ever show.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from index.featurize import CandidateFeatures
+from model.retrieval import RetrievalConfig, TwoTowerRetriever
+from training.dataset import CandidateSpace, Dataset, RankingLists, build_lists
+from training.losses import ListwiseSoftmaxLoss
+from training.metrics import RELEVANT_GRADE
+from training.train import TrainConfig, seed_everything, select_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrieverResult:
+    """The best retriever (by validation candidate recall) and how training went."""
+
+    model: TwoTowerRetriever
+    config: RetrievalConfig
+    best_val_recall: float
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+
+
+def catalog_tensors(features: CandidateFeatures, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(text, image, attrs) of the whole catalog on `device`."""
+    return tuple(torch.from_numpy(a).to(device) for a in (features.text, features.image, features.attrs))
+
+
+@torch.inference_mode()
+def encode_catalog(model: TwoTowerRetriever, catalog: tuple[torch.Tensor, ...], batch: int = 65536) -> np.ndarray:
+    """(N, D) item vectors for the whole catalog, in eval mode."""
+    was_training = model.training
+    model.eval()
+    parts = [model.encode_items(*(t[s : s + batch] for t in catalog)) for s in range(0, len(catalog[0]), batch)]
+    model.train(was_training)
+    return torch.cat(parts).float().cpu().numpy()
+
+
+def learned_space(model: TwoTowerRetriever, features: CandidateFeatures, device: torch.device) -> CandidateSpace:
+    """The retriever's space: its item vectors for the catalog, and its query tower."""
+    model = model.to(device).eval()
+
+    @torch.inference_mode()
+    def project(query: np.ndarray) -> np.ndarray:
+        return model.encode_queries(torch.from_numpy(query).to(device)).float().cpu().numpy()
+
+    return CandidateSpace("learned", encode_catalog(model, catalog_tensors(features, device)), project)
+
+
+def _relevant_rows(lists: RankingLists, dataset: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query: (judged item rows, their grades), as arrays for fast label lookups."""
+    out = []
+    for query_id in lists.query_ids:
+        labels = dataset.judged.get(query_id, {})
+        rows = np.fromiter(labels.keys(), dtype=np.int64, count=len(labels))
+        grades = np.fromiter((g for g, _ in labels.values()), dtype=np.int64, count=len(labels))
+        out.append((rows, grades))
+    return out
+
+
+def _sample_items(
+    batch: list[tuple[np.ndarray, np.ndarray]], n_items: int, per_step: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Sorted item rows to score this step: all of them for a small catalog, else relevant + uniform sample."""
+    if n_items <= per_step:
+        return np.arange(n_items)
+    relevant = np.concatenate([rows[grades >= RELEVANT_GRADE] for rows, grades in batch])
+    fill = rng.choice(n_items, size=per_step, replace=False)
+    return np.union1d(relevant, fill)
+
+
+def _labels(batch: list[tuple[np.ndarray, np.ndarray]], sample: np.ndarray) -> np.ndarray:
+    """(B, S) grades of the sampled items for each query of the batch (0 where unjudged)."""
+    labels = np.zeros((len(batch), len(sample)), dtype=np.int64)
+    for b, (rows, grades) in enumerate(batch):
+        at = np.searchsorted(sample, rows)
+        inside = (at < len(sample)) & (sample[np.minimum(at, len(sample) - 1)] == rows)
+        labels[b, at[inside]] = grades[inside]
+    return labels
+
+
+def train_retriever(cfg: TrainConfig, dataset: Dataset) -> RetrieverResult:
+    """Train a TwoTowerRetriever on the train split's judgments, keeping the epoch with the best val recall."""
+    seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+    schema = dataset.schema
+    model_cfg = RetrievalConfig(
+        text_dim=schema.text_dim,
+        image_dim=schema.image_dim,
+        attr_dim=schema.attr_dim,
+        dim=cfg.retrieval_dim,
+        hidden=cfg.retrieval_hidden,
+    )
+    model = TwoTowerRetriever(model_cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = ListwiseSoftmaxLoss()
+    text, image, attrs = catalog_tensors(dataset.features, device)
+    train_lists, val_lists = dataset.splits["train"], dataset.splits["val"]
+    judged = _relevant_rows(train_lists, dataset)
+    n_items = len(dataset.items)
+    rng = np.random.default_rng(cfg.seed)
+    steps_per_epoch = max(1, -(-len(train_lists) // cfg.batch_queries))
+    query_emb = torch.from_numpy(train_lists.query_emb).to(device)
+
+    log.info(
+        "training the two-tower retriever on %s: %d train queries, %d items (%s per step), recall@%d on val",
+        device,
+        len(train_lists),
+        n_items,
+        "all" if n_items <= cfg.retrieval_items_per_step else cfg.retrieval_items_per_step,
+        cfg.num_candidates,
+    )
+    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    epochs_run, started = 0, time.perf_counter()
+    for epoch in tqdm(range(cfg.retrieval_epochs), desc="retriever", unit="epoch", leave=False, disable=None):
+        model.train()
+        for rows in np.array_split(rng.permutation(len(train_lists)), steps_per_epoch):
+            batch = [judged[r] for r in rows]
+            sample = _sample_items(batch, n_items, cfg.retrieval_items_per_step, rng)
+            picked = torch.from_numpy(sample).to(device)
+            items = model.encode_items(text[picked], image[picked], attrs[picked])  # (S, D)
+            logits = model(query_emb[torch.from_numpy(rows).to(device)], items)  # (B, S)
+            labels = torch.from_numpy(_labels(batch, sample)).to(device)
+            loss = loss_fn(logits, labels, torch.ones_like(labels, dtype=torch.bool))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        epochs_run = epoch + 1
+        space = learned_space(model, dataset.features, device)
+        recall = build_lists(
+            val_lists.query_ids, val_lists.query_texts, val_lists.query_emb, dataset.judged, space, cfg.num_candidates
+        ).candidate_recall()
+        improved = recall > best[0]
+        if improved:
+            best = (recall, epochs_run, copy.deepcopy(model.state_dict()))
+        tqdm.write(
+            f"retriever epoch {epochs_run:3d}  loss {loss.item():.4f}  val recall@{cfg.num_candidates} {recall:.4f}"
+            f"{'  *' if improved else ''}"
+        )
+        if epochs_run - best[1] >= cfg.patience:
+            tqdm.write(f"early stop: no val recall gain for {cfg.patience} epochs")
+            break
+    model.load_state_dict(best[2])
+    model.eval()
+    return RetrieverResult(
+        model=model,
+        config=model_cfg,
+        best_val_recall=best[0],
+        best_epoch=best[1],
+        epochs_run=epochs_run,
+        seconds=time.perf_counter() - started,
+    )
