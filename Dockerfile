@@ -30,8 +30,9 @@ COPY service service
 RUN pip install --no-cache-dir ".[cpu]" && useradd --create-home --uid 10001 ranker
 COPY --from=build --chown=ranker /app/artifacts/encoders /app/artifacts/encoders
 COPY --from=build --chown=ranker /app/artifacts/bundle /app/artifacts/bundle
-COPY --from=build --chown=ranker /app/artifacts/ranker.onnx /app/artifacts/candidate_encoder.onnx \
-     /app/artifacts/canaries.npz /app/artifacts/model_card.json /app/artifacts/
+# Every exported graph (ranker, query tower, candidate encoder), the canaries and the card; not the checkpoint.
+COPY --from=build --chown=ranker /app/artifacts/*.onnx /app/artifacts/canaries.npz /app/artifacts/model_card.json \
+     /app/artifacts/
 USER ranker
 ENV RANK_HOST=0.0.0.0 RANK_PORT=8000
 EXPOSE 8000
