@@ -70,7 +70,7 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 
 def test_train_writes_checkpoint_and_baseline_metrics(tiny: TinyPipeline) -> None:
     metrics = json.loads((tiny.model / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"fusion", "lambdamart", "two_tower", "text_cosine"}
+    assert set(metrics["test"]) == {"fusion", "lambdamart", "two_tower", "text_cosine", "fusion_text_only"}
     assert set(metrics["candidates"]["test_recall"]) == {"text", "learned"}
     assert metrics["synthetic"] is True
     checkpoint = torch.load(tiny.model / "checkpoint.pt", weights_only=False)
