@@ -85,6 +85,16 @@ def featurize(items: Sequence[Item], schema: FeatureSchema, encoder: TextEncoder
     return CandidateFeatures(text=text, image=image, attrs=schema.encode_attributes([i.attributes for i in items]))
 
 
+def text_only_features(text: np.ndarray, schema: FeatureSchema) -> CandidateFeatures:
+    """What a plain-string document (a `/rerank` string) is to the model: its text embedding, no image (zeros) and no
+    known attribute. The service scores such documents with these features and the evaluation measures them so."""
+    return CandidateFeatures(
+        text=text,
+        image=np.zeros((len(text), schema.image_dim), dtype=np.float32),
+        attrs=np.repeat(schema.encode_attributes([{}]), len(text), axis=0),
+    )
+
+
 def features_from_arrays(
     items: Sequence[Item], schema: FeatureSchema, text: np.ndarray, image: np.ndarray
 ) -> CandidateFeatures:

@@ -75,6 +75,12 @@ def verify_files(directory: Path, expected: dict[str, str], what: str) -> None:
             raise ArtifactError(f"{what}: checksum mismatch for {path} (file changed or corrupt)")
 
 
+def retrieval_scores(query_vectors: np.ndarray, cand_retrieval: np.ndarray, query_index: np.ndarray) -> np.ndarray:
+    """The ranker's `retrieval_score` input, (M,): each candidate's inner product with its query's retrieval vector
+    (query_vectors (B, D), cand_retrieval (M, D), query_index (M,) in [0, B))."""
+    return np.einsum("md,md->m", cand_retrieval, query_vectors[query_index]).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class CandidateEncoding:
     """What the candidate encoder gives for N items."""
@@ -130,8 +136,8 @@ class OnnxRanker:
             encoded = self.encode_candidates(canary["text"], canary["image"], canary["attrs"])
             query_vectors = self.project_queries(canary["query"])
             owner = canary["query_index"]
-            retrieval_score = (encoded.retrieval * query_vectors[owner]).sum(axis=1)
-            scores = self.score(canary["query"], encoded.kv, canary["text"], retrieval_score, owner)
+            similarity = retrieval_scores(query_vectors, encoded.retrieval, owner)
+            scores = self.score(canary["query"], encoded.kv, canary["text"], similarity, owner)
             diffs = {
                 "ranker scores": np.abs(scores - canary["expected"]).max(),
                 "query vectors": np.abs(query_vectors - canary["expected_query_vectors"]).max(),

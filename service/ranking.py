@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from index.bundle import Bundle
-from index.ranker_runtime import OnnxRanker
+from index.featurize import text_only_features
+from index.ranker_runtime import OnnxRanker, retrieval_scores
 from index.text_encoder import TextEncoder
 from service.batcher import Batched
 from service.metrics import Metrics
@@ -136,10 +137,6 @@ class RankingEngine:
         self.bundle, self.ranker, self.encoder = bundle, ranker, encoder
         self.settings, self.metrics = settings, metrics
         self._codes = self._categorical_codes()
-        schema = bundle.schema
-        # What a text-only rerank document looks like on the image/attribute side: no image, nothing known.
-        self._no_image = np.zeros((1, schema.image_dim), dtype=np.float32)
-        self._no_attrs = schema.encode_attributes([{}])
 
     # -- validation, on the event loop -------------------------------------------------------------------------
 
@@ -245,13 +242,10 @@ class RankingEngine:
         for job, job_rows in zip(jobs, rows, strict=True):
             if isinstance(job, RerankJob) and job.texts:
                 order = list(job.texts)
-                emb = self.encoder.encode([job.texts[i] for i in order])
-                n = len(order)
-                encoded = self.ranker.encode_candidates(
-                    emb, np.repeat(self._no_image, n, 0), np.repeat(self._no_attrs, n, 0)
-                )
+                docs = text_only_features(self.encoder.encode([job.texts[i] for i in order]), b.schema)
+                encoded = self.ranker.encode_candidates(docs.text, docs.image, docs.attrs)
                 at = [start + i for i in order]
-                cand_kv[at], cand_text[at], cand_retrieval[at] = encoded.kv, emb, encoded.retrieval
+                cand_kv[at], cand_text[at], cand_retrieval[at] = encoded.kv, docs.text, encoded.retrieval
             start += len(job_rows)
         return cand_kv, cand_text, cand_retrieval
 
@@ -266,7 +260,7 @@ class RankingEngine:
         cand_kv, cand_text, cand_retrieval = self._gather(jobs, rows)
         query_index = np.repeat(np.arange(len(jobs)), [len(r) for r in rows])
         query_vectors = np.stack([projected[job.query] for job in jobs])
-        retrieval_score = np.einsum("md,md->m", cand_retrieval, query_vectors[query_index])
+        retrieval_score = retrieval_scores(query_vectors, cand_retrieval, query_index)
         stages.lap("gather")
         queries = np.stack([vectors[job.query] for job in jobs])
         scores = (

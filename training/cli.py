@@ -18,7 +18,7 @@ import torch
 
 from index.catalog import DataError
 from index.cli_logging import configure_cli_logging
-from index.featurize import CandidateFeatures
+from index.featurize import text_only_features
 from index.files import write_json
 from index.text_encoder import TextEncoder
 from model.fusion import FusionRanker
@@ -74,12 +74,7 @@ def text_only_scores(
 ) -> np.ndarray:
     """(Q, K) fusion scores of the test lists as /rerank sees plain-string documents: the title only, no image
     (zeros) and no known attribute, with the retrieval score from the item tower over those same inputs."""
-    f = dataset.features
-    blind = CandidateFeatures(
-        text=f.text,
-        image=np.zeros_like(f.image),
-        attrs=np.repeat(dataset.schema.encode_attributes([{}]), len(f.text), axis=0),
-    )
+    blind = text_only_features(dataset.features.text, dataset.schema)
     item_vectors = learned_space(retriever, blind, device).items
     return score_lists(model, FeatureTensors(blind, item_vectors, device), dataset.splits["test"])
 

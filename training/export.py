@@ -34,8 +34,11 @@ from index.ranker_runtime import (
     QUERY_TOWER_FILE,
     RANKER_FILE,
     RANKER_INPUTS,
+    CandidateEncoding,
     OnnxRanker,
+    retrieval_scores,
 )
+from index.retriever import IndexKind, IndexParams, Retriever, build_index
 from index.text_encoder import TextEncoder
 from model.fusion import FusionConfig, FusionRanker
 from model.retrieval import RetrievalConfig, TwoTowerRetriever
@@ -211,16 +214,15 @@ def export_onnx(model: FusionRanker, retriever: TwoTowerRetriever, out_dir: Path
     )
 
 
-def onnx_scores(ranker: OnnxRanker, features: CandidateFeatures, lists: RankingLists) -> np.ndarray:
-    """(Q, K) scores through ONNX Runtime alone, one query per call as the service scores a request: the candidate
-    encoder over the catalog, the query tower, then the ranker over the gathered rows."""
-    encoded = ranker.encode_candidates(features.text, features.image, features.attrs)
+def onnx_scores(ranker: OnnxRanker, encoded: CandidateEncoding, text: np.ndarray, lists: RankingLists) -> np.ndarray:
+    """(Q, K) scores through ONNX Runtime alone, one query per call as the service scores a request: the catalog as
+    the candidate encoder gave it, the query tower, then the ranker over the gathered rows."""
     out = np.zeros(lists.candidates.shape, dtype=np.float32)
     for q, rows in enumerate(lists.candidates):
         query = lists.query_emb[q : q + 1]
-        retrieval_score = encoded.retrieval[rows] @ ranker.project_queries(query)[0]
         index = np.zeros(len(rows), dtype=np.int64)
-        out[q] = ranker.score(query, encoded.kv[rows], features.text[rows], retrieval_score, index)
+        similarity = retrieval_scores(ranker.project_queries(query), encoded.retrieval[rows], index)
+        out[q] = ranker.score(query, encoded.kv[rows], text[rows], similarity, index)
     return out
 
 
@@ -274,18 +276,22 @@ def weights_version(*models: nn.Module) -> str:
 
 @torch.inference_mode()
 def retrieval_parity(
-    checkpoint: Checkpoint, ranker: OnnxRanker, features: CandidateFeatures, lists: RankingLists
+    checkpoint: Checkpoint,
+    ranker: OnnxRanker,
+    encoded: CandidateEncoding,
+    features: CandidateFeatures,
+    lists: RankingLists,
 ) -> tuple[float, int]:
     """(max abs difference of query and item vectors, queries whose top-K candidate set is identical) between the
     PyTorch towers and the ONNX graphs, on the catalog and the given queries."""
     tensors = [torch.from_numpy(a) for a in (features.text, features.image, features.attrs)]
     torch_items = checkpoint.retriever.encode_items(*tensors).numpy()
     torch_queries = checkpoint.retriever.encode_queries(torch.from_numpy(lists.query_emb)).numpy()
-    onnx_items = ranker.encode_candidates(features.text, features.image, features.attrs).retrieval
     onnx_queries = ranker.project_queries(lists.query_emb)
-    diff = max(float(np.abs(torch_items - onnx_items).max()), float(np.abs(torch_queries - onnx_queries).max()))
-    k = lists.candidates.shape[1]
-    via_onnx = np.argsort(-(onnx_queries @ onnx_items.T), axis=1, kind="stable")[:, :k]
+    diff = max(float(np.abs(torch_items - encoded.retrieval).max()), float(np.abs(torch_queries - onnx_queries).max()))
+    exact = IndexParams(IndexKind.EXACT)
+    search = Retriever(build_index(encoded.retrieval, exact), exact)
+    _, via_onnx = search.search(onnx_queries, lists.candidates.shape[1])
     identical = sum(set(a.tolist()) == set(b.tolist()) for a, b in zip(via_onnx, lists.candidates))
     return diff, identical
 
@@ -332,8 +338,9 @@ def run_export(out_dir: Path) -> int:
     write_json(out_dir / MODEL_CARD_FILE, card)
     ranker = OnnxRanker(out_dir)
     f = dataset.features
-    exported = onnx_scores(ranker, f, val)
-    retrieval_diff, candidates_identical = retrieval_parity(checkpoint, ranker, f, val)
+    encoded = ranker.encode_candidates(f.text, f.image, f.attrs)
+    exported = onnx_scores(ranker, encoded, f.text, val)
+    retrieval_diff, candidates_identical = retrieval_parity(checkpoint, ranker, encoded, f, val)
     parity = Parity(
         max_abs_diff=float(np.abs(reference - exported).max()),
         top10_identical=top10_identical(reference, exported),
