@@ -34,10 +34,10 @@ data: $(STAMP) ## Generate the embedded SYNTHETIC catalog into data/synthetic
 	$(PY) -m training.synthetic --out $(SYNTH)
 
 $(ENCODER)/encoder.json: | $(STAMP)
-	$(PY) -m index.export_text_encoder --out $(ENCODER)
+	$(PY) -m index.export.text_encoder --out $(ENCODER)
 
 encoder: $(STAMP) ## Export all-MiniLM-L6-v2 (offline PyPI package) to ONNX
-	$(PY) -m index.export_text_encoder --out $(ENCODER)
+	$(PY) -m index.export.text_encoder --out $(ENCODER)
 
 train: $(STAMP) $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/items.jsonl) $(ENCODER)/encoder.json ## Train the fusion ranker, evaluate it against baselines
 	$(PY) -m training.cli train --data-dir $(DATA) $(ARGS)
@@ -46,7 +46,7 @@ export: $(STAMP) ## Export the trained ranker to ONNX, check parity, write artif
 	$(PY) -m training.cli export
 
 index: $(STAMP) $(ENCODER)/encoder.json ## Build the serving bundle (FAISS + features) in artifacts/bundle
-	$(PY) -m index.build --data $(DATA)
+	$(PY) -m index.offline.build --data $(DATA)
 
 serve: $(STAMP) ## Serve existing artifacts on $(HOST):$(PORT)
 	$(PY) -m service --host $(HOST) --port $(PORT)
@@ -84,7 +84,7 @@ $(BENCH_DATA)/items.jsonl: | $(STAMP)
 	$(PY) -m training.synthetic --out $(BENCH_DATA) --items $(BENCH_ITEMS) --queries 200
 
 artifacts/bundle-100k/manifest.json: $(BENCH_DATA)/items.jsonl
-	$(PY) -m index.build --data $(BENCH_DATA) --out artifacts/bundle-100k
+	$(PY) -m index.offline.build --data $(BENCH_DATA) --out artifacts/bundle-100k
 
 bench-data: artifacts/bundle-100k/manifest.json ## Build the 100k-item SYNTHETIC catalog and its HNSW bundle (needs make export)
 
@@ -107,14 +107,14 @@ BUNDLE        ?= artifacts/bundle
 .PHONY: validate image-encoder ingest bench-images
 
 validate: $(STAMP) ## Check a dataset in the user data format (DATA=dir): every problem with file, line, field
-	$(PY) -m index.validate $(DATA) $(ARGS)
+	$(PY) -m index.data.validate $(DATA) $(ARGS)
 
 image-encoder: $(STAMP) ## Export a local CLIP checkpoint's image tower to ONNX (CLIP=dir, or RANK_CLIP_DIR)
 	@test -n "$(CLIP)" || { echo "error: set CLIP=/path/to/local/clip (a CLIPModel.save_pretrained directory)" >&2; exit 2; }
-	$(PY) -m index.export_image_encoder --clip $(CLIP) --out $(IMAGE_ENCODER)
+	$(PY) -m index.export.image_encoder --clip $(CLIP) --out $(IMAGE_ENCODER)
 
 ingest: $(STAMP) $(ENCODER)/encoder.json ## Ingest a catalog (DATA=dir, images or vectors) into BUNDLE, resumable
-	$(PY) -m index.ingest --data $(DATA) --image-encoder $(IMAGE_ENCODER) --out $(BUNDLE) $(ARGS)
+	$(PY) -m index.offline.ingest --data $(DATA) --image-encoder $(IMAGE_ENCODER) --out $(BUNDLE) $(ARGS)
 
 bench-images: $(STAMP) ## Image decode + encode throughput, tiny and ViT-B/32 CLIP towers (random weights)
-	$(PY) -m index.bench_images $(ARGS)
+	$(PY) -m loadtests.bench_images $(ARGS)

@@ -1,1 +1,2 @@
-"""Candidate generation: encoders, catalog ingestion, FAISS index build/load and the on-disk bundle format."""
+"""Everything about a catalog, by role: `data` (the user data format), `runtime` (what the service loads; no torch),
+`offline` (featurisation, bundle build, ingestion) and `export` (the torch exporters)."""

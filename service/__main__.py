@@ -16,8 +16,8 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
-from index.catalog import DataError
-from index.ranker_runtime import ArtifactError
+from index.data.readers import DataError
+from index.runtime.files import ArtifactError
 from service.app import AppState, create_app, load_engine
 from service.metrics import Metrics
 from service.settings import Settings

@@ -29,12 +29,13 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from index.bundle import Bundle
-from index.catalog import DataError
-from index.ranker_runtime import ArtifactError, ModelCard, OnnxRanker
-from index.retriever import gpu_available, set_search_threads
-from index.runtime import CPU, CUDA
-from index.text_encoder import TextEncoder
+from index.data.readers import DataError
+from index.runtime.bundle import Bundle
+from index.runtime.exported_model import ExportedModel, ModelCard
+from index.runtime.faiss_index import gpu_available, set_search_threads
+from index.runtime.files import ArtifactError
+from index.runtime.ort_session import CPU, CUDA
+from index.runtime.text_encoder import TextEncoder
 from service.batcher import DeadlineExceeded, MicroBatcher, QueueFull, ShuttingDown
 from service.metrics import Metrics
 from service.protocol import RankRequest, RankResponse, RerankRequest, RerankResponse
@@ -98,7 +99,7 @@ def load_engine(
     together; then warm the request path. Raises ArtifactError (or DataError) saying what is wrong."""
     started = time.perf_counter()
     providers = resolve_providers(settings)
-    ranker = OnnxRanker(model_dir or settings.model_dir, providers=providers, threads=settings.ort_threads)
+    ranker = ExportedModel(model_dir or settings.model_dir, providers=providers, threads=settings.ort_threads)
     if settings.device is Device.CUDA and ranker.providers[0] != CUDA and not settings.allow_cpu_fallback:
         raise ArtifactError(f"device=cuda was asked for, but the ranker runs on {ranker.providers[0]}")
     canary_diff = ranker.check_canaries()

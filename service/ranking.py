@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from index.bundle import Bundle
-from index.featurize import text_only_features
-from index.ranker_runtime import OnnxRanker, retrieval_scores
-from index.text_encoder import TextEncoder
+from index.runtime.bundle import Bundle
+from index.runtime.exported_model import ExportedModel, retrieval_scores
+from index.runtime.features import text_only_features
+from index.runtime.text_encoder import TextEncoder
 from service.batcher import Batched
 from service.metrics import Metrics
 from service.protocol import DocumentRef, RankRequest, RerankRequest
@@ -131,7 +131,7 @@ class RankingEngine:
     """Serves ranking requests from one bundle + one ranker + one text encoder."""
 
     def __init__(
-        self, bundle: Bundle, ranker: OnnxRanker, encoder: TextEncoder, settings: Settings, metrics: Metrics
+        self, bundle: Bundle, ranker: ExportedModel, encoder: TextEncoder, settings: Settings, metrics: Metrics
     ) -> None:
         bundle.check_compatible(ranker.card)
         self.bundle, self.ranker, self.encoder = bundle, ranker, encoder

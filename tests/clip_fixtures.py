@@ -37,8 +37,8 @@ def build_tiny_clip(root: Path) -> TinyClip:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
-    from index.bench_images import TINY_VISION
-    from index.export_image_encoder import export_image_encoder
+    from index.export.image_encoder import export_image_encoder
+    from loadtests.bench_images import TINY_VISION
 
     torch.manual_seed(0)
     config = CLIPConfig(

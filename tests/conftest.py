@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from index.build import build_bundle
-from index.export_text_encoder import export_text_encoder
+from index.export.text_encoder import export_text_encoder
+from index.offline.bundle_writer import build_bundle
 from service.settings import Settings
 from training.cli import run_train
 from training.export import run_export

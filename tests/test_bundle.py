@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from index.bundle import Bundle
-from index.ranker_runtime import ArtifactError, ModelCard, OnnxRanker
+from index.runtime.bundle import Bundle
+from index.runtime.exported_model import ExportedModel, ModelCard
+from index.runtime.files import ArtifactError
 
 from .conftest import TinyPipeline
 
@@ -82,4 +83,4 @@ def test_truncated_onnx_is_refused(tiny_copy: TinyPipeline) -> None:
     path = tiny_copy.model / "ranker.onnx"
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ArtifactError, match="checksum mismatch for .*ranker.onnx"):
-        OnnxRanker(tiny_copy.model)
+        ExportedModel(tiny_copy.model)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from index.build import build_bundle
+from index.offline.bundle_writer import build_bundle
 from service.app import create_app
 from service.settings import Settings
 from training.cli import run_train

@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from index.files import sha256_file
-from index.ranker_runtime import ArtifactError, OnnxRanker
+from index.runtime.exported_model import ExportedModel
+from index.runtime.files import ArtifactError, sha256_file
 from training import export as export_module
 from training.export import ParityError, run_export
 
@@ -40,7 +40,7 @@ def test_onnx_metadata_carries_the_resolved_config(tiny: TinyPipeline) -> None:
 
 
 def test_dynamic_axes_and_batching_across_queries(tiny: TinyPipeline) -> None:
-    ranker = OnnxRanker(tiny.model)
+    ranker = ExportedModel(tiny.model)
     rng = np.random.default_rng(0)
     schema = ranker.card.schema
     n = 300
@@ -93,4 +93,4 @@ def test_canaries_catch_a_query_tower_that_changed(tiny_copy: TinyPipeline) -> N
     card["files"]["canaries.npz"] = sha256_file(path)  # checksums agree; only the behaviour differs
     card_path.write_text(json.dumps(card))
     with pytest.raises(ArtifactError, match="canary query vectors differ"):
-        OnnxRanker(tiny_copy.model).check_canaries()
+        ExportedModel(tiny_copy.model).check_canaries()

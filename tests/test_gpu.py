@@ -10,9 +10,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from index.ranker_runtime import ArtifactError, OnnxRanker
-from index.retriever import IndexKind, IndexParams, Retriever, build_index, gpu_available
-from index.runtime import CUDA
+from index.runtime.exported_model import ExportedModel
+from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index, gpu_available
+from index.runtime.files import ArtifactError
+from index.runtime.ort_session import CUDA
 from service.app import load_engine
 from service.metrics import Metrics
 
@@ -38,7 +39,7 @@ def test_cpu_fallback_when_allowed(tiny: TinyPipeline) -> None:
 @pytest.mark.gpu
 @needs_torch_cuda
 def test_training_picks_cuda_with_bf16_by_itself(tiny: TinyPipeline) -> None:
-    from index.text_encoder import TextEncoder
+    from index.runtime.text_encoder import TextEncoder
     from training.dataset import load_dataset
     from training.retrieval import train_retriever
     from training.train import train
@@ -52,7 +53,7 @@ def test_training_picks_cuda_with_bf16_by_itself(tiny: TinyPipeline) -> None:
 @pytest.mark.gpu
 @needs_ort_cuda
 def test_ranker_runs_on_the_cuda_provider_and_matches_cpu(tiny: TinyPipeline) -> None:
-    gpu, cpu = OnnxRanker(tiny.model), OnnxRanker(tiny.model, providers=["CPUExecutionProvider"])
+    gpu, cpu = ExportedModel(tiny.model), ExportedModel(tiny.model, providers=["CPUExecutionProvider"])
     assert gpu.providers[0] == CUDA
     assert gpu.check_canaries() <= 1e-3 and cpu.check_canaries() <= 1e-4
 
@@ -64,8 +65,8 @@ def test_exact_search_on_gpu_matches_cpu() -> None:
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     params = IndexParams(IndexKind.EXACT)
     gpu, cpu = (
-        Retriever(build_index(vectors, params), params, use_gpu=True),
-        Retriever(build_index(vectors, params), params),
+        FaissIndex(build_index(vectors, params), params, use_gpu=True),
+        FaissIndex(build_index(vectors, params), params),
     )
     assert gpu.device == "cuda"
     assert np.array_equal(gpu.search(vectors[:10], 50)[1], cpu.search(vectors[:10], 50)[1])

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPModel
 
-from index.image_encoder import ImageEncoder
-from index.images import (
+from index.offline.image_encoder import ImageEncoder
+from index.offline.images import (
     ClipPreprocessing,
     ImageError,
     ImageProblem,
@@ -164,7 +164,7 @@ def test_exported_encoder_matches_clip_get_image_features(tiny_clip: TinyClip) -
 
 
 def test_export_cli_without_a_checkpoint_is_one_sentence(tmp_path: Path) -> None:
-    command = ["-m", "index.export_image_encoder", "--clip", str(tmp_path / "nowhere"), "--out", str(tmp_path)]
+    command = ["-m", "index.export.image_encoder", "--clip", str(tmp_path / "nowhere"), "--out", str(tmp_path)]
     result = subprocess.run(
         [sys.executable, *command],
         capture_output=True,

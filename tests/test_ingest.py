@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.bundle import Bundle
-from index.image_encoder import ImageEncoder
-from index.images import load_image
-from index.ingest import IngestConfig, ingest
+from index.offline.image_encoder import ImageEncoder
+from index.offline.images import load_image
+from index.offline.ingest import IngestConfig, ingest
+from index.runtime.bundle import Bundle
 
 from .clip_fixtures import ROOT, TinyClip, picture, tiny_clip, write_awkward_images, write_items
 from .conftest import TinyPipeline
@@ -141,7 +141,7 @@ def test_killed_ingest_process_resumes_to_the_same_bundle(
     command = [
         sys.executable,
         "-m",
-        "index.ingest",
+        "index.offline.ingest",
         "--data",
         str(items),
         "--model",
@@ -184,7 +184,16 @@ def test_cli_errors_are_one_sentence(tiny: TinyPipeline, tmp_path: Path) -> None
     ]
     for args, message in cases:
         result = subprocess.run(
-            [sys.executable, "-m", "index.ingest", *args, "--encoder", str(tiny.encoder), "--out", str(tmp_path / "o")],
+            [
+                sys.executable,
+                "-m",
+                "index.offline.ingest",
+                *args,
+                "--encoder",
+                str(tiny.encoder),
+                "--out",
+                str(tmp_path / "o"),
+            ],
             capture_output=True,
             text=True,
             cwd=ROOT,

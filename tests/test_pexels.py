@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from index.bundle import Bundle
-from index.images import load_image, perceptual_hash
-from index.ingest import IngestConfig, IngestReport, ingest
+from index.offline.images import load_image, perceptual_hash
+from index.offline.ingest import IngestConfig, IngestReport, ingest
+from index.runtime.bundle import Bundle
 from service.app import create_app
 
 from .clip_fixtures import TinyClip, copy_pexels, require_pexels, tiny_clip

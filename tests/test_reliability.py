@@ -22,7 +22,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from index.build import reproject_bundle
+from index.offline.bundle_writer import reproject_bundle
 from service.app import create_app
 from training.cli import run_train
 from training.export import run_export

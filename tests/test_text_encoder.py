@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.text_encoder import INT8_MIN_COSINE, TextEncoder
+from index.runtime.text_encoder import INT8_MIN_COSINE, TextEncoder
 
 
 def test_embeddings_are_unit_norm_and_meaningful(encoder_dir: Path) -> None:

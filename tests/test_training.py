@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from index.text_encoder import TextEncoder
+from index.runtime.text_encoder import TextEncoder
 from training.baselines import text_cosine_scores
 from training.dataset import RankingLists, load_dataset
 from training.metrics import evaluate_scores

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from index.catalog import DataError
-from index.image_encoder import ImageEncoder
-from index.images import load_image
-from index.text_encoder import TextEncoder
+from index.data.readers import DataError
+from index.offline.image_encoder import ImageEncoder
+from index.offline.images import load_image
+from index.runtime.text_encoder import TextEncoder
 from training.dataset import Dataset, hash_split, load_dataset
 
 from .clip_fixtures import TinyClip, tiny_clip, write_awkward_images, write_items

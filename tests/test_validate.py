@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from index.validate import Problem, Severity, validate
+from index.data.validate import Problem, Severity, validate
 from training.synthetic import SyntheticConfig, write_dataset
 
 from .clip_fixtures import ROOT, picture
@@ -102,7 +102,7 @@ def test_the_synthetic_generator_writes_valid_user_data(tmp_path: Path) -> None:
 
 def test_cli_lists_problems_and_exits_non_zero(bad_dataset: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "index.validate", str(bad_dataset)], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "index.data.validate", str(bad_dataset)], capture_output=True, text=True, cwd=ROOT
     )
     assert result.returncode == 1
     lines = result.stdout.splitlines()

@@ -16,7 +16,7 @@ import lightgbm as lgb
 import numpy as np
 from sklearn.decomposition import PCA
 
-from index.featurize import CandidateFeatures
+from index.runtime.features import CandidateFeatures
 from training.dataset import Dataset, RankingLists
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from index.catalog import DataError
 from index.cli_logging import configure_cli_logging
-from index.featurize import text_only_features
-from index.files import write_json
-from index.text_encoder import TextEncoder
+from index.data.readers import DataError
+from index.runtime.features import text_only_features
+from index.runtime.files import write_json
+from index.runtime.text_encoder import TextEncoder
 from model.fusion import FusionRanker
 from model.retrieval import TwoTowerRetriever
 from training.baselines import LambdaMART, retrieval_scores, text_cosine_scores

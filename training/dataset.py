@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from index.catalog import DataError, Item, find_data_file, items_path, iter_records, read_items
-from index.featurize import CandidateFeatures, featurize, schema_from_items
-from index.retriever import IndexKind, IndexParams, Retriever, build_index
-from index.text_encoder import TextEncoder
+from index.data.readers import DataError, Item, find_data_file, items_path, iter_records, read_items
+from index.offline.featurize import CandidateFeatures, featurize, schema_from_items
+from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index
+from index.runtime.text_encoder import TextEncoder
 from model.schema import FeatureSchema
 from training.metrics import RELEVANT_GRADE
 
@@ -189,8 +189,8 @@ def encode_item_images(items: list[Item], image_encoder_dir: Path | None) -> lis
     needing = [i for i, item in enumerate(items) if item.image_embedding is None and item.image]
     if not needing:
         return items
-    from index.image_encoder import ImageEncoder
-    from index.images import ImageError, load_image
+    from index.offline.image_encoder import ImageEncoder
+    from index.offline.images import ImageError, load_image
 
     directory = image_encoder_dir or DEFAULT_IMAGE_ENCODER
     if not (directory / "encoder.json").exists():
@@ -224,7 +224,7 @@ def build_lists(
     """Retrieve each query's top `num_candidates` from `space` by exact search and label them."""
     query_vectors = space.project(query_emb)
     index = build_index(space.items, IndexParams(IndexKind.EXACT))
-    _, rows = Retriever(index, IndexParams(IndexKind.EXACT)).search(query_vectors, num_candidates)
+    _, rows = FaissIndex(index, IndexParams(IndexKind.EXACT)).search(query_vectors, num_candidates)
     grades = np.zeros(rows.shape, dtype=np.int64)
     compliant = np.zeros(rows.shape, dtype=bool)
     ideal = np.zeros((len(query_ids), IDEAL_DEPTH), dtype=np.int64)

@@ -1,6 +1,6 @@
 """Export the trained fusion ranker to ONNX, prove it scores like PyTorch, and write the model card.
 
-Three graphs (see `index.ranker_runtime`): the candidate encoder (ranker keys/values and retrieval vector per
+Three graphs (see `index.runtime.exported_model`): the candidate encoder (ranker keys/values and retrieval vector per
 item), run at index time; the query tower and the ranker, run per request. Parity is checked on the validation
 queries through the same path the service takes (candidate encoder over the catalog, query tower, exact search,
 then the ranker over gathered rows); the command fails when ranker scores or retrieval vectors differ by more than
@@ -23,10 +23,8 @@ import onnx
 import torch
 from torch import nn
 
-from index.featurize import CandidateFeatures
-from index.files import read_json, sha256_file, write_json
-from index.onnx_export import torch_to_onnx
-from index.ranker_runtime import (
+from index.export.torch_to_onnx import torch_to_onnx
+from index.runtime.exported_model import (
     CANARY_FILE,
     CANDIDATE_ENCODER_FILE,
     MODEL_CARD_FILE,
@@ -35,11 +33,13 @@ from index.ranker_runtime import (
     RANKER_FILE,
     RANKER_INPUTS,
     CandidateEncoding,
-    OnnxRanker,
+    ExportedModel,
     retrieval_scores,
 )
-from index.retriever import IndexKind, IndexParams, Retriever, build_index
-from index.text_encoder import TextEncoder
+from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index
+from index.runtime.features import CandidateFeatures
+from index.runtime.files import read_json, sha256_file, write_json
+from index.runtime.text_encoder import TextEncoder
 from model.fusion import FusionConfig, FusionRanker
 from model.retrieval import RetrievalConfig, TwoTowerRetriever
 from model.schema import FeatureSchema
@@ -214,7 +214,7 @@ def export_onnx(model: FusionRanker, retriever: TwoTowerRetriever, out_dir: Path
     )
 
 
-def onnx_scores(ranker: OnnxRanker, encoded: CandidateEncoding, text: np.ndarray, lists: RankingLists) -> np.ndarray:
+def onnx_scores(ranker: ExportedModel, encoded: CandidateEncoding, text: np.ndarray, lists: RankingLists) -> np.ndarray:
     """(Q, K) scores through ONNX Runtime alone, one query per call as the service scores a request: the catalog as
     the candidate encoder gave it, the query tower, then the ranker over the gathered rows."""
     out = np.zeros(lists.candidates.shape, dtype=np.float32)
@@ -244,7 +244,7 @@ def save_canaries(
 ) -> None:
     """Store a few validation queries with their candidates' raw features, PyTorch scores and retrieval vectors,
     so that loading or reloading the model can prove its ONNX files still behave like the model that was evaluated
-    (`OnnxRanker.check_canaries` runs them through all three graphs)."""
+    (`ExportedModel.check_canaries` runs them through all three graphs)."""
     cand = lists.candidates[:queries, :k]  # (C, k)
     rows = cand.reshape(-1)
     retriever = checkpoint.retriever
@@ -277,7 +277,7 @@ def weights_version(*models: nn.Module) -> str:
 @torch.inference_mode()
 def retrieval_parity(
     checkpoint: Checkpoint,
-    ranker: OnnxRanker,
+    ranker: ExportedModel,
     encoded: CandidateEncoding,
     features: CandidateFeatures,
     lists: RankingLists,
@@ -290,7 +290,7 @@ def retrieval_parity(
     onnx_queries = ranker.project_queries(lists.query_emb)
     diff = max(float(np.abs(torch_items - encoded.retrieval).max()), float(np.abs(torch_queries - onnx_queries).max()))
     exact = IndexParams(IndexKind.EXACT)
-    search = Retriever(build_index(encoded.retrieval, exact), exact)
+    search = FaissIndex(build_index(encoded.retrieval, exact), exact)
     _, via_onnx = search.search(onnx_queries, lists.candidates.shape[1])
     identical = sum(set(a.tolist()) == set(b.tolist()) for a, b in zip(via_onnx, lists.candidates))
     return diff, identical
@@ -336,7 +336,7 @@ def run_export(out_dir: Path) -> int:
     save_canaries(out_dir / CANARY_FILE, checkpoint, dataset.features, val, reference)
     card["files"][CANARY_FILE] = sha256_file(out_dir / CANARY_FILE)
     write_json(out_dir / MODEL_CARD_FILE, card)
-    ranker = OnnxRanker(out_dir)
+    ranker = ExportedModel(out_dir)
     f = dataset.features
     encoded = ranker.encode_candidates(f.text, f.image, f.attrs)
     exported = onnx_scores(ranker, encoded, f.text, val)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from index.featurize import CandidateFeatures
+from index.runtime.features import CandidateFeatures
 from model.retrieval import RetrievalConfig, TwoTowerRetriever
 from training.dataset import CandidateSpace, Dataset, RankingLists, build_lists
 from training.losses import ListwiseSoftmaxLoss

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from index.featurize import CandidateFeatures
+from index.runtime.features import CandidateFeatures
 from model.fusion import FusionConfig, FusionRanker
 from training.dataset import Dataset, RankingLists
 from training.losses import LOSSES, make_loss

@@ -19,7 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 from sentence_transformers import SentenceTransformer
 
-from index.bundle import Bundle
+from index.runtime.bundle import Bundle
 from training.export import load_checkpoint
 
 

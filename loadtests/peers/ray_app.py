@@ -17,9 +17,9 @@ import ray
 from ray import serve
 from starlette.requests import Request
 
-from index.bundle import Bundle
-from index.ranker_runtime import OnnxRanker
-from index.text_encoder import TextEncoder
+from index.runtime.bundle import Bundle
+from index.runtime.exported_model import ExportedModel
+from index.runtime.text_encoder import TextEncoder
 from service.batcher import Batched
 from service.metrics import Metrics
 from service.protocol import RankRequest
@@ -34,7 +34,7 @@ class Ranker:
 
     def __init__(self, model_dir: str, bundle_dir: str, encoder_dir: str) -> None:
         settings = Settings(model_dir=Path(model_dir), bundle_dir=Path(bundle_dir), encoder_dir=Path(encoder_dir))
-        ranker = OnnxRanker(settings.model_dir)
+        ranker = ExportedModel(settings.model_dir)
         encoder = TextEncoder(settings.encoder_dir, cache_size=settings.query_cache_size)
         self.engine = RankingEngine(Bundle.load(settings.bundle_dir), ranker, encoder, settings, Metrics())
         self.lock = threading.Lock()  # the engine's query cache and FAISS index have one user at a time

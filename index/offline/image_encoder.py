@@ -1,6 +1,6 @@
 """Image encoder at index time: CLIP's image tower as an ONNX graph run by ONNX Runtime (no torch).
 
-The graph (made by `index.export_image_encoder` from a local transformers `CLIPModel` directory) takes pixels made
+The graph (made by `index.export.image_encoder` from a local transformers `CLIPModel` directory) takes pixels made
 by CLIP's own preprocessing, (B, 3, H, W), and returns `CLIPModel.get_image_features(...).pooler_output`, L2-normalised:
 the unit vectors CLIP compares by cosine, (B, projection_dim). The directory holds `model.onnx`,
 `preprocessor_config.json` and `encoder.json` (name, dimension, architecture, sha256 per file).
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from index.images import ClipPreprocessing
-from index.ranker_runtime import ArtifactError, verify_files
-from index.runtime import make_session
+from index.offline.images import ClipPreprocessing
+from index.runtime.files import ArtifactError, verify_files
+from index.runtime.ort_session import make_session
 
 ENCODER_INFO_FILE = "encoder.json"
 MODEL_FILE = "model.onnx"

@@ -1,4 +1,4 @@
-"""Catalog ingestion at scale: `python -m index.ingest --data DIR` (or `make ingest DATA=DIR`).
+"""Catalog ingestion at scale: `python -m index.offline.ingest --data DIR` (or `make ingest DATA=DIR`).
 
 Reads a catalog in the user data format (docs/data.md), or a folder of images described by a `manifest.csv`;
 decodes and encodes images in batches with the ONNX CLIP image tower and embeds titles with MiniLM; reports images
@@ -33,17 +33,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from index.build import write_bundle
-from index.bundle import Bundle
-from index.catalog import DataError, Item, find_data_file, items_path, read_items
 from index.cli_logging import configure_cli_logging
-from index.featurize import features_from_arrays, item_text
-from index.files import write_json
-from index.image_encoder import ImageEncoder
-from index.images import ClipPreprocessing, ImageError, load_image, near_duplicate_pairs, perceptual_hash
-from index.ranker_runtime import ArtifactError, OnnxRanker
-from index.retriever import IndexKind, IndexParams
-from index.text_encoder import TextEncoder
+from index.data.readers import DataError, Item, find_data_file, items_path, read_items
+from index.offline.bundle_writer import write_bundle
+from index.offline.featurize import features_from_arrays, item_text
+from index.offline.image_encoder import ImageEncoder
+from index.offline.images import ClipPreprocessing, ImageError, load_image, near_duplicate_pairs, perceptual_hash
+from index.runtime.bundle import Bundle
+from index.runtime.exported_model import ExportedModel
+from index.runtime.faiss_index import IndexKind, IndexParams
+from index.runtime.files import ArtifactError, write_json
+from index.runtime.text_encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def _process_chunk(items: Sequence[Item], md5: dict[str, str], encoders: _Encode
     return chunk
 
 
-def _load_encoders(cfg: IngestConfig, ranker: OnnxRanker, catalog: Catalog) -> _Encoders:
+def _load_encoders(cfg: IngestConfig, ranker: ExportedModel, catalog: Catalog) -> _Encoders:
     schema = ranker.card.schema
     text = TextEncoder(cfg.text_encoder_dir)
     if text.name != schema.text_encoder:
@@ -386,7 +386,7 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
     if cfg.chunk_size < 1:
         raise ValueError(f"chunk size must be at least 1, got {cfg.chunk_size}")
     catalog = read_catalog(cfg.data)
-    ranker = OnnxRanker(cfg.model_dir)
+    ranker = ExportedModel(cfg.model_dir)
     encoders = _load_encoders(cfg, ranker, catalog)
     identity = encoders.identity() | {"chunk_size": cfg.chunk_size}
     items = catalog.items
@@ -473,7 +473,7 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m index.ingest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m index.offline.ingest", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="dataset dir, items .jsonl/.parquet, or manifest.csv")
     parser.add_argument("--model", type=Path, default=IngestConfig.model_dir, help="directory with the exported ranker")
     parser.add_argument("--encoder", type=Path, default=IngestConfig.text_encoder_dir, help="ONNX text encoder")
@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.clip is not None and not (args.image_encoder / "encoder.json").exists():
-            from index.export_image_encoder import export_image_encoder
+            from index.export.image_encoder import export_image_encoder
 
             export_image_encoder(args.clip, args.image_encoder)
         report = ingest(cfg)

@@ -7,27 +7,15 @@ features a model was trained on are, bit for bit, the features it is served with
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from index.catalog import DataError, Item
-from index.text_encoder import TextEncoder
+from index.data.readers import DataError, Item
+from index.runtime.features import CandidateFeatures
+from index.runtime.text_encoder import TextEncoder
 from model.schema import CategoricalField, FeatureSchema, NumericField
 
 MAX_CATEGORICAL_VALUES = 64  # more distinct values than this is an id-like field, not a category
-
-
-@dataclass
-class CandidateFeatures:
-    """Raw per-item features, row i for item i: text (N, text_dim), image (N, image_dim), attrs (N, attr_dim)."""
-
-    text: np.ndarray
-    image: np.ndarray
-    attrs: np.ndarray
-
-    def take(self, rows: np.ndarray) -> CandidateFeatures:
-        return CandidateFeatures(self.text[rows], self.image[rows], self.attrs[rows])
 
 
 def schema_from_items(items: Sequence[Item], text_dim: int, image_dim: int, text_encoder: str) -> FeatureSchema:
@@ -83,16 +71,6 @@ def featurize(items: Sequence[Item], schema: FeatureSchema, encoder: TextEncoder
         text[given] = _stack([items[i] for i in given], "text_embedding", schema.text_dim)
     image = _stack(items, "image_embedding", schema.image_dim)
     return CandidateFeatures(text=text, image=image, attrs=schema.encode_attributes([i.attributes for i in items]))
-
-
-def text_only_features(text: np.ndarray, schema: FeatureSchema) -> CandidateFeatures:
-    """What a plain-string document (a `/rerank` string) is to the model: its text embedding, no image (zeros) and no
-    known attribute. The service scores such documents with these features and the evaluation measures them so."""
-    return CandidateFeatures(
-        text=text,
-        image=np.zeros((len(text), schema.image_dim), dtype=np.float32),
-        attrs=np.repeat(schema.encode_attributes([{}]), len(text), axis=0),
-    )
 
 
 def features_from_arrays(

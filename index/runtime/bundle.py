@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from index.files import read_json
-from index.ranker_runtime import ArtifactError, ModelCard, verify_files
-from index.retriever import IndexKind, IndexParams, Retriever
+from index.runtime.exported_model import ModelCard
+from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams
+from index.runtime.files import ArtifactError, read_json, verify_files
 from model.schema import FeatureSchema
 
 BUNDLE_FORMAT = 2  # 2: the index holds the model's retrieval vectors, not title embeddings
@@ -49,7 +49,7 @@ class Bundle:
     attrs: np.ndarray
     cand_kv: np.ndarray
     retrieval: np.ndarray
-    retriever: Retriever
+    retriever: FaissIndex
     row_of: dict[str, int]
 
     @property
@@ -86,7 +86,7 @@ class Bundle:
         if len(rows) != n:
             raise ArtifactError(f"bundle {path}: items.jsonl has {len(rows)} rows, manifest says {n}")
         params = IndexParams(**{**manifest["index"]["params"], "kind": IndexKind(manifest["index"]["params"]["kind"])})
-        retriever = Retriever.load(path / "index.faiss", params, use_gpu=use_gpu)
+        retriever = FaissIndex.load(path / "index.faiss", params, use_gpu=use_gpu)
         if retriever.size != n:
             raise ArtifactError(f"bundle {path}: index.faiss holds {retriever.size} vectors, manifest says {n}")
         if retriever.dim != int(manifest["index"]["dim"]):

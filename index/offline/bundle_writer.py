@@ -1,4 +1,4 @@
-"""Build an index bundle from a catalog and an exported ranker: `python -m index.build` (or `make index`).
+"""Write an index bundle from a catalog and an exported model (CLI: `python -m index.offline.build`, `make index`).
 
 Encodes item titles (ONNX MiniLM), encodes attributes with the model's feature schema, runs the model's candidate
 encoder (the ranker's keys/values and each item's retrieval vector), builds the FAISS index over the retrieval
@@ -8,13 +8,11 @@ writes the bundle with checksums.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
 import logging
 import shutil
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,14 +21,13 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.bundle import ARRAYS, BUNDLE_FORMAT, MANIFEST_FILE, Bundle
-from index.catalog import DataError, Item, items_path, read_items
-from index.cli_logging import configure_cli_logging
-from index.featurize import CandidateFeatures, featurize
-from index.files import sha256_file, write_json
-from index.ranker_runtime import ArtifactError, OnnxRanker
-from index.retriever import IndexKind, IndexParams, build_index, recall_at_k
-from index.text_encoder import TextEncoder
+from index.data.readers import DataError, Item, items_path, read_items
+from index.offline.featurize import CandidateFeatures, featurize
+from index.runtime.bundle import ARRAYS, BUNDLE_FORMAT, MANIFEST_FILE, Bundle
+from index.runtime.exported_model import ExportedModel
+from index.runtime.faiss_index import IndexKind, IndexParams, build_index, recall_at_k
+from index.runtime.files import ArtifactError, sha256_file, write_json
+from index.runtime.text_encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +75,7 @@ def write_bundle(
     out: Path,
     items: list[Item],
     features: CandidateFeatures,
-    ranker: OnnxRanker,
+    ranker: ExportedModel,
     params: IndexParams,
     extra: dict[str, Any] | None = None,
 ) -> Path:
@@ -104,7 +101,7 @@ def write_bundle(
 
 
 def write_manifest(
-    out: Path, ranker: OnnxRanker, items: int, index_info: dict[str, Any], extra: dict[str, Any] | None = None
+    out: Path, ranker: ExportedModel, items: int, index_info: dict[str, Any], extra: dict[str, Any] | None = None
 ) -> None:
     """Checksum every bundle file and write manifest.json; the bundle version is a digest of the checksums."""
     names = [*(f"{name}.npy" for name in ARRAYS), "items.jsonl", "index.faiss"]
@@ -132,7 +129,7 @@ def reproject_bundle(source: Path, model_dir: Path, out: Path) -> Bundle:
 
     Titles and images are not re-encoded; the new bundle is written beside the target and moved into place, so
     `out` may be `source`."""
-    ranker = OnnxRanker(model_dir)
+    ranker = ExportedModel(model_dir)
     old = Bundle.load(source)
     differences = ranker.card.schema.differences(old.schema)
     if differences:
@@ -165,7 +162,7 @@ def reproject_bundle(source: Path, model_dir: Path, out: Path) -> Bundle:
 
 def build_bundle(data: Path, model_dir: Path, encoder_dir: Path, out: Path, kind: str = "auto") -> Bundle:
     """Featurize the catalog at data/items.jsonl and write a verified bundle to out."""
-    ranker = OnnxRanker(model_dir)
+    ranker = ExportedModel(model_dir)
     encoder = TextEncoder(encoder_dir)
     if encoder.name != ranker.card.schema.text_encoder:
         raise ArtifactError(f"text encoder {encoder.name} is not the model's {ranker.card.schema.text_encoder}")
@@ -184,40 +181,3 @@ def build_bundle(data: Path, model_dir: Path, encoder_dir: Path, out: Path, kind
     bundle = Bundle.load(out)
     bundle.check_compatible(ranker.card)
     return bundle
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m index.build", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("data/synthetic"), help="catalog dir or items.jsonl")
-    parser.add_argument("--model", type=Path, default=Path("artifacts"), help="directory with the exported ranker")
-    parser.add_argument("--encoder", type=Path, default=Path("artifacts/encoders/minilm"))
-    parser.add_argument("--out", type=Path, default=Path("artifacts/bundle"))
-    parser.add_argument("--index", choices=["auto", *(k.value for k in IndexKind)], default="auto")
-    parser.add_argument(
-        "--from-bundle",
-        type=Path,
-        default=None,
-        help="reuse this bundle's features; recompute only what the new model makes (candidate encodings, index)",
-    )
-    args = parser.parse_args(argv)
-    configure_cli_logging()
-    try:
-        if args.from_bundle is not None:
-            bundle = reproject_bundle(args.from_bundle, args.model, args.out)
-        else:
-            bundle = build_bundle(args.data, args.model, args.encoder, args.out, args.index)
-    except (DataError, ArtifactError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    log.info(
-        "bundle %s: %d items at %s (model %s)",
-        bundle.version,
-        bundle.size,
-        bundle.path,
-        bundle.manifest["model_version"],
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -62,7 +62,7 @@ def build_index(vectors: np.ndarray, params: IndexParams) -> faiss.Index:
     return index
 
 
-class Retriever:
+class FaissIndex:
     """Top-k search over a FAISS index. Not thread-safe on a GPU: one owner thread must call `search`."""
 
     def __init__(self, index: faiss.Index, params: IndexParams, *, use_gpu: bool = False) -> None:
@@ -112,7 +112,7 @@ class Retriever:
         return self.index.search(queries, k, params=search)
 
     @classmethod
-    def load(cls, path: Path, params: IndexParams, *, use_gpu: bool = False) -> Retriever:
+    def load(cls, path: Path, params: IndexParams, *, use_gpu: bool = False) -> FaissIndex:
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:

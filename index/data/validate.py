@@ -1,6 +1,6 @@
 """Check a dataset in the user data format (docs/data.md) and report every problem with file, line and field.
 
-Run as `python -m index.validate DIR` (or `make validate DATA=DIR`). DIR holds `items` (.jsonl or .parquet) or an
+Run as `python -m index.data.validate DIR` (or `make validate DATA=DIR`). DIR holds `items` (.jsonl or .parquet) or an
 image `manifest.csv`, and optionally `queries`, `judgments` (.jsonl or .parquet) or TREC qrels (`qrels.txt`,
 `judgments.qrels`). Unlike the readers, which stop at the first problem, the validator reads everything and lists
 every problem it finds; it exits 1 when there is an error, 0 when there are only warnings or nothing.
@@ -20,8 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from index.catalog import DataError, find_data_file, iter_parquet
 from index.cli_logging import configure_cli_logging
+from index.data.readers import DataError, find_data_file, iter_parquet
 
 log = logging.getLogger(__name__)
 
@@ -348,14 +348,14 @@ def validate(data: Path, *, text_dim: int = TEXT_DIM, image_dim: int = IMAGE_DIM
 
 
 def _dims_from_model(model_dir: Path) -> tuple[int, int]:
-    from index.ranker_runtime import ModelCard
+    from index.runtime.exported_model import ModelCard
 
     schema = ModelCard.load(model_dir).schema
     return schema.text_dim, schema.image_dim
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m index.validate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m index.data.validate", description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="dataset directory")
     parser.add_argument("--model", type=Path, default=None, help="take the vector dimensions from this model card")
     parser.add_argument("--text-dim", type=int, default=TEXT_DIM)
