@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from index.data.readers import DataError
+from index.data.records import DataError, hash_split
 from index.offline.image_encoder import ImageEncoder
 from index.offline.images import load_image
 from index.runtime.text_encoder import TextEncoder
-from training.dataset import Dataset, hash_split, load_dataset
+from training.dataset import Dataset, load_dataset
 
 from .clip_fixtures import TinyClip, tiny_clip, write_awkward_images, write_items
 from .conftest import TinyPipeline

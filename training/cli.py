@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from index.cli_logging import configure_cli_logging
-from index.data.readers import DataError
+from index.data.records import DataError
 from index.runtime.features import text_only_features
 from index.runtime.files import write_json
 from index.runtime.text_encoder import TextEncoder

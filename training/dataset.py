@@ -13,41 +13,26 @@ embedded synthetic generator is one producer of that format.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from index.data.readers import DataError, Item, find_data_file, items_path, iter_records, read_items
-from index.offline.featurize import CandidateFeatures, featurize, schema_from_items
+from index.data.readers import find_data_file, find_judgments, items_path, read_items, read_judgments, read_queries
+from index.data.records import SPLITS, DataError, Item, Judgment
+from index.offline.featurize import featurize, schema_from_items
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index
+from index.runtime.features import CandidateFeatures
 from index.runtime.text_encoder import TextEncoder
 from model.schema import FeatureSchema
 from training.metrics import RELEVANT_GRADE
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 IDEAL_DEPTH = 10  # nDCG@10 needs only the ten best judged grades of a query
-QRELS_FILES = ("qrels.txt", "judgments.qrels", "qrels")
 DEFAULT_IMAGE_ENCODER = Path("artifacts/encoders/clip")  # where `make image-encoder` writes it
-# Queries with no `split` field are split by a hash of their id: stable across runs and machines, and a query
-# never moves between splits when others are added.
-HASH_SPLIT = (("train", 0.6), ("val", 0.8), ("test", 1.0))
-
-
-@dataclass(frozen=True)
-class Query:
-    """A query as the user supplied it."""
-
-    id: str
-    text: str
-    split: str
-    constraints: dict[str, Any]
 
 
 @dataclass
@@ -116,68 +101,12 @@ class Dataset:
         return dataclasses.replace(self, splits=splits, item_vectors=space.items, space=space.name)
 
 
-def hash_split(query_id: str) -> str:
-    """The split of a query whose data names none: 60/20/20 by a hash of its id."""
-    fraction = int.from_bytes(hashlib.sha256(query_id.encode()).digest()[:8], "big") / 2**64
-    return next(name for name, upper in HASH_SPLIT if fraction < upper)
-
-
-def read_queries(path: Path) -> list[Query]:
-    """Queries from JSONL or Parquet. When no query names a split, queries are split by `hash_split`."""
-    queries = []
-    named = False
-    for number, record in iter_records(path):
-        named = named or "split" in record
-        qid, text, split = record.get("id"), record.get("text"), record.get("split", "train")
-        if not isinstance(qid, str) or not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}:{number}: fields 'id' and 'text' must be non-empty strings")
-        if split not in SPLITS:
-            raise DataError(f"{path}:{number}: field 'split' must be one of {SPLITS}, got {split!r}")
-        queries.append(Query(qid, text, split, dict(record.get("constraints") or {})))
-    if not named:
-        queries = [dataclasses.replace(q, split=hash_split(q.id)) for q in queries]
-    return queries
-
-
-def read_judgments(path: Path, query_ids: set[str], item_rows: dict[str, int]) -> Judged:
-    """query id -> item row -> (grade, compliant). Unknown ids and grades outside 0..3 are errors."""
+def judged_by_row(judgments: list[Judgment], item_rows: dict[str, int]) -> Judged:
+    """query id -> item row -> (grade, compliant), the form the candidate lists are labelled from."""
     judged: Judged = {}
-    for number, record in iter_judgment_records(path):
-        qid, iid, grade = record.get("query_id"), record.get("item_id"), record.get("grade")
-        if qid not in query_ids:
-            raise DataError(f"{path}:{number}: field 'query_id' names unknown query {qid!r}")
-        if iid not in item_rows:
-            raise DataError(f"{path}:{number}: field 'item_id' names unknown item {iid!r}")
-        if not isinstance(grade, int) or not 0 <= grade <= 3:
-            raise DataError(f"{path}:{number}: field 'grade' must be an integer 0..3, got {grade!r}")
-        compliant = bool(record.get("compliant", grade >= 2))
-        judged.setdefault(qid, {})[item_rows[iid]] = (grade, compliant)
+    for j in judgments:
+        judged.setdefault(j.query_id, {})[item_rows[j.item_id]] = (j.grade, j.is_compliant)
     return judged
-
-
-def iter_qrels(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """TREC qrels lines (`query_id iteration item_id grade`) as judgment records; compliant is left to the grade."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 4 or not parts[3].lstrip("-").isdigit():
-                raise DataError(f"{path}:{number}: expected 'query_id iteration item_id grade' with an integer grade")
-            yield number, {"query_id": parts[0], "item_id": parts[2], "grade": int(parts[3])}
-
-
-def iter_judgment_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    is_qrels = path.name in QRELS_FILES or path.suffix == ".qrels"
-    return iter_qrels(path) if is_qrels else iter_records(path)
-
-
-def find_judgments(data_dir: Path) -> Path:
-    """judgments.jsonl / judgments.parquet, else a TREC qrels file; the JSONL name when there is none."""
-    found = find_data_file(data_dir, "judgments")
-    if found is None:
-        found = next((data_dir / n for n in QRELS_FILES if (data_dir / n).exists()), None)
-    return found or data_dir / "judgments.jsonl"
 
 
 def encode_item_images(items: list[Item], image_encoder_dir: Path | None) -> list[Item]:
@@ -277,7 +206,8 @@ def load_dataset(
     items = encode_item_images(items, image_encoder_dir)
     queries = read_queries(find_data_file(data_dir, "queries") or data_dir / "queries.jsonl")
     rows = {item.id: i for i, item in enumerate(items)}
-    judged = read_judgments(find_judgments(data_dir), {q.id for q in queries}, rows)
+    judgments = read_judgments(find_judgments(data_dir), query_ids={q.id for q in queries}, item_ids=set(rows))
+    judged = judged_by_row(judgments, rows)
     if schema is None:
         first = next((i.image_embedding for i in items if i.image_embedding is not None), None)
         dim = image_dim or (len(first) if first is not None else 0)

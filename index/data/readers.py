@@ -1,78 +1,112 @@
-"""Catalog items in the user data format (JSONL or Parquet; docs/data.md), read into typed records.
+"""One reader per file kind of the user data format: items, queries, judgments (or TREC qrels), image manifests.
 
-One item per line (or row): `id`, `title`, optional `attributes` (flat map of strings and numbers), and either an
-`image` path or a precomputed `image_embedding`; optional precomputed `text_embedding`.
+Each kind is read by one `scan_*` function that decodes the file, parses every record with `index.data.records`
+and applies the rules that span records (unique ids, known references, one attribute type). Where its problems go
+is the caller's choice: `read_*` raises `DataError` at the first error (training, indexing and ingestion), the
+validator collects them all (`index.data.validate`).
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol
 
-
-class DataError(ValueError):
-    """A data file that cannot be used, with the file, line and field in the message."""
+from index.data.records import (
+    DATA_SUFFIXES,
+    QRELS_FILES,
+    DataError,
+    ImageRow,
+    Item,
+    Judgment,
+    Parsed,
+    Query,
+    Record,
+    Severity,
+    VectorDims,
+    hash_split,
+    is_number,
+    parse_image_row,
+    parse_item,
+    parse_judgment,
+    parse_qrels_line,
+    parse_query,
+)
 
 
 @dataclass(frozen=True)
-class Item:
-    """One catalog item as the user supplied it."""
+class Problem:
+    """One problem: where (file, line or row from 1, field) and what."""
 
-    id: str
-    title: str
-    attributes: dict[str, Any] = field(default_factory=dict)
-    image_embedding: list[float] | None = None
-    text_embedding: list[float] | None = None
-    image: str | None = None
+    file: Path
+    line: int | None
+    field: str | None
+    message: str
+    severity: Severity = Severity.ERROR
 
-
-def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record) for each non-blank line; a bad line raises DataError naming it."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object")
-            yield number, record
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else str(self.file)
+        what = f"{self.field}: {self.message}" if self.field else self.message
+        return f"{where}: {self.severity.value}: {what}"
 
 
-DATA_SUFFIXES = (".jsonl", ".parquet")
+@dataclass
+class Scanned(Generic[Record]):
+    """What a scan read: the usable records, and the keys (ids, or judged pairs) of every record that named one,
+    usable or not, so that references to a record with a bad field are not reported again as unknown."""
+
+    records: list[Record]
+    keys: set[Any]
 
 
-def iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (row number from 1, record) for each row of a Parquet file; an unreadable file raises DataError."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class ProblemSink(Protocol):
+    """Where a scan sends the problems it finds."""
 
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    for number, record in enumerate(table.to_pylist(), start=1):
-        # Parquet has no "absent": a column another row uses is null here, which reads as the field not given.
-        yield number, {key: value for key, value in record.items() if value is not None}
+    def add(self, problem: Problem) -> None: ...
 
 
-def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Records of a JSONL (line numbers) or Parquet (row numbers) file, chosen by the file's suffix."""
-    return iter_parquet(path) if path.suffix == ".parquet" else iter_jsonl(path)
+class RaiseOnError:
+    """The readers' sink: the first error raises DataError naming file, line and field; warnings are ignored."""
+
+    def add(self, problem: Problem) -> None:
+        if problem.severity is Severity.ERROR:
+            raise DataError(str(problem).replace(": error: ", ": ", 1))
+
+
+class _File:
+    """A scan of one file: problems are located here and sent to the sink."""
+
+    def __init__(self, path: Path, sink: ProblemSink) -> None:
+        self.path, self.sink = path, sink
+
+    def error(self, line: int | None, field_name: str | None, message: str) -> None:
+        self.sink.add(Problem(self.path, line, field_name, message))
+
+    def warn(self, line: int | None, field_name: str | None, message: str) -> None:
+        self.sink.add(Problem(self.path, line, field_name, message, Severity.WARNING))
+
+    def report(self, line: int, parsed: Parsed[Record]) -> Record | None:
+        for p in parsed.problems:
+            self.sink.add(Problem(self.path, line, p.field, p.message, p.severity))
+        return parsed.record
 
 
 def find_data_file(directory: Path, stem: str) -> Path | None:
     """`<stem>.jsonl` or `<stem>.parquet` in directory (JSONL first), or None when neither exists."""
     return next((directory / f"{stem}{s}" for s in DATA_SUFFIXES if (directory / f"{stem}{s}").exists()), None)
+
+
+def find_qrels(directory: Path) -> Path | None:
+    return next((directory / n for n in QRELS_FILES if (directory / n).exists()), None)
+
+
+def find_judgments(directory: Path) -> Path:
+    """judgments.jsonl / judgments.parquet, else a TREC qrels file; the JSONL name when there is none."""
+    return find_data_file(directory, "judgments") or find_qrels(directory) or directory / "judgments.jsonl"
 
 
 def items_path(data: Path) -> Path:
@@ -82,29 +116,215 @@ def items_path(data: Path) -> Path:
     return find_data_file(data, "items") or data / "items.jsonl"
 
 
-def read_items(path: Path) -> list[Item]:
-    """Read items.jsonl or items.parquet; ids must be unique strings and titles present."""
+def _is_qrels(path: Path) -> bool:
+    return path.name in QRELS_FILES or path.suffix == ".qrels"
+
+
+def _text_lines(scan: _File) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each UTF-8 line; a line that is not UTF-8 is reported with its byte and skipped."""
+    if not scan.path.exists():
+        scan.error(None, None, "file not found")
+        return
+    with open(scan.path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                scan.error(number, None, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+
+
+def _parquet_rows(scan: _File) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not scan.path.exists():
+        scan.error(None, None, "file not found")
+        return
+    try:
+        table = pq.read_table(scan.path)
+    except (OSError, pa.ArrowException) as exc:
+        scan.error(None, None, f"not a readable Parquet file ({str(exc).splitlines()[0]})")
+        return
+    for number, record in enumerate(table.to_pylist(), start=1):
+        # Parquet has no "absent": a column another row uses is null here, which reads as the field not given.
+        yield number, {key: value for key, value in record.items() if value is not None}
+
+
+def _records(scan: _File) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line or row number, record) of a JSONL or Parquet file; undecodable lines are reported and skipped."""
+    if scan.path.suffix == ".parquet":
+        yield from _parquet_rows(scan)
+        return
+    for number, line in _text_lines(scan):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            scan.error(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not isinstance(record, dict):
+            scan.error(number, None, f"expected a JSON object, got {type(record).__name__}")
+            continue
+        yield number, record
+
+
+def _unique(scan: _File, seen: dict[str, int], number: int, key: str, what: str = "id") -> bool:
+    if key in seen:
+        scan.error(number, what, f"duplicates id {key!r} (first on line {seen[key]})")
+        return False
+    seen[key] = number
+    return True
+
+
+def scan_items(
+    path: Path, sink: ProblemSink, *, dims: VectorDims | None = None, image_exists: Callable[[str], bool] | None = None
+) -> Scanned[Item]:
+    """Items of a JSONL or Parquet file. `image_exists` (given a path relative to the file) checks image files."""
+    scan = _File(path, sink)
     items: list[Item] = []
-    seen: set[str] = set()
-    for number, record in iter_records(path):
-        item_id, title = record.get("id"), record.get("title", record.get("text"))
-        if not isinstance(item_id, str) or not item_id:
-            raise DataError(f"{path}:{number}: field 'id' must be a non-empty string")
-        if item_id in seen:
-            raise DataError(f"{path}:{number}: field 'id' duplicates {item_id!r}")
-        if not isinstance(title, str):
-            raise DataError(f"{path}:{number}: field 'title' must be a string")
-        seen.add(item_id)
-        items.append(
-            Item(
-                id=item_id,
-                title=title,
-                attributes=dict(record.get("attributes") or {}),
-                image_embedding=record.get("image_embedding"),
-                text_embedding=record.get("text_embedding"),
-                image=record.get("image"),
+    seen: dict[str, int] = {}
+    kinds: dict[str, dict[str, int]] = {}  # attribute -> type name -> first line
+    for number, raw in _records(scan):
+        item = scan.report(number, parse_item(raw, dims))
+        if isinstance(raw.get("id"), str) and raw["id"] and not _unique(scan, seen, number, raw["id"]):
+            continue
+        image = raw.get("image")
+        if (
+            image_exists is not None
+            and isinstance(image, str)
+            and "image_embedding" not in raw
+            and not image_exists(image)
+        ):
+            scan.error(number, "image", f"file not found: {path.parent / image}")
+        if item is None:
+            continue
+        for key, entry in item.attributes.items():
+            kind = "number" if is_number(entry) else "string" if isinstance(entry, (str, bool)) else None
+            if kind is not None:
+                kinds.setdefault(key, {}).setdefault(kind, number)
+        items.append(item)
+    for key, first in sorted(kinds.items()):
+        if len(first) > 1:
+            scan.warn(
+                first["string"],
+                f"attributes.{key}",
+                f"is a string here but a number on line {first['number']}: one type per attribute, please",
             )
-        )
-    if not items:
-        raise DataError(f"{path}: no items")
+    return Scanned(items, set(seen))
+
+
+def scan_queries(path: Path, sink: ProblemSink) -> Scanned[Query]:
+    """Queries of a JSONL or Parquet file, with `split` as the data gives it (None when absent)."""
+    scan = _File(path, sink)
+    queries: list[Query] = []
+    seen: dict[str, int] = {}
+    for number, raw in _records(scan):
+        query = scan.report(number, parse_query(raw))
+        if isinstance(raw.get("id"), str) and raw["id"] and not _unique(scan, seen, number, raw["id"]):
+            continue
+        if query is not None:
+            queries.append(query)
+    return Scanned(queries, set(seen))
+
+
+def _judgment_lines(scan: _File) -> Iterator[tuple[int, Parsed[Judgment], tuple[str, str] | None]]:
+    """(line, parsed judgment, (query id, item id) when both are non-empty strings) of a judgments or qrels file."""
+    if _is_qrels(scan.path):
+        for number, line in _text_lines(scan):
+            parts = line.split()
+            if parts:
+                yield number, parse_qrels_line(parts), (parts[0], parts[2]) if len(parts) == 4 else None
+        return
+    for number, raw in _records(scan):
+        query_id, item_id = raw.get("query_id"), raw.get("item_id")
+        named = isinstance(query_id, str) and query_id and isinstance(item_id, str) and item_id
+        pair = (str(query_id), str(item_id)) if named else None
+        yield number, parse_judgment(raw), pair
+
+
+def scan_judgments(
+    path: Path, sink: ProblemSink, *, query_ids: set[str] | None = None, item_ids: set[str] | None = None
+) -> Scanned[Judgment]:
+    """Judgments of a JSONL/Parquet file or TREC qrels; ids are checked against the given queries and items."""
+    scan = _File(path, sink)
+    judgments: list[Judgment] = []
+    seen: dict[tuple[str, str], int] = {}
+    for number, parsed, pair in _judgment_lines(scan):
+        judgment = scan.report(number, parsed)
+        if pair is None:
+            continue
+        known = True
+        if query_ids is not None and pair[0] not in query_ids:
+            scan.error(number, "query_id", f"unknown query {pair[0]!r}")
+            known = False
+        if item_ids is not None and pair[1] not in item_ids:
+            scan.error(number, "item_id", f"unknown item {pair[1]!r}")
+            known = False
+        if pair in seen:
+            scan.error(number, None, f"judges ({pair[0]!r}, {pair[1]!r}) again (first on line {seen[pair]})")
+            continue
+        seen[pair] = number
+        if judgment is not None and known:
+            judgments.append(judgment)
+    return Scanned(judgments, set(seen))
+
+
+def scan_image_manifest(
+    path: Path, sink: ProblemSink, *, image_exists: Callable[[str], bool] | None = None
+) -> Scanned[ImageRow]:
+    """Rows of an image manifest CSV (at least `id` and `file` columns)."""
+    scan = _File(path, sink)
+    rows: list[ImageRow] = []
+    seen: dict[str, int] = {}
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"id", "file"} - set(reader.fieldnames or [])
+            if missing:
+                scan.error(1, None, f"missing column(s) {', '.join(sorted(missing))} (need id and file)")
+                return Scanned(rows, set())
+            for number, raw in enumerate(reader, start=2):
+                row = scan.report(number, parse_image_row(raw))
+                if row is None or not _unique(scan, seen, number, row.id):
+                    continue
+                if image_exists is not None and not image_exists(row.file):
+                    scan.error(number, "file", f"file not found: {path.parent / row.file}")
+                rows.append(row)
+    except FileNotFoundError:
+        scan.error(None, None, "file not found")
+    except UnicodeDecodeError as exc:
+        scan.error(None, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
+    return Scanned(rows, set(seen))
+
+
+def _not_empty(path: Path, records: list[Any], what: str) -> None:
+    if not records:
+        raise DataError(f"{path}: no {what}")
+
+
+def read_items(path: Path) -> list[Item]:
+    """Items of items.jsonl or items.parquet; stops at the first error."""
+    items = scan_items(path, RaiseOnError()).records
+    _not_empty(path, items, "items")
     return items
+
+
+def read_queries(path: Path) -> list[Query]:
+    """Queries of queries.jsonl or .parquet. When no query names a split, every query is split by `hash_split`;
+    when some do, the others are training queries."""
+    queries = scan_queries(path, RaiseOnError()).records
+    named = any(q.split is not None for q in queries)
+    return [dataclasses.replace(q, split=q.split or ("train" if named else hash_split(q.id))) for q in queries]
+
+
+def read_judgments(path: Path, *, query_ids: set[str], item_ids: set[str]) -> list[Judgment]:
+    """Judgments (JSONL, Parquet or TREC qrels) of known queries and items; stops at the first error."""
+    return scan_judgments(path, RaiseOnError(), query_ids=query_ids, item_ids=item_ids).records
+
+
+def read_image_manifest(path: Path) -> list[ImageRow]:
+    """Rows of an image manifest CSV; stops at the first error."""
+    rows = scan_image_manifest(path, RaiseOnError()).records
+    _not_empty(path, rows, "items")
+    return rows

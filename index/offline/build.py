@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from index.cli_logging import configure_cli_logging
-from index.data.readers import DataError
+from index.data.records import DataError
 from index.offline.bundle_writer import build_bundle, reproject_bundle
 from index.runtime.faiss_index import IndexKind
 from index.runtime.files import ArtifactError

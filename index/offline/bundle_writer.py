@@ -21,7 +21,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.data.readers import DataError, Item, items_path, read_items
+from index.data.readers import items_path, read_items
+from index.data.records import DataError, Item
 from index.offline.featurize import CandidateFeatures, featurize
 from index.runtime.bundle import ARRAYS, BUNDLE_FORMAT, MANIFEST_FILE, Bundle
 from index.runtime.exported_model import ExportedModel

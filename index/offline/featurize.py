@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from index.data.readers import DataError, Item
+from index.data.records import DataError, Item
 from index.runtime.features import CandidateFeatures
 from index.runtime.text_encoder import TextEncoder
 from model.schema import CategoricalField, FeatureSchema, NumericField

@@ -14,7 +14,6 @@ encoders are unchanged; anything else is recomputed.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import json
@@ -34,7 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from index.cli_logging import configure_cli_logging
-from index.data.readers import DataError, Item, find_data_file, items_path, read_items
+from index.data.readers import find_data_file, items_path, read_image_manifest, read_items
+from index.data.records import IMAGE_MANIFEST, DataError, Item
 from index.offline.bundle_writer import write_bundle
 from index.offline.featurize import features_from_arrays, item_text
 from index.offline.image_encoder import ImageEncoder
@@ -48,8 +48,6 @@ from index.runtime.text_encoder import TextEncoder
 log = logging.getLogger(__name__)
 
 INGEST_FORMAT = 1
-IMAGE_MANIFEST = "manifest.csv"
-NEUTRAL_TITLE = "photo {id}"  # image-only catalogs have no captions; a neutral title says nothing false
 REPORT_FILE = "ingest_report.json"
 DEFAULT_CHUNK = 256
 # phash bits that may differ for two images to count as near-duplicates. On the 500 Pexels photos the one re-upload
@@ -136,33 +134,15 @@ class IngestConfig:
         return self.work_dir or self.out.parent / f"{self.out.name}.work"
 
 
-def read_image_manifest(path: Path) -> Catalog:
+def catalog_from_image_manifest(path: Path) -> Catalog:
     """A folder of images described by a CSV with at least `id` and `file` (relative to the CSV) columns.
 
     Items get the neutral title "photo <id>" and no attributes; an `md5` column, when present, is checked against
     each file before decoding.
     """
-    items: list[Item] = []
-    md5: dict[str, str] = {}
-    seen: dict[str, int] = {}
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"id", "file"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(f"{path}:1: missing column(s) {', '.join(sorted(missing))} (need id and file)")
-        for number, row in enumerate(reader, start=2):
-            item_id, file = (row.get("id") or "").strip(), (row.get("file") or "").strip()
-            if not item_id or not file:
-                raise DataError(f"{path}:{number}: fields 'id' and 'file' must be non-empty")
-            if item_id in seen:
-                raise DataError(f"{path}:{number}: field 'id' duplicates {item_id!r} (line {seen[item_id]})")
-            seen[item_id] = number
-            items.append(Item(id=item_id, title=NEUTRAL_TITLE.format(id=item_id), image=str(path.parent / file)))
-            if row.get("md5"):
-                md5[item_id] = row["md5"].strip().lower()
-    if not items:
-        raise DataError(f"{path}: no items")
-    return Catalog(items=items, source=path, image_md5=md5)
+    rows = read_image_manifest(path)
+    items = [row.to_item(str(path.parent / row.file)) for row in rows]
+    return Catalog(items=items, source=path, image_md5={row.id: row.md5 for row in rows if row.md5})
 
 
 def read_catalog(data: Path) -> Catalog:
@@ -171,9 +151,9 @@ def read_catalog(data: Path) -> Catalog:
     if not data.exists():
         raise DataError(f"{data}: no such file or directory")
     if data.suffix == ".csv":
-        return read_image_manifest(data)
+        return catalog_from_image_manifest(data)
     if data.is_dir() and find_data_file(data, "items") is None and (data / IMAGE_MANIFEST).exists():
-        return read_image_manifest(data / IMAGE_MANIFEST)
+        return catalog_from_image_manifest(data / IMAGE_MANIFEST)
     path = items_path(data)
     if data.is_dir() and not path.exists():
         raise DataError(f"{data}: no items.jsonl, items.parquet or {IMAGE_MANIFEST}")
