@@ -16,41 +16,54 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
-from index.data.readers import DataError
 from index.runtime.files import ArtifactError
-from service.app import AppState, create_app, load_engine
+from service.app import create_app
+from service.lifecycle import AppState
+from service.loading import load_engine
 from service.metrics import Metrics
 from service.settings import Settings
+
+log = logging.getLogger("service")
 
 
 class DrainingServer(uvicorn.Server):
     """uvicorn, with a drain before the graceful shutdown: on SIGTERM readiness turns false and new requests get
     503 for `drain_seconds` (load balancers notice), then uvicorn stops accepting connections and waits up to
-    `timeout_graceful_shutdown` for in-flight requests. A second signal exits at once."""
+    `timeout_graceful_shutdown` for in-flight requests. A second signal exits at once. Whether a drain is on is the
+    app's lifecycle's to say, not this class's."""
 
     def __init__(self, config: uvicorn.Config, state: AppState, drain_seconds: float) -> None:
         super().__init__(config)
         self.state = state
         self.drain_seconds = drain_seconds
-        self._draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig == signal.SIGTERM and not self._draining:
-            self._draining = True
-            self.state.begin_drain()
-            logging.getLogger("service").info("SIGTERM: draining for %.1fs", self.drain_seconds)
+        if sig == signal.SIGTERM and self.state.lifecycle.begin_drain():
+            log.info("SIGTERM: draining for %.1fs", self.drain_seconds)
             threading.Timer(self.drain_seconds, super().handle_exit, (sig, frame)).start()
             return
         super().handle_exit(sig, frame)
 
 
-def main(argv: list[str] | None = None) -> int:
+def settings_from_args(argv: list[str] | None = None) -> Settings:
+    """Settings from the command line over RANK_* variables; every Settings field is an option (`--max-delay-us`).
+    Raises pydantic's ValidationError for a bad value."""
     parser = argparse.ArgumentParser(prog="python -m service", description="Serve /rank and /rerank.")
-    for name in Settings.model_fields:
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=f"RANK_{name.upper()}")
+    for name, info in Settings.model_fields.items():
+        env = f"RANK_{name.upper()}"
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=None,
+            help=f"{env}: {info.description}" if info.description else env,
+        )
     overrides = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    return Settings(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
-        settings = Settings(**overrides)
+        settings = settings_from_args(argv)
     except ValidationError as exc:
         first = exc.errors()[0]
         print(f"error: setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
@@ -59,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = Metrics()
     try:
         engine = load_engine(settings, metrics)
-    except (ArtifactError, DataError, FileNotFoundError, ValueError) as exc:
+    except (ArtifactError, FileNotFoundError, ValueError) as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings, engine=engine, metrics=metrics)

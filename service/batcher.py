@@ -1,8 +1,10 @@
 """A dynamic micro-batcher with Triton's semantics, between async request handlers and one worker thread.
 
 Handlers `submit` work items and await their results. The worker takes the oldest waiting item and flushes a batch
-when the queued items add up to `max_batch` (in units of `size_of`, e.g. candidates) or when the oldest has waited
-`max_delay_us`, whichever comes first, and hands the batch to `process_batch` in one call. The queue is bounded
+when the queued items add up to `max_size` or when the oldest has waited `max_delay_us`, whichever comes first, and
+hands the batch to `process_batch` in one call. Sizes are in whatever unit `size_of` counts: the service counts
+candidates (its `max_batch_candidates` setting), not requests as Triton's `max_batch_size` does, because the
+ranker's cost grows with candidates. A single item larger than `max_size` still runs, alone. The queue is bounded
 (`QueueFull` when it is full), and an item whose deadline has passed while queued is dropped before inference
 (`DeadlineExceeded`).
 
@@ -44,16 +46,6 @@ class _Pending(Generic[Item]):
     size: int
     enqueued: float
     deadline: float | None
-    dequeued: float = 0.0
-
-
-@dataclass(frozen=True)
-class BatchStats:
-    """What one flush looked like; handed to the observer for metrics."""
-
-    requests: int
-    size: int
-    dropped: int
 
 
 @dataclass
@@ -79,10 +71,9 @@ class MicroBatcher(Generic[Item, Result]):
 
     process_batch: Callable[[list[Batched[Item]]], list[Result | Exception]]
     size_of: Callable[[Item], int]
-    max_batch: int = 4096
+    max_size: int = 4096  # in size_of units
     max_delay_us: int = 0
     max_queue: int = 512
-    on_flush: Callable[[BatchStats], None] | None = None
     _queue: deque[_Pending[Item]] = field(default_factory=deque, init=False)
     _cond: threading.Condition = field(default_factory=threading.Condition, init=False)
     _closed: bool = field(default=False, init=False)
@@ -126,14 +117,14 @@ class MicroBatcher(Generic[Item, Result]):
                     return None
                 self._cond.wait()
             flush_at = self._queue[0].enqueued + delay
-            while not self._closed and sum(p.size for p in self._queue) < self.max_batch:
+            while not self._closed and sum(p.size for p in self._queue) < self.max_size:
                 remaining = flush_at - time.perf_counter()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
             batch: list[_Pending[Item]] = []
             size = 0
-            while self._queue and (not batch or size + self._queue[0].size <= self.max_batch):
+            while self._queue and (not batch or size + self._queue[0].size <= self.max_size):
                 pending = self._queue.popleft()
                 batch.append(pending)
                 size += pending.size
@@ -142,17 +133,13 @@ class MicroBatcher(Generic[Item, Result]):
     def _run(self) -> None:
         while (batch := self._take_batch()) is not None:
             now = time.perf_counter()
-            live, dropped = [], 0
+            live = []
             for pending in batch:
-                pending.dequeued = now
                 if pending.deadline is not None and now > pending.deadline:
-                    dropped += 1
                     expired = DeadlineExceeded("the request's deadline passed while it was queued")
                     pending.loop.call_soon_threadsafe(_resolve, pending.future, None, expired)
                 else:
                     live.append(pending)
-            if self.on_flush is not None:
-                self.on_flush(BatchStats(requests=len(live), size=sum(p.size for p in live), dropped=dropped))
             if not live:
                 continue
             try:

@@ -1,21 +1,51 @@
-"""Request and response models of the HTTP API (the OpenAPI schema is generated from these)."""
+"""The wire format of the HTTP API: request models (pydantic, validated), response shapes, and the JSON response
+class that writes them. The OpenAPI schema is generated from these.
+
+Requests are pydantic models because they must be validated. Responses are `TypedDict`s: the service only writes
+them, so there is nothing to validate; mypy checks every place that builds one, pydantic still generates their
+OpenAPI schema, and orjson writes them as plain dicts. Measured on the 2-core machine, building and writing a /rank
+body of 10 hits takes 5 us this way against 38 us as validated pydantic models written with `model_dump_json`
+(44 us against 320 us for 100 hits), on a request that takes about 1 ms in all.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import (
+    Annotated,
+    Any,
+    NotRequired,  # pydantic needs typing_extensions' TypedDict on Python 3.11
+)
 
+import orjson
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from typing_extensions import TypedDict
 
 FilterValue = StrictStr | list[StrictStr]
+
+
+class JSONBytes(Response):
+    """A JSON response written by orjson (dicts, lists and the TypedDicts below)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+# -- requests ----------------------------------------------------------------------------------------------------
 
 
 class RankRequest(BaseModel):
     """POST /rank: a query in, the best `top_k` catalog items out."""
 
+    # Only what holds for every deployment is checked here. Limits that depend on settings (max_top_k,
+    # max_candidates, and top_k <= num_candidates, whose default is a setting) are the engine's, in one place.
     model_config = ConfigDict(extra="forbid")
 
     query: StrictStr = Field(description="Free-text query; constraints are stated in words.")
-    top_k: StrictInt = Field(10, ge=1, description="How many results to return.")
+    top_k: StrictInt = Field(10, ge=1, description="How many results to return; at most num_candidates.")
     num_candidates: StrictInt | None = Field(
         None, ge=1, description="How many candidates the retriever hands to the ranker (default from settings)."
     )
@@ -25,27 +55,6 @@ class RankRequest(BaseModel):
     timeout_ms: StrictInt | None = Field(
         None, ge=1, le=60_000, description="Deadline; a request still queued when it passes is answered 504."
     )
-
-    @model_validator(mode="after")
-    def _top_k_within_candidates(self) -> RankRequest:
-        if self.num_candidates is not None and self.top_k > self.num_candidates:
-            raise ValueError(f"top_k ({self.top_k}) must not exceed num_candidates ({self.num_candidates})")
-        return self
-
-
-class RankedItem(BaseModel):
-    id: str
-    score: float
-    rank: int
-    title: str
-    attributes: dict[str, Any]
-
-
-class RankResponse(BaseModel):
-    results: list[RankedItem]
-    model_version: str
-    bundle_version: str
-    timing_ms: dict[str, float]
 
 
 class DocumentRef(BaseModel):
@@ -78,16 +87,78 @@ class RerankRequest(BaseModel):
     )
 
 
-class RerankResult(BaseModel):
-    index: int
-    relevance_score: float = Field(description="Ranker score through a logistic: order-preserving, not calibrated.")
-    document: dict[str, Any] | None = None
+class ReloadRequest(BaseModel):
+    """POST /admin/reload: new artifact locations; each defaults to the configured one (re-read from disk)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_dir: Path | None = None
+    bundle_dir: Path | None = None
 
 
-class RerankResponse(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
+# -- responses ---------------------------------------------------------------------------------------------------
+
+TimingMs = Annotated[
+    dict[str, float],
+    Field(description="Server time per stage in ms (queue, encode, retrieve, gather, rank, total), 4 decimals."),
+]
+
+
+class RankedItem(TypedDict):
+    """One catalog item of a /rank answer."""
 
     id: str
+    score: Annotated[float, Field(description="The ranker's score; higher is better.")]
+    rank: Annotated[int, Field(description="1 for the best item.")]
+    title: str
+    attributes: dict[str, Any]
+
+
+class RankResponse(TypedDict):
+    """POST /rank's answer: the best items, best first."""
+
+    results: list[RankedItem]
+    model_version: str
+    bundle_version: str
+    timing_ms: TimingMs
+
+
+class RerankResult(TypedDict):
+    """One document of a /rerank answer."""
+
+    index: Annotated[int, Field(description="Position of the document in the request's `documents`.")]
+    relevance_score: Annotated[
+        float, Field(description="Ranker score through a logistic: order-preserving, not calibrated.")
+    ]
+    document: NotRequired[
+        Annotated[dict[str, Any], Field(description="Present when return_documents: the text (and id, attributes).")]
+    ]
+
+
+class ApiVersion(TypedDict):
+    """Cohere's API version block; always "2"."""
+
+    version: str
+
+
+class BilledUnits(TypedDict):
+    """Cohere's billing block; one search unit per request."""
+
+    search_units: int
+
+
+class RerankMeta(TypedDict):
+    """Cohere's `meta` block, with the server's stage timing."""
+
+    api_version: ApiVersion
+    billed_units: BilledUnits
+    timing_ms: TimingMs
+
+
+class RerankResponse(TypedDict):
+    """POST /rerank's answer, in Cohere's shape: the best `top_n` documents, best first."""
+
+    id: Annotated[str, Field(description="A fresh UUID per response.")]
     results: list[RerankResult]
     model: str
-    meta: dict[str, Any]
+    meta: RerankMeta

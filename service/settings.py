@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from enum import StrEnum
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("service")
 
 UNSAFE_TOKENS = {"changeme", "change-me-please!", "secret", "password", "admin", "token"}
 
@@ -45,7 +49,8 @@ class Settings(BaseSettings):
     max_documents: int = Field(1000, ge=1)
     warmup_queries: int = Field(20, ge=0)
     batching: bool = True
-    max_batch: int = Field(4096, ge=1, description="flush a micro-batch at this many candidates")
+    max_batch_candidates: int = Field(4096, ge=1, description="flush a micro-batch at this many candidates")
+    max_batch: int | None = Field(None, ge=1, description="deprecated: use max_batch_candidates")
     max_delay_us: int = Field(0, ge=0, le=100_000, description="or when the oldest request has waited this long")
     max_queue: int = Field(512, ge=1, description="requests waiting beyond this get 429")
     max_body_bytes: int = Field(1_000_000, ge=1_000, description="larger request bodies get 413")
@@ -55,6 +60,25 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(1.0, ge=0.0, description="on SIGTERM, answer 503 this long before closing")
     shutdown_grace_seconds: float = Field(10.0, gt=0.0, description="then wait this long for in-flight requests")
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _renamed(self) -> Settings:
+        """`max_batch` (RANK_MAX_BATCH, --max-batch) still works, with a warning: it was renamed because it counts
+        candidates, where Triton's `max_batch_size` counts requests."""
+        if self.max_batch is not None:
+            explicit = "max_batch_candidates" in self.model_fields_set
+            message = (
+                "RANK_MAX_BATCH (--max-batch, max_batch) is deprecated: use RANK_MAX_BATCH_CANDIDATES"
+                " (--max-batch-candidates); it counts candidates, not requests"
+                + ("; both are set, so the old one is ignored" if explicit else "")
+            )
+            # The warning is for code that builds Settings (stacklevel 4: past pydantic's two __init__ frames, at the
+            # caller); the log line is for operators, who never see a DeprecationWarning.
+            warnings.warn(message, DeprecationWarning, stacklevel=4)
+            log.warning(message)
+            if not explicit:
+                self.max_batch_candidates = self.max_batch
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -1,19 +1,24 @@
-"""The micro-batcher's Triton semantics (flush on size or delay, bounded queue, deadlines, drain on close), and
-rankings that do not depend on batching."""
+"""The micro-batcher's Triton semantics (flush on size or delay, bounded queue, deadlines, drain on close), its
+settings, and rankings that do not depend on batching."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
 
+from service.__main__ import settings_from_args
 from service.app import create_app
 from service.batcher import Batched, DeadlineExceeded, MicroBatcher, QueueFull, ShuttingDown
+from service.metrics import Metrics
+from service.settings import Settings
 
 from .conftest import TinyPipeline, serving_settings
 
@@ -35,14 +40,14 @@ async def _submit_all(batcher: MicroBatcher[int, int], items: list[int], deadlin
 
 
 def test_concurrent_items_share_a_batch_and_results_stay_in_order() -> None:
-    batcher, seen = _batcher(max_batch=100, max_delay_us=50_000)
+    batcher, seen = _batcher(max_size=100, max_delay_us=50_000)
     assert asyncio.run(_submit_all(batcher, list(range(8)))) == [i * 10 for i in range(8)]
     assert seen == [list(range(8))]
     batcher.close()
 
 
-def test_flush_at_max_batch_without_waiting_for_the_delay() -> None:
-    batcher, seen = _batcher(max_batch=3, max_delay_us=5_000_000)
+def test_flush_at_max_size_without_waiting_for_the_delay() -> None:
+    batcher, seen = _batcher(max_size=3, max_delay_us=5_000_000)
     started = time.perf_counter()
     asyncio.run(_submit_all(batcher, list(range(6))))
     assert time.perf_counter() - started < 2.0  # far below the 5 s delay
@@ -50,9 +55,36 @@ def test_flush_at_max_batch_without_waiting_for_the_delay() -> None:
     batcher.close()
 
 
-def test_lone_item_flushes_after_the_delay() -> None:
-    batcher, seen = _batcher(max_batch=100, max_delay_us=0)
-    assert asyncio.run(_submit_all(batcher, [7])) == [70]
+DELAY_S = 0.2  # long against event-loop stalls on a loaded 2-core machine, so the tests below cannot flake
+
+
+def test_lone_item_flushes_after_the_delay_not_before() -> None:
+    batcher, seen = _batcher(max_size=100, max_delay_us=int(DELAY_S * 1e6))
+
+    async def one() -> tuple[int, float]:
+        started = time.perf_counter()
+        result = await batcher.submit(7)
+        return result, time.perf_counter() - started
+
+    result, waited = asyncio.run(one())
+    assert result == 70 and seen == [[7]]
+    # The flush is due at enqueue time + delay and the worker re-checks the clock on every wake-up, so never early.
+    # No upper bound: how late a loaded machine wakes the worker is not the batcher's doing.
+    assert waited >= DELAY_S - 1e-3
+    batcher.close()
+
+
+def test_items_arriving_within_the_delay_share_one_batch() -> None:
+    batcher, seen = _batcher(max_size=100, max_delay_us=int(DELAY_S * 1e6))
+
+    async def two_apart() -> list[int]:
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.005)
+        second = asyncio.ensure_future(batcher.submit(2))
+        return list(await asyncio.gather(first, second))
+
+    assert asyncio.run(two_apart()) == [10, 20]
+    assert seen == [[1, 2]]  # the first waited for the second instead of flushing alone
     batcher.close()
 
 
@@ -61,7 +93,7 @@ def test_full_queue_is_refused() -> None:
         time.sleep(0.2)
         return [b.item for b in batch]
 
-    batcher, _ = _batcher(slow, max_batch=1, max_delay_us=0, max_queue=2)
+    batcher, _ = _batcher(slow, max_size=1, max_delay_us=0, max_queue=2)
     results = asyncio.run(_submit_all(batcher, list(range(6))))
     assert any(isinstance(r, QueueFull) for r in results)
     assert any(r == 0 for r in results)
@@ -69,7 +101,7 @@ def test_full_queue_is_refused() -> None:
 
 
 def test_expired_items_are_dropped_before_processing() -> None:
-    batcher, seen = _batcher(max_batch=100, max_delay_us=100_000)
+    batcher, seen = _batcher(max_size=100, max_delay_us=100_000)
     results = asyncio.run(_submit_all(batcher, [1, 2], deadline=time.perf_counter() + 0.01))
     assert all(isinstance(r, DeadlineExceeded) for r in results)
     assert seen == []
@@ -85,7 +117,7 @@ def test_a_failing_batch_fails_its_items_and_the_worker_survives() -> None:
             raise RuntimeError("boom")
         return [b.item for b in batch]
 
-    batcher, _ = _batcher(flaky, max_batch=1, max_delay_us=0)
+    batcher, _ = _batcher(flaky, max_size=1, max_delay_us=0)
     assert isinstance(asyncio.run(_submit_all(batcher, [1]))[0], RuntimeError)
     assert asyncio.run(_submit_all(batcher, [2])) == [2]
     batcher.close()
@@ -95,6 +127,38 @@ def test_closed_batcher_refuses_new_work() -> None:
     batcher, _ = _batcher()
     batcher.close()
     assert isinstance(asyncio.run(_submit_all(batcher, [1]))[0], ShuttingDown)
+
+
+def test_max_batch_candidates_is_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RANK_MAX_BATCH", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new name warns about nothing
+        assert Settings(max_batch_candidates=64).max_batch_candidates == 64
+        assert settings_from_args(["--max-batch-candidates", "16"]).max_batch_candidates == 16
+        monkeypatch.setenv("RANK_MAX_BATCH_CANDIDATES", "32")
+        assert Settings().max_batch_candidates == 32
+
+
+@pytest.mark.parametrize("how", ["env", "kwarg", "cli"])
+def test_the_old_max_batch_name_still_works_but_is_deprecated(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    monkeypatch.delenv("RANK_MAX_BATCH_CANDIDATES", raising=False)
+    if how == "env":
+        monkeypatch.setenv("RANK_MAX_BATCH", "48")
+    with caplog.at_level(logging.WARNING, logger="service"), pytest.warns(DeprecationWarning, match="RANK_MAX_BATCH"):
+        if how == "cli":
+            settings = settings_from_args(["--max-batch", "48"])
+        else:
+            settings = Settings(max_batch=48) if how == "kwarg" else Settings()
+    assert settings.max_batch_candidates == 48
+    assert "use RANK_MAX_BATCH_CANDIDATES" in caplog.text
+
+
+def test_the_new_name_wins_over_the_old_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK_MAX_BATCH", "48")
+    with pytest.warns(DeprecationWarning, match="ignored"):
+        assert Settings(max_batch_candidates=64).max_batch_candidates == 64
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +191,11 @@ def test_deadline_gets_504_and_is_counted(clients) -> None:
     r = batched.post("/rank", json={"query": "gin", "timeout_ms": 1})  # 20 ms batching delay > 1 ms deadline
     assert r.status_code == 504 and "timeout_ms" in r.json()["error"]
     assert "rank_deadline_drops_total 1.0" in batched.get("/metrics").text
+
+
+def test_the_batcher_flushes_at_max_batch_candidates(tiny: TinyPipeline, clients) -> None:
+    batched, _ = clients
+    engine = batched.app.state.rank.engine  # reuse the loaded artifacts: only the wiring is under test
+    app = create_app(serving_settings(tiny, max_batch_candidates=77), engine=engine, metrics=Metrics())
+    with TestClient(app):
+        assert app.state.rank.batcher.max_size == 77

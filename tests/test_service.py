@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
 
 from service.app import create_app
+from service.lifecycle import Lifecycle, Phase
+from service.metrics import Metrics
+from service.protocol import RankedItem, RankResponse, RerankResponse
 from training.export import load_checkpoint, served_dataset
 from training.train import FeatureTensors, score_lists
 
@@ -87,6 +91,36 @@ def test_rerank_in_cohere_shape(tiny: TinyPipeline, client: TestClient) -> None:
     assert len(plain["results"]) == 2 and "document" not in plain["results"][0]
 
 
+def _keys(shape: type) -> set[str]:
+    return set(shape.__required_keys__) | set(shape.__optional_keys__)  # type: ignore[attr-defined]
+
+
+def test_bodies_have_exactly_the_documented_shapes(client: TestClient) -> None:
+    """The response TypedDicts are not checked at run time (that is their point); this is where they are."""
+    rank = client.post("/rank", json={"query": "gin", "top_k": 3}).json()
+    TypeAdapter(RankResponse).validate_python(rank, strict=True)
+    assert set(rank) == _keys(RankResponse)
+    assert all(set(x) == _keys(RankedItem) for x in rank["results"])
+    rerank = client.post(
+        "/rerank", json={"query": "gin", "documents": ["a", {"id": rank["results"][0]["id"]}], "return_documents": True}
+    ).json()
+    TypeAdapter(RerankResponse).validate_python(rerank, strict=True)
+    assert set(rerank) == _keys(RerankResponse)
+    assert rerank["meta"]["api_version"] == {"version": "2"} and rerank["meta"]["billed_units"] == {"search_units": 1}
+    assert rerank["model"].startswith("fusion-ranker-") and len(rerank["id"]) == 36
+
+
+def test_openapi_documents_the_response_shapes(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    for path, name in (("/rank", "RankResponse"), ("/rerank", "RerankResponse")):
+        ok = schema["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok == {"$ref": f"#/components/schemas/{name}"}
+    components = schema["components"]["schemas"]
+    assert set(components["RankResponse"]["properties"]) == {"results", "model_version", "bundle_version", "timing_ms"}
+    assert set(components["RankedItem"]["required"]) == {"id", "score", "rank", "title", "attributes"}
+    assert set(components["RerankResult"]["required"]) == {"index", "relevance_score"}  # document only on request
+
+
 def test_rerank_of_ids_agrees_with_rank(client: TestClient) -> None:
     ranked = client.post("/rank", json={"query": "whiskey sour", "top_k": 5}).json()["results"]
     reversed_docs = [{"id": x["id"]} for x in reversed(ranked)]
@@ -122,6 +156,14 @@ def test_bad_requests_get_4xx_naming_the_field(client: TestClient, route: str, b
     assert field in r.json()["error"]
 
 
+@pytest.mark.parametrize("body", [{"top_k": 20, "num_candidates": 10}, {"top_k": 100, "num_candidates": 99}])
+def test_top_k_over_num_candidates_is_422_naming_top_k(client: TestClient, body: dict) -> None:
+    r = client.post("/rank", json={"query": "gin", **body})
+    assert r.status_code == 422
+    assert r.json()["field"] == "top_k"
+    assert r.json()["error"] == f"top_k: ({body['top_k']}) must not exceed num_candidates ({body['num_candidates']})"
+
+
 @pytest.mark.parametrize("raw", [b"not json", b'{"query": ', b"[1, 2]", b""])
 def test_non_json_bodies_get_4xx(client: TestClient, raw: bytes) -> None:
     r = client.post("/rank", content=raw, headers={"content-type": "application/json"})
@@ -141,8 +183,36 @@ def test_metrics_exposition(client: TestClient) -> None:
 
 def test_not_ready_until_started(tiny: TinyPipeline) -> None:
     client = TestClient(create_app(serving_settings(tiny)))  # no context manager: the lifespan has not run
-    assert client.get("/health/ready").status_code == 503
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503 and ready.json()["status"] == "starting"
     assert client.post("/rank", json={"query": "gin"}).status_code == 503
+
+
+def test_lifecycle_is_one_state_machine_that_drives_the_ready_gauge() -> None:
+    metrics = Metrics()
+    lifecycle = Lifecycle(metrics.ready)
+
+    def gauge() -> float | None:
+        return metrics.registry.get_sample_value("rank_ready")
+
+    assert lifecycle.phase is Phase.STARTING and gauge() == 0
+    assert lifecycle.become_ready() and lifecycle.phase is Phase.READY and gauge() == 1
+    assert lifecycle.begin_drain() and lifecycle.phase is Phase.DRAINING and gauge() == 0
+    assert not lifecycle.begin_drain()  # a second SIGTERM: already draining
+    assert not lifecycle.become_ready() and lifecycle.phase is Phase.DRAINING  # nothing leaves DRAINING
+    early = Lifecycle(Metrics().ready)
+    assert early.begin_drain() and not early.become_ready()  # a stop during start-up wins
+
+
+def test_after_shutdown_readiness_says_draining(client: TestClient) -> None:
+    app = create_app(client.app.state.rank.settings, engine=client.app.state.rank.engine, metrics=Metrics())
+    with TestClient(app) as running:
+        assert running.get("/health/ready").status_code == 200
+    after = TestClient(app)  # the lifespan has run its shutdown
+    ready = after.get("/health/ready")
+    assert ready.status_code == 503 and ready.json()["status"] == "draining"
+    assert after.post("/rank", json={"query": "gin"}).json()["error"] == "the service is shutting down"
+    assert "rank_ready 0.0" in after.get("/metrics").text
 
 
 def test_service_never_imports_torch() -> None:

@@ -1,0 +1,220 @@
+"""What the service is doing now and what serves a request: the one start-up/ready/draining state machine
+(`Lifecycle`), and `AppState` (on `app.state.rank`), which holds the serving engine and the batcher, swaps engines
+(`reload`) and runs a job through the batcher (`serve`).
+
+A hot swap (`POST /admin/reload` or SIGHUP) loads and validates a new engine beside the serving one and replaces it
+in one assignment; work already queued finishes on the engine that validated it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import overload
+
+from prometheus_client import Gauge
+
+from index.runtime.files import ArtifactError
+from service.batcher import MicroBatcher
+from service.engine import (
+    Job,
+    Outcome,
+    RankingEngine,
+    RankJob,
+    RankOutcome,
+    RerankJob,
+    RerankOutcome,
+    Work,
+    process_work,
+)
+from service.errors import NotReady
+from service.loading import load_engine
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+
+class Phase(StrEnum):
+    """Where the service is in its life; /health/ready answers 200 only in READY."""
+
+    STARTING = "starting"  # loading and warming; requests get 503
+    READY = "ready"
+    DRAINING = "draining"  # SIGTERM or shutdown: requests get 503 while in-flight ones finish
+
+
+class Lifecycle:
+    """The service's one state machine: STARTING -> READY -> DRAINING, or STARTING -> DRAINING when the stop comes
+    during start-up. Nothing leaves DRAINING. It is the only writer of the `rank_ready` gauge, so the gauge and
+    readiness cannot disagree.
+
+    Transitions run on the event-loop thread: in the lifespan, or in uvicorn's signal handler, which Python runs on
+    the main thread between bytecodes of that same thread. So they never race, and there is no lock (a lock taken
+    in a signal handler could deadlock against the code it interrupted).
+    """
+
+    def __init__(self, ready_gauge: Gauge) -> None:
+        self._phase = Phase.STARTING
+        self._ready_gauge = ready_gauge
+        ready_gauge.set(0)
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    def become_ready(self) -> bool:
+        """STARTING -> READY; False (and no change) when a drain began first."""
+        if self._phase is not Phase.STARTING:
+            return False
+        self._phase = Phase.READY
+        self._ready_gauge.set(1)
+        return True
+
+    def begin_drain(self) -> bool:
+        """-> DRAINING: readiness off, new requests refused with 503, in-flight ones still finish. True when this
+        call began the drain, False when it was already draining."""
+        if self._phase is Phase.DRAINING:
+            return False
+        self._phase = Phase.DRAINING
+        self._ready_gauge.set(0)
+        return True
+
+
+@dataclass
+class AppState:
+    """Everything the routes need, typed, on `app.state.rank`."""
+
+    settings: Settings
+    metrics: Metrics
+    engine: RankingEngine | None = None
+    batcher: MicroBatcher[Work, Outcome] | None = None
+    lifecycle: Lifecycle = field(init=False)
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.lifecycle = Lifecycle(self.metrics.ready)
+
+    # -- start and stop, from the lifespan ---------------------------------------------------------------------
+
+    def start(self, engine: RankingEngine) -> None:
+        """Serve `engine`: start the batcher (when batching is on), listen for SIGHUP, and become ready. Runs on
+        the event loop."""
+        self.publish(engine)
+        s = self.settings
+        if s.batching:
+            batcher: MicroBatcher[Work, Outcome] = MicroBatcher(
+                process_work,
+                lambda work: work.size,
+                max_size=s.max_batch_candidates,
+                max_delay_us=s.max_delay_us,
+                max_queue=s.max_queue,
+            )
+            batcher.start()
+            self.metrics.queue_depth.set_function(lambda: batcher.depth)
+            self.batcher = batcher
+        _install_sighup(self)
+        self.lifecycle.become_ready()
+
+    def stop(self) -> None:
+        """Drain, then let the batcher finish what is queued."""
+        self.lifecycle.begin_drain()
+        if self.batcher is not None:
+            self.batcher.close()
+
+    # -- the serving engine ------------------------------------------------------------------------------------
+
+    def publish(self, engine: RankingEngine) -> None:
+        """Make `engine` the one that serves new requests (one assignment: atomic for the handlers)."""
+        self.engine = engine
+        self.metrics.info.info(
+            {
+                "model_version": engine.model.version,
+                "bundle_version": engine.bundle.version,
+                "provider": engine.model.providers[0],
+                "index": str(engine.bundle.manifest["index"]["params"]["kind"]),
+            }
+        )
+
+    def current(self) -> RankingEngine:
+        """The engine for a new request; NotReady unless READY."""
+        phase = self.lifecycle.phase
+        if phase is Phase.DRAINING:
+            raise NotReady("the service is shutting down")
+        if phase is not Phase.READY or self.engine is None:
+            raise NotReady("the service is not ready")
+        return self.engine
+
+    async def reload(self, model_dir: Path | None = None, bundle_dir: Path | None = None) -> dict[str, str]:
+        """Load and validate new artifacts beside the serving ones, then switch. Raises (keeping the old engine
+        serving) when anything about the new artifacts is wrong."""
+        async with self.reload_lock:
+            old = self.current()
+            new = await asyncio.to_thread(
+                load_engine, self.settings, self.metrics, model_dir=model_dir, bundle_dir=bundle_dir
+            )
+            self.publish(new)
+            log.info(
+                "swapped model %s -> %s, bundle %s -> %s",
+                old.model.version,
+                new.model.version,
+                old.bundle.version,
+                new.bundle.version,
+            )
+            return {
+                "status": "reloaded",
+                "model_version": new.model.version,
+                "bundle_version": new.bundle.version,
+                "previous_model_version": old.model.version,
+                "previous_bundle_version": old.bundle.version,
+            }
+
+    # -- one request -------------------------------------------------------------------------------------------
+
+    @overload
+    async def serve(
+        self, engine: RankingEngine, job: RankJob, timeout_ms: int | None, route: str
+    ) -> tuple[RankOutcome, dict[str, float]]: ...
+
+    @overload
+    async def serve(
+        self, engine: RankingEngine, job: RerankJob, timeout_ms: int | None, route: str
+    ) -> tuple[RerankOutcome, dict[str, float]]: ...
+
+    async def serve(
+        self, engine: RankingEngine, job: Job, timeout_ms: int | None, route: str
+    ) -> tuple[Outcome, dict[str, float]]:
+        """Run a job through the batcher (or inline when batching is off) and time it. Returns the outcome and its
+        stage timing in ms with `total` added, rounded to 4 decimals; each stage is observed (unrounded) in the
+        `rank_stage_seconds` histogram under `route`."""
+        started = time.perf_counter()
+        deadline = started + timeout_ms / 1000.0 if timeout_ms else None
+        if self.batcher is not None:
+            outcome = await self.batcher.submit(Work(engine, job), deadline)
+        else:
+            outcome = engine.serve_one(job)
+        timing = dict(outcome.timing)
+        timing["total"] = (time.perf_counter() - started) * 1000.0
+        for stage, ms in timing.items():
+            self.metrics.stage_seconds.labels(route, stage).observe(ms / 1000.0)
+            timing[stage] = round(ms, 4)
+        return outcome, timing
+
+
+def _install_sighup(state: AppState) -> None:
+    """SIGHUP reloads the configured artifacts (only possible when the loop runs in the main thread)."""
+
+    async def reload() -> None:
+        try:
+            await state.reload()
+        except (ArtifactError, FileNotFoundError, ValueError, NotReady) as exc:
+            log.error("SIGHUP reload refused, still serving the old model: %s", exc)
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+    except (RuntimeError, ValueError, NotImplementedError):
+        log.debug("SIGHUP reload not installed (event loop not in the main thread)")

@@ -1,0 +1,174 @@
+"""The HTTP routes (`router`): thin handlers that parse the body (pydantic), let the current engine validate it
+into a job, run it with `AppState.serve`, and build the response body (protocol.py's shapes) from the typed outcome.
+
+The ranking handlers return a `Response` themselves instead of a model for FastAPI to check and write: they set a
+Server-Timing header, and FastAPI's response_model path (validate the body, then serialise it) costs several times
+what orjson does (see protocol.py). So they declare `response_model=None`, and `responses={200: {"model": ...}}`
+keeps the response shape in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from index.runtime.files import ArtifactError
+from service.engine import RankingEngine, RankOutcome, RerankOutcome
+from service.errors import AdminDenied, NotReady, error_response
+from service.lifecycle import AppState, Phase
+from service.protocol import (
+    JSONBytes,
+    RankedItem,
+    RankRequest,
+    RankResponse,
+    ReloadRequest,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+)
+
+router = APIRouter()
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.rank
+
+
+def _engine(request: Request) -> RankingEngine:
+    return _state(request).current()
+
+
+def _admin(request: Request) -> AppState:
+    state = _state(request)
+    token = state.settings.admin_token
+    if token is None:
+        raise AdminDenied(403, "the admin API is disabled; set RANK_ADMIN_TOKEN to enable it")
+    given = request.headers.get("authorization", "")
+    if not secrets.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
+        raise AdminDenied(401, "authorization: a valid 'Bearer <RANK_ADMIN_TOKEN>' header is required")
+    return state
+
+
+StateDep = Annotated[AppState, Depends(_state)]
+EngineDep = Annotated[RankingEngine, Depends(_engine)]
+AdminDep = Annotated[AppState, Depends(_admin)]
+
+
+# -- outcome -> wire body (dict literals: mypy checks them against the TypedDicts, and they build fastest) ---------
+
+
+def rank_body(outcome: RankOutcome, timing_ms: dict[str, float]) -> RankResponse:
+    """The /rank response body for an outcome and its final timing."""
+    o = outcome
+    results: list[RankedItem] = [
+        {"id": item_id, "score": score, "rank": rank, "title": title, "attributes": attributes}
+        for rank, (item_id, score, title, attributes) in enumerate(
+            zip(o.ids, o.scores, o.titles, o.attributes, strict=True), start=1
+        )
+    ]
+    return {
+        "results": results,
+        "model_version": o.model_version,
+        "bundle_version": o.bundle_version,
+        "timing_ms": timing_ms,
+    }
+
+
+def rerank_body(outcome: RerankOutcome, timing_ms: dict[str, float]) -> RerankResponse:
+    """The /rerank response body, in Cohere's shape: `document` only when it was asked for; text documents come
+    back as `{"text"}`, catalog ids as `{"id", "text", "attributes"}`."""
+    o = outcome
+    results: list[RerankResult] = [
+        {"index": index, "relevance_score": relevance} for index, relevance in zip(o.indices, o.relevance, strict=True)
+    ]
+    if o.documents is not None:
+        for result, doc in zip(results, o.documents, strict=True):
+            result["document"] = (
+                {"text": doc.text} if doc.id is None else {"id": doc.id, "text": doc.text, "attributes": doc.attributes}
+            )
+    return {
+        "id": str(uuid.uuid4()),
+        "results": results,
+        "model": f"fusion-ranker-{o.model_version}",
+        "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}, "timing_ms": timing_ms},
+    }
+
+
+def _with_server_timing(body: RankResponse | RerankResponse, timing_ms: dict[str, float]) -> Response:
+    server_timing = ", ".join(f"{stage};dur={ms:.3f}" for stage, ms in timing_ms.items())
+    return JSONBytes(body, headers={"Server-Timing": server_timing})
+
+
+# -- handlers ------------------------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/rank",
+    response_model=None,
+    responses={200: {"model": RankResponse}},
+    summary="Rank catalog items for a query",
+)
+async def rank(body: RankRequest, engine: EngineDep, state: StateDep) -> Response:
+    outcome, timing_ms = await state.serve(engine, engine.prepare_rank(body), body.timeout_ms, "/rank")
+    return _with_server_timing(rank_body(outcome, timing_ms), timing_ms)
+
+
+@router.post(
+    "/rerank",
+    response_model=None,
+    responses={200: {"model": RerankResponse}},
+    summary="Rerank given documents (Cohere/Jina shape)",
+)
+async def rerank(body: RerankRequest, engine: EngineDep, state: StateDep) -> Response:
+    outcome, timing_ms = await state.serve(engine, engine.prepare_rerank(body), body.timeout_ms, "/rerank")
+    return _with_server_timing(rerank_body(outcome, timing_ms), timing_ms)
+
+
+@router.post("/admin/reload", summary="Load, validate and warm new artifacts, then switch to them atomically")
+async def admin_reload(admin: AdminDep, body: ReloadRequest | None = None) -> Response:
+    request = body or ReloadRequest()
+    try:
+        return JSONBytes(await admin.reload(request.model_dir, request.bundle_dir))
+    except (ArtifactError, FileNotFoundError, ValueError) as exc:
+        serving = admin.current()
+        return error_response(
+            422,
+            f"reload refused, still serving the old model: {exc}",
+            model_version=serving.model.version,
+            bundle_version=serving.bundle.version,
+        )
+
+
+@router.get("/health/live", summary="Liveness: the process answers")
+async def live() -> Response:
+    return JSONBytes({"status": "alive"})
+
+
+@router.get("/health/ready", summary="Readiness: artifacts loaded and warm")
+async def ready(state: StateDep) -> Response:
+    try:
+        e = state.current()
+    except NotReady as exc:
+        status = "draining" if state.lifecycle.phase is Phase.DRAINING else "starting"
+        return error_response(503, str(exc), status=status)
+    return JSONBytes(
+        {
+            "status": "ready",
+            "model_version": e.model.version,
+            "bundle_version": e.bundle.version,
+            "items": e.bundle.size,
+            "provider": e.model.providers[0],
+            "retriever_device": e.bundle.retriever.device,
+            "synthetic": bool(e.model.card.raw.get("dataset", {}).get("synthetic", False)),
+        }
+    )
+
+
+@router.get("/metrics", summary="Prometheus exposition")
+async def prometheus(state: StateDep) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
