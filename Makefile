@@ -59,23 +59,23 @@ run: setup ## The main job: data, encoder, train, export, index, then serve
 test: $(STAMP) ## Run the whole test suite (GPU tests skip themselves without a GPU)
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP) ## Run the tests not marked slow (the inner loop)
-	$(PY) -m pytest -q -m "not slow"
+test-fast: $(STAMP) ## Unit tests only: no trained artifacts, no server, Locust or Prometheus (under a minute)
+	$(PY) -m pytest -q -m "not slow and not artifacts and not integration"
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy model training index service
 
-# The pre-rollout load test (loadtests/run.py): starts the service on a free 127.0.0.1 port unless TARGET names a
-# running one, drives it with Locust, writes reports/loadtest-<time>/ and fails when loadtests/slo.toml is missed.
+# The pre-rollout load test (python -m loadtests.run): starts the service on a free 127.0.0.1 port unless TARGET names
+# a running one, drives it with Locust, writes reports/loadtest-<time>/ and fails when loadtests/slo.toml is missed.
 DURATION   ?= 60
 USERS      ?= 10
 SPAWN_RATE ?= 10
 TARGET     ?=
 
 loadtest: $(STAMP) ## Locust load test, report in reports/ (DURATION USERS SPAWN_RATE TARGET=url); fails on a missed SLO
-	$(PY) loadtests/run.py --duration $(DURATION) --users $(USERS) --spawn-rate $(SPAWN_RATE) $(if $(TARGET),--host $(TARGET)) $(ARGS)
+	$(PY) -m loadtests.run --duration $(DURATION) --users $(USERS) --spawn-rate $(SPAWN_RATE) $(if $(TARGET),--host $(TARGET)) $(ARGS)
 
 BENCH_ITEMS ?= 100000
 BENCH_DATA  := data/synthetic-100k
@@ -94,7 +94,7 @@ bench-data: artifacts/bundle-100k/manifest.json ## Build the 100k-item SYNTHETIC
 
 bench: $(STAMP) bench-data .venv-bench/bin/python ## Benchmark service vs naive vs Ray Serve (wrk, c=1/8/32), update BENCHMARKS.md
 	@command -v wrk >/dev/null || apt-get install -y wrk
-	PYTHONPATH=. $(PY) loadtests/bench.py --bundle artifacts/bundle-100k
+	$(PY) -m loadtests.bench --bundle artifacts/bundle-100k
 
 clean: ## Remove generated data and artifacts (keeps .venv)
 	rm -rf artifacts data reports

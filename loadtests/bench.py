@@ -8,7 +8,7 @@ server times from its own Prometheus histograms, and rewrites the marked section
 Systems: `naive` (PyTorch in a plain FastAPI handler: loadtests/peers/naive_app.py), `ray-serve` (Ray Serve with
 @serve.batch over the same engine: loadtests/peers/ray_app.py, in .venv-bench), `service` (this project).
 
-    PYTHONPATH=. .venv/bin/python loadtests/bench.py --bundle artifacts/bundle-100k --duration 10
+    .venv/bin/python -m loadtests.bench --bundle artifacts/bundle-100k --duration 10
 """
 
 from __future__ import annotations
@@ -19,18 +19,15 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from promstats import delta, histogram_buckets, histogram_quantile, scrape  # noqa: E402
+from loadtests.process import free_port, stop_group, wait_ready
+from loadtests.promstats import delta, histogram_buckets, histogram_quantile, scrape
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("queue", "encode", "retrieve", "gather", "rank", "total")
@@ -48,12 +45,6 @@ class Run:
     stages: dict[str, tuple[float, float]]  # stage -> (p50 ms, p99 ms), service only
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def post(url: str, body: dict, timeout: float = 30.0) -> int:
     request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -61,62 +52,37 @@ def post(url: str, body: dict, timeout: float = 30.0) -> int:
         return int(response.status)
 
 
-def start(system: str, port: int, args: argparse.Namespace) -> subprocess.Popen:
+def log_path(system: str) -> Path:
+    """Where a started system's stdout and stderr go."""
+    return Path(tempfile.gettempdir()) / f"bench-{system}.log"
+
+
+def command(system: str, port: int, args: argparse.Namespace) -> list[str]:
+    """The command line that serves `system` on `port` over args.model and args.bundle (args.encoder for the two
+    that encode with ONNX; args.bench_python for Ray Serve)."""
+    paths = ["--port", str(port), "--model-dir", str(args.model), "--bundle-dir", str(args.bundle)]
+    if system == "naive":
+        return [sys.executable, "loadtests/peers/naive_app.py", *paths]
+    if system == "ray-serve":
+        return [str(args.bench_python), "loadtests/peers/ray_app.py", *paths, "--encoder-dir", str(args.encoder)]
+    if system == "service":
+        return [sys.executable, "-m", "service", *paths, "--encoder-dir", str(args.encoder), "--log-level", "warning"]
+    raise ValueError(f"unknown system {system!r}; choose naive, ray-serve or service")
+
+
+def start(system: str, port: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    """Start `system` in its own process group (stop it with loadtests.process.stop_group), logging to
+    log_path(system)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    paths = ["--model-dir", str(args.model), "--bundle-dir", str(args.bundle)]
-    commands = {
-        "naive": [sys.executable, "loadtests/peers/naive_app.py", "--port", str(port), *paths],
-        "ray-serve": [
-            str(args.bench_python),
-            "loadtests/peers/ray_app.py",
-            "--port",
-            str(port),
-            *paths,
-            "--encoder-dir",
-            str(args.encoder),
-        ],
-        "service": [
-            sys.executable,
-            "-m",
-            "service",
-            "--port",
-            str(port),
-            *paths,
-            "--encoder-dir",
-            str(args.encoder),
-            "--log-level",
-            "warning",
-        ],
-    }
-    log = open(Path(tempfile.gettempdir()) / f"bench-{system}.log", "w")  # noqa: SIM115 - lives with the process
-    return subprocess.Popen(
-        commands[system], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    with log_path(system).open("wb") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            command(system, port, args), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
-def wait_ready(url: str, body: dict, process: subprocess.Popen, seconds: float = 240.0) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with code {process.returncode}")
-        try:
-            if post(f"{url}/rank", body, timeout=5) == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(1.0)
-    raise RuntimeError(f"{url}: not ready after {seconds:.0f}s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
+def wait_serving(url: str, system: str, body: dict, process: subprocess.Popen[bytes], seconds: float = 240.0) -> None:
+    """Wait until a real /rank request answers 200 (the peers have no readiness route); NotReady otherwise."""
+    wait_ready(url, process, timeout=seconds, path="/rank", body=body, interval=1.0, log=log_path(system), name=system)
 
 
 def wrk_script(bodies: list[dict], path: Path, unique_every: int = 0) -> None:
@@ -197,7 +163,7 @@ def bench_system(system: str, args: argparse.Namespace, bodies: list[dict], scri
     process = start(system, port, args)
     runs = []
     try:
-        wait_ready(url, bodies[0], process)
+        wait_serving(url, system, bodies[0], process)
         for body in bodies:  # warm: every query once, so caches that exist are warm
             post(f"{url}/rank", body)
         for concurrency in args.concurrency:
@@ -211,7 +177,7 @@ def bench_system(system: str, args: argparse.Namespace, bodies: list[dict], scri
                 flush=True,
             )
     finally:
-        stop(process)
+        stop_group(process, 30)
     return runs
 
 
@@ -279,7 +245,7 @@ def write_section(text: str, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("artifacts/bundle-100k"))
     parser.add_argument("--model", type=Path, default=Path("artifacts"))
     parser.add_argument("--encoder", type=Path, default=Path("artifacts/encoders/minilm"))

@@ -1,8 +1,10 @@
 """Locust load for the ranking service: a realistic mix of /rank, /rerank and invalid requests (see mix.py).
 
-Normally run by `make loadtest` (loadtests/run.py); by hand:
+Normally run by `make loadtest` (`python -m loadtests.run`, which puts the repo root on PYTHONPATH); by hand, from
+the repo root. Locust 2.47 takes only a file for -f, not a module name, and loads it as the top-level module
+`locustfile`, so its `from loadtests.mix import` needs the repo root importable (PYTHONPATH=.):
 
-    .venv/bin/locust -f loadtests/locustfile.py --headless --host http://127.0.0.1:8000 -u 20 -r 10 -t 60s
+    PYTHONPATH=. .venv/bin/locust -f loadtests/locustfile.py --headless --host http://127.0.0.1:8000 -u 20 -r 10 -t 60s
 
 Never import this module from the service or from pytest: `import locust` monkey-patches the process with gevent.
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,7 @@ from typing import Any
 from locust import FastHttpUser, events, task
 from locust.env import Environment
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mix import MixConfig, QueryStream, RequestMix, load_documents, load_queries  # noqa: E402
+from loadtests.mix import MixConfig, QueryStream, RequestMix, load_documents, load_queries
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON_HEADERS = {"content-type": "application/json"}

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from promstats import (
+
+from loadtests.promstats import (
     Buckets,
     bucket_width_at,
     counter_deltas,
@@ -33,7 +34,7 @@ from promstats import (
     histogram_quantile,
     series,
 )
-from slo import Measurements, Objective, Outcome, check
+from loadtests.slo import Measurements, Objective, Outcome, check
 
 STAGES = ("queue", "encode", "retrieve", "gather", "rank", "total")
 ROUTES = ("/rank", "/rerank")

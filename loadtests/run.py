@@ -1,14 +1,15 @@
 """`make loadtest`: the pre-rollout load test. Drives the service with Locust, reads its Prometheus metrics, writes a
 report and exits non-zero when an SLO of loadtests/slo.toml is missed.
 
-    .venv/bin/python loadtests/run.py                       # start the service (default artifacts), 60 s, 10 users
-    .venv/bin/python loadtests/run.py --host http://127.0.0.1:8000 --duration 30 --users 20
+    .venv/bin/python -m loadtests.run                       # start the service (default artifacts), 60 s, 10 users
+    .venv/bin/python -m loadtests.run --host http://127.0.0.1:8000 --duration 30 --users 20
 
 Without --host it starts `python -m service` on a free port on 127.0.0.1 and stops it afterwards. It scrapes
 /metrics before and after the run (and samples the queue-depth and in-flight gauges every second), runs Locust
-headless as a subprocess for --duration seconds (loadtests/locustfile.py; never imported here: Locust
-monkey-patches the process with gevent), and writes reports/loadtest-<UTC timestamp>/: summary.md, summary.json,
-latency.png, throughput.png, Locust's CSVs, every request's times and both scrapes.
+headless as a subprocess for --duration seconds (loadtests/locustfile.py, with the repo root on PYTHONPATH so
+that it can import loadtests.mix; never imported here: Locust monkey-patches the process with gevent), and writes
+reports/loadtest-<UTC timestamp>/: summary.md, summary.json, latency.png, throughput.png, Locust's CSVs, every
+request's times and both scrapes.
 
 Exit codes: 0 every objective met, 1 an objective missed, 2 the test could not run (the message says why).
 """
@@ -19,8 +20,6 @@ import argparse
 import json
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,10 +32,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from promstats import series  # noqa: E402
-from report import RunInfo, Scrapes, build_report, write_charts, write_report  # noqa: E402
-from slo import SloError, load_objectives  # noqa: E402
+from loadtests.process import NotReady, free_port, stop_group, wait_ready
+from loadtests.promstats import series
+from loadtests.report import RunInfo, Scrapes, build_report, write_charts, write_report
+from loadtests.slo import SloError, load_objectives
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -44,12 +43,6 @@ LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 
 class RunError(RuntimeError):
     """The load test could not be run; the message is the one sentence the CLI prints."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fetch(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -65,20 +58,6 @@ def scrape(url: str) -> str:
     if status != 200:
         raise RunError(f"{url}/metrics answered HTTP {status}")
     return body.decode()
-
-
-def stop_group(process: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM the process group we started (the service drains, then exits), SIGKILL it after `grace` seconds."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
 
 
 @dataclass
@@ -113,27 +92,23 @@ class Service:
             )
         return cls(f"http://127.0.0.1:{port}", process, log)
 
-    def last_words(self) -> str:
-        lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
-        return lines[-1] if lines else "no output"
 
-
-def wait_ready(url: str, seconds: float, service: Service | None) -> dict[str, Any]:
+def wait_for_service(url: str, seconds: float, service: Service | None) -> dict[str, Any]:
     """The /health/ready body once it answers 200; RunError if the service exits or `seconds` pass."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if service is not None and service.process.poll() is not None:
-            raise RunError(
-                f"the service exited during start-up (code {service.process.returncode}): {service.last_words()}"
-            )
-        try:
-            status, body = fetch(f"{url}/health/ready", timeout=2.0)
-            if status == 200:
-                return dict(json.loads(body))
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.25)
-    raise RunError(f"{url}/health/ready did not answer 200 within {seconds:.0f}s")
+    try:
+        body = wait_ready(
+            url,
+            service.process if service else None,
+            timeout=seconds,
+            request_timeout=2.0,
+            log=service.log if service else None,
+            name="the service",
+        )
+        return dict(json.loads(body))
+    except NotReady as exc:
+        raise RunError(str(exc)) from None
+    except ValueError:
+        raise RunError(f"{url}/health/ready answered 200 with a body that is not JSON") from None
 
 
 @dataclass
@@ -213,8 +188,13 @@ def run_locust(args: argparse.Namespace, url: str, run_dir: Path) -> None:
     ]
     if args.items:
         command += ["--items", str(args.items)]
+    # Locust loads the locustfile as a file, not as loadtests.locustfile: the repo root on PYTHONPATH lets its
+    # `from loadtests.mix import ...` resolve whatever the working directory.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with (run_dir / "locust.log").open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             code = process.wait(args.duration + 90)
         except subprocess.TimeoutExpired:
@@ -228,7 +208,7 @@ def run_locust(args: argparse.Namespace, url: str, run_dir: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="loadtests/run.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.run", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="", help="URL of a running service (default: start one on 127.0.0.1)")
     parser.add_argument("--duration", type=int, default=60, help="seconds of load (default 60)")
     parser.add_argument("--users", type=int, default=10, help="Locust users (default 10)")
@@ -286,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     url = (args.host or (service.url if service else "")).rstrip("/")
     clock = time.monotonic()
     try:
-        ready = wait_ready(url, args.ready_timeout or (180.0 if service else 10.0), service)
+        ready = wait_for_service(url, args.ready_timeout or (180.0 if service else 10.0), service)
         before = scrape(url)
         with GaugeSampler(url, 1.0) as gauges:
             run_locust(args, url, run_dir)

@@ -1,6 +1,6 @@
 """Server-side time of /rank per stage, from the service's own `timing_ms`, over N sequential requests.
 
-    python loadtests/server_time.py --url http://127.0.0.1:8000 --requests 1000 --candidates 100
+    .venv/bin/python -m loadtests.server_time --url http://127.0.0.1:8000 --requests 1000 --candidates 100
 
 Queries come from the dataset's queries.jsonl (a small set, cycled, so the query cache is warm after the first
 pass, as for head queries in production); the first pass is discarded. Prints p50/p99 per stage in ms.
@@ -26,7 +26,7 @@ def post(url: str, body: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.server_time", description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--candidates", type=int, default=100)

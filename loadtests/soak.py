@@ -1,7 +1,7 @@
 """Soak: steady load on the service for N minutes, recording RSS and latency per minute; memory must not grow
 without bound.
 
-    PYTHONPATH=. .venv/bin/python loadtests/soak.py --minutes 10
+    .venv/bin/python -m loadtests.soak --minutes 10
 
 Starts the service on 127.0.0.1 (default artifacts), warms it, then runs wrk one minute at a time at a fixed
 concurrency. One request in ten carries a never-seen query, so the query cache fills to its bound and evicts.
@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import free_port, post, run_wrk, start, stop, wait_ready, wrk_script  # noqa: E402
+from loadtests.bench import post, run_wrk, start, wait_serving, wrk_script
+from loadtests.process import free_port, stop_group
 
 
 def rss_mb(pid: int) -> float:
@@ -28,7 +28,7 @@ def rss_mb(pid: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.soak", description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--bundle", type=Path, default=Path("artifacts/bundle"))
@@ -36,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", type=Path, default=Path("artifacts/encoders/minilm"))
     parser.add_argument("--queries", type=Path, default=Path("data/synthetic/queries.jsonl"))
     parser.add_argument("--max-growth-mb", type=float, default=50.0)
-    parser.add_argument("--bench-python", type=Path, default=Path(sys.executable))  # unused: bench.start needs it
     args = parser.parse_args(argv)
     texts = [json.loads(line)["text"] for line in args.queries.read_text().splitlines()][:200]
     script = Path(tempfile.gettempdir()) / "soak-rank.lua"
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     process = start("service", port, args)
     rows = []
     try:
-        wait_ready(url, {"query": texts[0]}, process)
+        wait_serving(url, "service", {"query": texts[0]}, process)
         for text in texts:
             post(f"{url}/rank", {"query": text})
         start_rss = rss_mb(process.pid)
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     finally:
-        stop(process)
+        stop_group(process, 30)
     half = rows[len(rows) // 2 - 1][1] if len(rows) > 1 else start_rss
     growth = rows[-1][1] - half
     print("\n| minute | RSS MB | p50 ms | p99 ms | requests/s | errors |\n| --- | --- | --- | --- | --- | --- |")

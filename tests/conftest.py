@@ -1,5 +1,11 @@
 """Shared fixtures: one tiny, real pipeline per test session (synthetic data -> MiniLM ONNX -> trained and exported
-ranker -> bundle), built once in a temporary directory; tests that damage artifacts work on copies."""
+ranker -> bundle), built once in a temporary directory; tests that damage artifacts work on copies.
+
+Test tiers (markers registered in pyproject.toml): every test that uses an artifact fixture (one that exports an
+encoder, trains or builds a bundle, directly or through another fixture) is marked `artifacts` here, by its fixture
+closure; tests that start servers, Locust, Prometheus or a torch-importing CLI process are marked `integration` in
+their own files. `make test-fast` runs the rest: unit tests, under a minute.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,18 @@ from training.cli import run_train
 from training.export import run_export
 from training.synthetic import SyntheticConfig, write_dataset
 from training.train import TrainConfig
+
+# Session fixtures that export, train or build (the tiny CLIP tower is tests/clip_fixtures.py's). Anything that
+# depends on one of them has it in its fixture closure too, so the roots are enough.
+ARTIFACT_FIXTURES = frozenset({"encoder_dir", "tiny", "tiny_copy", "tiny_clip"})
+
+
+# Tests without those fixtures that still take seconds a call: each runs a CLI that imports torch (and exports) in a
+# subprocess. (file, test function); better marked `integration` in their own files, which then drop out of here.
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if ARTIFACT_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.artifacts)
 
 
 @dataclass(frozen=True)

@@ -6,24 +6,17 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loadtests.process import NotReady, free_port, stop_group, wait_ready
+
 from .conftest import TinyPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tiny_env(tiny: TinyPipeline) -> dict[str, str]:
@@ -59,19 +52,12 @@ class LiveService:
             start_new_session=True,
         )
         service = cls(f"http://127.0.0.1:{port}", port, process)
-        deadline = time.monotonic() + ready_within
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                err = process.stderr.read().decode() if process.stderr else ""
-                raise AssertionError(f"the service exited with {process.returncode}: {err}")
-            try:
-                if service.request("GET", "/health/ready")[0] == 200:
-                    return service
-            except OSError:
-                pass
-            time.sleep(0.2)
-        service.stop()
-        raise AssertionError(f"the service did not become ready within {ready_within:.0f}s")
+        try:
+            wait_ready(service.url, process, timeout=ready_within, interval=0.2, name="the service")
+        except NotReady as exc:
+            service.stop()
+            raise AssertionError(f"{exc}\n{exc.output}") from None
+        return service
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes, dict[str, str]]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -90,6 +76,4 @@ class LiveService:
 
     def stop(self) -> None:
         """SIGKILL the process group this helper started (by its id)."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
+        stop_group(self.process, grace=0)

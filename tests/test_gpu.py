@@ -14,7 +14,7 @@ from index.runtime.exported_model import ExportedModel
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index, gpu_available
 from index.runtime.files import ArtifactError
 from index.runtime.ort_session import CUDA
-from service.app import load_engine
+from service.loading import load_engine
 from service.metrics import Metrics
 
 from .conftest import TinyPipeline, serving_settings
@@ -32,8 +32,18 @@ def test_required_gpu_that_is_missing_fails_start_up(tiny: TinyPipeline) -> None
 
 
 def test_cpu_fallback_when_allowed(tiny: TinyPipeline) -> None:
+    if CUDA in ort.get_available_providers():
+        pytest.skip("a CUDA provider is present here: nothing to fall back from")
     engine = load_engine(serving_settings(tiny, device="cuda", allow_cpu_fallback=True), Metrics())
-    assert engine.ranker.providers[0] in (CUDA, "CPUExecutionProvider")
+    assert engine.model.providers[0] == "CPUExecutionProvider"
+
+
+@pytest.mark.gpu
+@needs_ort_cuda
+def test_device_cuda_serves_on_the_cuda_provider_when_present(tiny: TinyPipeline) -> None:
+    # Fallback allowed, so only this assertion tells a silent CPU fallback on a CUDA machine from the real thing.
+    engine = load_engine(serving_settings(tiny, device="cuda", allow_cpu_fallback=True), Metrics())
+    assert engine.model.providers[0] == CUDA, engine.model.providers
 
 
 @pytest.mark.gpu

@@ -163,6 +163,7 @@ def test_exported_encoder_matches_clip_get_image_features(tiny_clip: TinyClip) -
     assert not np.allclose(ours[0], ours[1], atol=1e-3), "different pictures must get different vectors"
 
 
+@pytest.mark.integration  # a CLI process that imports torch: seconds, not milliseconds
 def test_export_cli_without_a_checkpoint_is_one_sentence(tmp_path: Path) -> None:
     command = ["-m", "index.export.image_encoder", "--clip", str(tmp_path / "nowhere"), "--out", str(tmp_path)]
     result = subprocess.run(

@@ -5,11 +5,15 @@ real uvicorn process serving the tiny artifacts. Every run is a few seconds long
 from __future__ import annotations
 
 import csv
+import http.server
 import json
 import math
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from importlib.util import find_spec
@@ -18,14 +22,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+from loadtests import mix, process, promstats, report, slo
+
 from .conftest import TinyPipeline
 from .live_service import ROOT, LiveService, tiny_env
-
-sys.path.insert(0, str(ROOT / "loadtests"))
-import mix  # noqa: E402
-import promstats  # noqa: E402
-import report  # noqa: E402
-import slo  # noqa: E402
 
 LOCUST = Path(sys.executable).parent / "locust"
 needs_locust = pytest.mark.skipif(
@@ -105,6 +105,88 @@ def test_request_bodies_vary_and_stay_valid() -> None:
     assert all(d["id"] in ("syn-1", "syn-2") for r in id_calls for d in r["documents"])
 
 
+# -- the process helpers the tests share with the load tools -------------------------------------------------------
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    """GET /health/ready answers 503 twice, then 200; POST /rank echoes its JSON body."""
+
+    calls = 0
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        type(self).calls += 1
+        self._reply(200 if type(self).calls > 2 else 503, b'{"ready": true}')
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._reply(200, self.rfile.read(int(self.headers["content-length"])))
+
+    def _reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_wait_ready_polls_until_200_and_can_post_a_body() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", process.free_port()), _Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert process.wait_ready(url, timeout=10, interval=0.01) == b'{"ready": true}'
+        assert _Answers.calls == 3
+        assert process.wait_ready(url, timeout=10, path="/rank", body={"query": "gin"}) == b'{"query": "gin"}'
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(process.NotReady, match=r"/health/ready did not answer 200 within 0s"):
+        process.wait_ready(url, timeout=0.3, interval=0.05)
+
+
+def test_wait_ready_fails_fast_with_what_an_exited_process_wrote(tmp_path: Path) -> None:
+    code = "import sys; sys.stderr.write('Traceback: ...\\nArtifactError: no bundle here\\n'); sys.exit(3)"
+    child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    with pytest.raises(process.NotReady) as raised:
+        process.wait_ready(f"http://127.0.0.1:{process.free_port()}", child, timeout=60, name="the service")
+    assert str(raised.value) == "the service exited during start-up (code 3): ArtifactError: no bundle here"
+    assert "Traceback" in raised.value.output
+    log = tmp_path / "server.log"
+    log.write_text("starting\nOSError: address in use\n")
+    child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    with pytest.raises(process.NotReady, match="code 1\\): OSError: address in use$"):
+        process.wait_ready(f"http://127.0.0.1:{process.free_port()}", child, timeout=60, log=log)
+
+
+def test_stop_group_stops_the_whole_group_we_started() -> None:
+    # A leader that ignores SIGTERM, with a child in its group: SIGKILL after the grace reaches both.
+    code = (
+        "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "child = subprocess.Popen(['sleep', '60']); print(child.pid, flush=True); time.sleep(60)"
+    )
+    leader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
+    assert leader.stdout is not None
+    grandchild = int(leader.stdout.readline())
+    assert process.stop_group(leader, grace=0.5) == -signal.SIGKILL
+    for _ in range(100):  # the orphaned sleep is not ours to reap: dead means gone or a zombie
+        if not _alive(grandchild):
+            break
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+    polite = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    assert process.stop_group(polite) == -signal.SIGTERM
+    assert process.stop_group(polite) == -signal.SIGTERM  # already stopped: nothing is signalled
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
 # -- the SLO file --------------------------------------------------------------------------------------------------
 
 
@@ -178,7 +260,7 @@ def test_report_uses_what_the_service_exports_and_misses_what_it_cannot_measure(
 
 def test_runner_never_imports_locust() -> None:
     code = (
-        "import sys; sys.path.insert(0, 'loadtests'); import run, report, slo, mix, promstats; "
+        "import sys, loadtests, loadtests.run, loadtests.bench, loadtests.soak, loadtests.process; "
         "sys.exit(any(m in sys.modules for m in ('locust', 'gevent')))"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0
@@ -195,7 +277,7 @@ def test_runner_cli_errors_are_one_sentence(tmp_path: Path) -> None:
     ]
     for args, expected in cases:
         done = subprocess.run(
-            [sys.executable, "loadtests/run.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "loadtests.run", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
         )
         assert done.returncode == 2, done.stderr
         assert expected in done.stderr and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
@@ -226,6 +308,7 @@ def _report_dir(out: Path) -> Path:
     return run_dir
 
 
+@pytest.mark.integration
 @needs_locust
 def test_loadtest_against_a_running_service_passes_and_reports(
     tiny: TinyPipeline, server: LiveService, tmp_path: Path
@@ -233,7 +316,8 @@ def test_loadtest_against_a_running_service_passes_and_reports(
     out = tmp_path / "reports"
     command = [
         sys.executable,
-        "loadtests/run.py",
+        "-m",
+        "loadtests.run",
         "--host",
         server.url,
         "--duration",
@@ -294,6 +378,7 @@ def test_loadtest_against_a_running_service_passes_and_reports(
     assert (run_dir / "metrics-before.prom").exists() and (run_dir / "metrics-after.prom").exists()
 
 
+@pytest.mark.integration
 @needs_locust
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_loadtest_starts_the_service_and_fails_on_a_missed_slo(tiny: TinyPipeline, tmp_path: Path) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import doctest
+
 import pytest
 import torch
 
+from training import losses
 from training.losses import LOSSES, make_loss
 
 LABELS = torch.tensor([[3, 2, 0, 0]])
@@ -48,3 +51,8 @@ def test_pairwise_margin_is_zero_beyond_the_margin() -> None:
 def test_unknown_loss_name_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown loss 'ndcg'"):
         make_loss("ndcg")
+
+
+def test_docstring_examples_run_and_hold() -> None:
+    results = doctest.testmod(losses, optionflags=doctest.ELLIPSIS)
+    assert results.attempted > 0 and results.failed == 0, results

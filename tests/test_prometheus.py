@@ -5,11 +5,8 @@ the load-test report computes from its own scrapes. Plus promtool checks of depl
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -21,18 +18,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from .conftest import TinyPipeline
-from .live_service import ROOT, LiveService, free_port
+from loadtests import promstats
+from loadtests.process import free_port, stop_group, wait_ready
 
-sys.path.insert(0, str(ROOT / "loadtests"))
-import promstats  # noqa: E402
+from .conftest import TinyPipeline
+from .live_service import ROOT, LiveService
 
 DEPLOY = ROOT / "deploy/prometheus"
 MISSING = (
     "the Debian package 'prometheus' is not installed and could not be installed here "
     "(.ci/run installs it with apt-get; by hand: apt-get install prometheus)"
 )
-pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None, reason=MISSING)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None, reason=MISSING),
+]
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -64,7 +64,8 @@ class PromServer:
             "scrape_configs:\n  - job_name: fusion-rank\n    static_configs:\n"
             f"      - targets: ['127.0.0.1:{target_port}']\n"
         )
-        self.log = (workdir / "prometheus.log").open("wb")
+        self.log_path = workdir / "prometheus.log"
+        self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [
                 "prometheus",
@@ -107,13 +108,7 @@ class PromServer:
         raise AssertionError(f"prometheus: {what} within {seconds:.0f}s")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process, grace=10)
         self.log.close()
 
 
@@ -130,8 +125,13 @@ def service(tiny: TinyPipeline) -> Iterator[LiveService]:
 def prometheus(service: LiveService, tmp_path: Path) -> Iterator[PromServer]:
     server = PromServer(service.port, tmp_path)
     try:
-        server.wait_for(
-            "ready", lambda: urllib.request.urlopen(f"http://127.0.0.1:{server.port}/-/ready").status == 200
+        wait_ready(
+            f"http://127.0.0.1:{server.port}",
+            server.process,
+            timeout=30,
+            path="/-/ready",
+            log=server.log_path,
+            name="prometheus",
         )
         yield server
     finally:

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
 from index.offline.bundle_writer import reproject_bundle
+from loadtests.process import NotReady, free_port, stop_group, wait_ready
 from service.app import create_app
 from training.cli import run_train
 from training.export import run_export
@@ -89,14 +89,8 @@ class LoadGenerator:
             worker.join(15)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start(tiny: TinyPipeline, **env: str) -> Server:
-    port = _free_port()
+    port = free_port()
     variables = {
         **os.environ,
         "RANK_BUNDLE_DIR": str(tiny.bundle),
@@ -117,18 +111,12 @@ def _start(tiny: TinyPipeline, **env: str) -> Server:
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else "exited"
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/health/ready")
-            if conn.getresponse().status == 200:
-                return Server(url, port, process)
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("the service did not become ready")
+    try:
+        wait_ready(url, process, timeout=90, interval=0.2, request_timeout=2, name="the service")
+    except NotReady as exc:
+        stop_group(process, grace=0)
+        raise AssertionError(f"{exc}\n{exc.output}") from None
+    return Server(url, port, process)
 
 
 def _stop(server: Server) -> None:

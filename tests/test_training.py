@@ -82,6 +82,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.integration  # a CLI process that imports torch: seconds, not milliseconds
 @pytest.mark.parametrize(
     ("args", "message"),
     [

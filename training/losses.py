@@ -56,7 +56,15 @@ class ListwiseSoftmaxLoss(nn.Module):
 
 class HybridLoss(nn.Module):
     """Listwise softmax loss plus a weighted pairwise margin term: the list order from the first, a margin
-    between graded pairs from the second."""
+    between graded pairs from the second.
+
+    loss = listwise(s, g) + pairwise_weight * pairwise(s, g).
+
+    Example:
+        >>> loss = HybridLoss(pairwise_weight=0.5)
+        >>> loss(torch.tensor([[5.0, 0.0]]), torch.tensor([[3, 0]]), torch.tensor([[True, True]])) < 0.01
+        tensor(True)
+    """
 
     def __init__(self, pairwise_weight: float = 0.5) -> None:
         super().__init__()

@@ -21,9 +21,10 @@ from index.runtime.bundle import Bundle
 from index.runtime.exported_model import ExportedModel
 from index.runtime.text_encoder import TextEncoder
 from service.batcher import Batched
+from service.engine import RankingEngine, RankOutcome
 from service.metrics import Metrics
 from service.protocol import RankRequest
-from service.ranking import RankingEngine
+from service.routes import rank_body
 from service.settings import Settings
 
 
@@ -43,7 +44,8 @@ class Ranker:
     async def rank_batch(self, requests: list[RankRequest]) -> list[dict[str, Any]]:
         jobs = [Batched(self.engine.prepare_rank(r), 0.0) for r in requests]
         with self.lock:
-            return [r if isinstance(r, dict) else {"error": str(r)} for r in self.engine.process_batch(jobs)]
+            outcomes = self.engine.process_batch(jobs)
+        return [rank_body(o, dict(o.timing)) if isinstance(o, RankOutcome) else {"error": str(o)} for o in outcomes]
 
     async def __call__(self, request: Request) -> dict[str, Any]:
         return await self.rank_batch(RankRequest(**await request.json()))
