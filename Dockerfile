@@ -1,7 +1,7 @@
 # CPU image of the ranking service. Two stages:
 #   build   - installs the training extra and runs the same make targets as CI and the README
 #             (data, encoder, train, export, index) to produce artifacts/ for the embedded SYNTHETIC default;
-#   runtime - the serving dependencies only (no torch), the artifacts, a non-root user and a health check.
+#   runtime - the serving code and dependencies only (no torch), the artifacts, a non-root user and a health check.
 # To serve your own model and bundle, mount them over /app/artifacts.
 #
 #   docker build -t fusion-rank .
@@ -24,8 +24,11 @@ RUN make data encoder train export index
 FROM python:3.11-slim AS runtime
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY model model
-COPY index index
+# What serving imports, and nothing else (tests/test_layout.py checks both halves of that): the feature schema of
+# model/, the torch-free runtime of index/, and service/. Not the exporters, the offline builders or training.
+COPY model/__init__.py model/schema.py model/
+COPY index/__init__.py index/
+COPY index/runtime index/runtime
 COPY service service
 RUN pip install --no-cache-dir ".[cpu]" && useradd --create-home --uid 10001 ranker
 COPY --from=build --chown=ranker /app/artifacts/encoders /app/artifacts/encoders

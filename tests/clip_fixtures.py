@@ -8,10 +8,15 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from index.offline.ingest import IngestConfig
+
+from .conftest import TinyPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_PEXELS = ROOT.parent / "shared" / "data" / "pexels_cocktails"
@@ -146,3 +151,11 @@ def copy_pexels(target: Path, count: int) -> list[dict[str, str]]:
     for row in rows:
         shutil.copy(source / row["file"], target / row["file"])
     return rows
+
+
+def ingest_config(tiny: TinyPipeline, clip: TinyClip, data: Path, out: Path, **overrides: Any) -> IngestConfig:
+    """Ingestion of `data` into `out` with the tiny pipeline's model and text encoder and the tiny CLIP tower."""
+    settings: dict[str, Any] = dict(
+        data=data, model_dir=tiny.model, text_encoder_dir=tiny.encoder, image_encoder_dir=clip.encoder, out=out
+    )
+    return IngestConfig(**{**settings, **overrides})

@@ -17,7 +17,7 @@ from index.offline.images import load_image
 from index.offline.ingest import IngestConfig, ingest
 from index.runtime.bundle import Bundle
 
-from .clip_fixtures import ROOT, TinyClip, picture, tiny_clip, write_awkward_images, write_items
+from .clip_fixtures import ROOT, TinyClip, ingest_config, picture, tiny_clip, write_awkward_images, write_items
 from .conftest import TinyPipeline
 
 __all__ = ["tiny_clip"]
@@ -41,15 +41,7 @@ def _catalog(root: Path, count: int) -> Path:
 
 
 def _config(tiny: TinyPipeline, clip: TinyClip, data: Path, out: Path, **overrides: object) -> IngestConfig:
-    settings: dict = dict(
-        data=data,
-        model_dir=tiny.model,
-        text_encoder_dir=tiny.encoder,
-        image_encoder_dir=clip.encoder,
-        out=out,
-        chunk_size=4,
-    )
-    return IngestConfig(**{**settings, **overrides})
+    return ingest_config(tiny, clip, data, out, **{"chunk_size": 4, **overrides})
 
 
 def _checksums(bundle: Path) -> dict:

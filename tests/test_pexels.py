@@ -17,7 +17,7 @@ from index.offline.ingest import IngestConfig, IngestReport, ingest
 from index.runtime.bundle import Bundle
 from service.app import create_app
 
-from .clip_fixtures import TinyClip, copy_pexels, require_pexels, tiny_clip
+from .clip_fixtures import TinyClip, copy_pexels, ingest_config, require_pexels, tiny_clip
 from .conftest import TinyPipeline, serving_settings
 
 __all__ = ["tiny_clip"]
@@ -29,15 +29,7 @@ NEAR_DUPLICATE = ("pexels_cocktails_3430547", "pexels_cocktails_3430555")
 def pexels(tiny: TinyPipeline, tiny_clip: TinyClip, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     source = require_pexels()
     out = tmp_path_factory.mktemp("pexels") / "bundle"
-    cfg = IngestConfig(
-        data=source,
-        model_dir=tiny.model,
-        text_encoder_dir=tiny.encoder,
-        image_encoder_dir=tiny_clip.encoder,
-        out=out,
-        chunk_size=64,
-    )
-    yield ingest(cfg), out
+    yield ingest(ingest_config(tiny, tiny_clip, source, out, chunk_size=64)), out
 
 
 def test_all_500_photos_are_ingested_and_the_duplicate_pair_reported(pexels: tuple[IngestReport, Path]) -> None:
