@@ -370,8 +370,11 @@ class RankingEngine:
 
     def warm(self, queries: int) -> None:
         """Run the whole path a few times so first requests do not pay for lazy initialisation."""
+        limit = self.settings.max_query_chars
         for i in range(queries):
+            # Catalog titles make realistic queries, but a catalog may hold titles longer than a request may be:
+            # cut to the limit, so that what the user's data looks like can never keep the service from starting.
             title = self.bundle.titles[i % self.bundle.size]
-            self.serve_one(self.prepare_rank(RankRequest(query=f"warm-up {i} {title}", top_k=1)))
+            self.serve_one(self.prepare_rank(RankRequest(query=f"warm-up {i} {title}"[:limit], top_k=1)))
         doc = DocumentRef(id=self.bundle.ids[0])
         self.serve_one(self.prepare_rerank(RerankRequest(query="warm-up", documents=["warm-up document", doc])))
