@@ -56,11 +56,22 @@ class Item:
     """One catalog item as the user supplied it."""
 
     id: str
-    title: str
+    title: str  # "" when the item has none
     attributes: dict[str, Any] = field(default_factory=dict)
     image_embedding: list[float] | None = None
     text_embedding: list[float] | None = None
     image: str | None = None
+    text: str = ""  # a description or abstract: the longer text field, "" when the item has none
+
+    @property
+    def display_title(self) -> str:
+        """What a result shows as its title: the title, or the start of the text when there is no title."""
+        return self.title or self.text[:200]
+
+    @property
+    def full_text(self) -> str:
+        """Every text field, title first: what the text encoder embeds and lexical search indexes."""
+        return "\n".join(part for part in (self.title, self.text) if part)
 
 
 @dataclass(frozen=True)
@@ -183,19 +194,22 @@ def _vector(parsed: Parsed[Any], name: str, value: Any, dim: int | None) -> bool
 
 
 def parse_item(raw: Mapping[str, Any], dims: VectorDims | None = None) -> Parsed[Item]:
-    """An item: `id`, `title` (or `text`), optional `attributes`, and an `image` path or an `image_embedding`;
-    optional `text_embedding`. `dims` checks the embeddings' widths (the validator's job; featurisation checks
-    them against the model otherwise)."""
+    """An item: `id`, a `title` or a `text` (description, abstract) or both, optional `attributes`, and an
+    `image` path or an `image_embedding`; optional `text_embedding`. `dims` checks the embeddings' widths (the
+    validator's job; featurisation checks them against the model otherwise)."""
     parsed: Parsed[Item] = Parsed(None)
     item_id = raw.get("id")
     ok = _non_empty_string(parsed, "id", item_id)
-    title_field = "title" if "title" in raw else "text"
-    title = raw.get(title_field)
-    if not isinstance(title, str):
-        parsed.error("title", f"must be a string (field 'title' or 'text'), got {title!r}")
+    title, text = raw.get("title"), raw.get("text")
+    for name, value in (("title", title), ("text", text)):
+        if value is not None and not isinstance(value, str):
+            parsed.error(name, f"must be a string, got {value!r}")
+            ok = False
+    if title is None and text is None:
+        parsed.error("title", "an item needs a 'title' or a 'text' string")
         ok = False
-    elif not title.strip():
-        parsed.warn(title_field, "is empty: the item can only be found through its image")
+    elif not (title or "").strip() and not (text or "").strip():
+        parsed.warn("title", "is empty: the item can only be found through its image")
     attributes = raw.get("attributes")
     if attributes is not None:
         ok = _flat_map(parsed, "attributes", attributes) and ok
@@ -215,7 +229,8 @@ def parse_item(raw: Mapping[str, Any], dims: VectorDims | None = None) -> Parsed
     if ok:
         parsed.record = Item(
             id=str(item_id),
-            title=str(title),
+            title=title or "",
+            text=text or "",
             attributes=dict(attributes or {}),
             image_embedding=raw.get("image_embedding"),
             text_embedding=raw.get("text_embedding"),

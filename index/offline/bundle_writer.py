@@ -96,7 +96,7 @@ def write_bundle(
         np.save(out / f"{name}.npy", np.ascontiguousarray(array, dtype=np.float32))
     with open(out / "items.jsonl", "w", encoding="utf-8") as handle:
         for item in items:
-            handle.write(json.dumps({"id": item.id, "title": item.title, "attributes": item.attributes}) + "\n")
+            handle.write(json.dumps({"id": item.id, "title": item.display_title, "attributes": item.attributes}) + "\n")
     write_manifest(out, ranker, len(items), write_index(out, encoded.retrieval, params), extra)
     return out
 

@@ -42,8 +42,8 @@ def schema_from_items(items: Sequence[Item], text_dim: int, image_dim: int, text
 
 
 def item_text(item: Item) -> str:
-    """The text that is embedded for an item (and searched by the candidate generator)."""
-    return item.title
+    """The text that is embedded for an item (and searched by the candidate generator): every text field."""
+    return item.full_text
 
 
 def _stack(items: Sequence[Item], what: str, dim: int) -> np.ndarray:
