@@ -37,7 +37,6 @@ class ImageEncoder:
                 f"{model_dir} is not an image-encoder directory (no {ENCODER_INFO_FILE}); "
                 "run `make image-encoder CLIP=/path/to/local/clip`"
             )
-        self.path = model_dir
         self.info = json.loads(info_path.read_text())
         verify_files(model_dir, self.info["files"], f"image encoder {model_dir}")
         self.name: str = self.info["name"]
