@@ -1,4 +1,5 @@
-"""The ONNX MiniLM encoder: unit-norm embeddings, the int8 variant's recorded agreement with fp32, the LRU cache."""
+"""The ONNX MiniLM encoder: unit-norm embeddings, the int8 variant's recorded agreement with fp32, the LRU cache,
+and the truncation limit (where it cuts, and counting the texts it cuts)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.runtime.text_encoder import INT8_MIN_COSINE, TextEncoder
+from index.runtime.text_encoder import INT8_MIN_COSINE, MAX_TOKENS, TextEncoder
 
 
 def test_embeddings_are_unit_norm_and_meaningful(encoder_dir: Path) -> None:
@@ -55,3 +56,30 @@ def test_a_damaged_encoder_file_is_refused(encoder_dir: Path, tmp_path: Path) ->
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(ValueError, match="checksum mismatch for .*tokenizer.json"):
         TextEncoder(tmp_path)
+
+
+def _pieces(n: int) -> str:
+    """A text of exactly n word pieces once [CLS] and [SEP] are added ("gin" is one piece)."""
+    return " ".join(["gin"] * (n - 2))
+
+
+def test_long_texts_are_cut_at_the_limit_and_counted(encoder_dir: Path) -> None:
+    encoder = TextEncoder(encoder_dir)
+    assert MAX_TOKENS == 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
+    texts = ["a pink cocktail", _pieces(MAX_TOKENS), _pieces(MAX_TOKENS + 1), _pieces(1000), ""]
+    assert encoder.token_counts(texts).tolist() == [5, MAX_TOKENS, MAX_TOKENS + 1, 1000, 2]
+    assert encoder.count_truncated(texts) == 2 and encoder.count_truncated([]) == 0
+    # measuring never changes how encode tokenises: it still truncates
+    (encoding,) = encoder.tokenizer.encode_batch([_pieces(1000)])
+    assert len(encoding.ids) == MAX_TOKENS
+
+
+def test_text_past_128_word_pieces_is_embedded_and_past_the_limit_is_not(encoder_dir: Path) -> None:
+    encoder = TextEncoder(encoder_dir)
+    base = " ".join(["a smoky mezcal negroni with an orange peel in a rocks glass"] * 16)  # about 200 pieces
+    assert 128 < encoder.token_counts([base])[0] < MAX_TOKENS
+    short, longer, too_long, past = encoder.encode(
+        [base, base + " tax return form", _pieces(MAX_TOKENS), _pieces(MAX_TOKENS) + " tax return form"]
+    )
+    assert float(short @ longer) < 0.9999  # words after piece 128 still count
+    np.testing.assert_allclose(too_long, past, atol=1e-6)  # words after the limit do not

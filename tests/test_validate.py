@@ -1,4 +1,5 @@
-"""The dataset validator: every problem reported with file, line and field; clean data reports nothing."""
+"""The dataset validator: every problem reported with file, line and field; clean data reports nothing; items are
+counted per modality, and a modality some items lack is one warning per file."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from index.data.records import NOTHING_TO_RANK
 from index.data.validate import Problem, Severity, validate
 from training.synthetic import SyntheticConfig, write_dataset
 
@@ -74,8 +76,11 @@ def test_every_planted_problem_is_reported_where_it_is(bad_dataset: Path) -> Non
     assert "unknown query 'q9'" in _find(problems, "judgments.jsonl", 4, "query_id").message
     assert "true or false" in _find(problems, "judgments.jsonl", 4, "compliant").message
     assert "again (first on line 1)" in _find(problems, "judgments.jsonl", 5, None).message
-    assert len(problems) == 13, [str(p) for p in problems]
-    assert all(p.severity is Severity.ERROR for p in problems)
+    # items b and d have no attributes: one warning for the file, at the first of them
+    lacking = _find(problems, "items.jsonl", 2, None)
+    assert lacking.severity is Severity.WARNING and lacking.message.startswith("2 of 4 items have no attributes")
+    assert len(problems) == 14, [str(p) for p in problems]
+    assert [p for p in problems if p.severity is not Severity.ERROR] == [lacking]
 
 
 def test_qrels_and_parquet_are_checked_too(bad_dataset: Path) -> None:
@@ -98,6 +103,7 @@ def test_the_synthetic_generator_writes_valid_user_data(tmp_path: Path) -> None:
     write_dataset(tmp_path, SyntheticConfig(seed=1, items=60, queries=20))
     report = validate(tmp_path)
     assert report.problems == [] and report.counts["items"] == 60 and report.counts["queries"] == 20
+    assert report.counts["items_with_text"] == report.counts["items_with_image"] == 60
 
 
 def test_cli_lists_problems_and_exits_non_zero(bad_dataset: Path) -> None:
@@ -107,4 +113,78 @@ def test_cli_lists_problems_and_exits_non_zero(bad_dataset: Path) -> None:
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     assert f"{bad_dataset / 'judgments.jsonl'}:3: error: grade: must be an integer 0..3, got 7" in lines
-    assert lines[-1].endswith("13 errors, 0 warnings (4 items, 2 queries, 4 judgments read)")
+    assert lines[-1] == (
+        f"{bad_dataset}: 13 errors, 1 warning; "
+        "read 4 items (4 with text, 4 with an image, 2 with attributes), 2 queries, 4 judgments"
+    )
+
+
+def _counts(counts: dict[str, int]) -> tuple[int, int, int, int]:
+    """(items, with text, with an image, with attributes)."""
+    return counts["items"], counts["items_with_text"], counts["items_with_image"], counts["items_with_attributes"]
+
+
+@pytest.mark.parametrize(
+    ("item", "counts"),
+    [
+        ({"id": "a", "title": "text only", "text": "with an abstract"}, (1, 1, 0, 0)),
+        ({"id": "a", "image_embedding": [0.0] * 512}, (1, 0, 1, 0)),
+        ({"id": "a", "image": "a.jpg"}, (1, 0, 1, 0)),
+        ({"id": "a", "attributes": {"glass": "coupe"}}, (1, 0, 0, 1)),
+    ],
+)
+def test_an_item_needs_only_one_modality(tmp_path: Path, item: dict, counts: tuple[int, ...]) -> None:
+    picture(0).save(tmp_path / "a.jpg")
+    _jsonl(tmp_path / "items.jsonl", [item])
+    report = validate(tmp_path)
+    assert report.problems == [] and _counts(report.counts) == counts
+
+
+def test_items_with_nothing_are_errors_and_a_catalog_with_nothing_is_refused(tmp_path: Path) -> None:
+    _jsonl(tmp_path / "items.jsonl", [{"id": "a", "title": "gin"}, {"id": "b", "title": ""}, {"id": "c"}])
+    problems = validate(tmp_path).problems
+    assert _find(problems, "items.jsonl", 2, None).message == NOTHING_TO_RANK
+    assert _find(problems, "items.jsonl", 3, None).message == NOTHING_TO_RANK
+    assert len(problems) == 3  # and one warning: 2 of 3 items have no text
+    _jsonl(tmp_path / "items.jsonl", [{"id": "a"}, {"id": "b", "attributes": {}}])
+    report = validate(tmp_path)
+    catalog = _find(report.problems, "items.jsonl", None, None)
+    assert catalog.severity is Severity.ERROR and catalog.message == (
+        "no item has text, an image or attributes: there is nothing to rank on"
+    )
+    assert len(report.errors) == 3 and report.warnings == []
+
+
+def test_a_modality_some_items_lack_is_one_warning_per_file(tmp_path: Path) -> None:
+    """A big catalog missing pictures here and there gets one line per modality, not one per item."""
+    items = [
+        {
+            "id": f"i{k}",
+            **({"title": f"drink {k}"} if k % 10 else {}),  # every tenth item has no text
+            **({"image_embedding": [0.0] * 512} if k >= 1500 else {}),  # the first 1,500 have no image
+            "attributes": {"glass": "coupe"},  # all have attributes
+        }
+        for k in range(2000)
+    ]
+    _jsonl(tmp_path / "items.jsonl", items)
+    report = validate(tmp_path)
+    assert report.errors == [] and len(report.warnings) == 2
+    text, image = report.warnings
+    assert (text.line, text.field) == (1, None) and text.message == (
+        "200 of 2000 items have no text (a 'title', a 'text' or a 'text_embedding'), the first of them here: "
+        "they are ranked on what they have"
+    )
+    assert image.line == 1 and image.message.startswith("1500 of 2000 items have no image (an 'image' path or")
+    assert _counts(report.counts) == (2000, 1800, 500, 2000)
+    # a modality that no item has (a catalog without pictures) is no warning
+    _jsonl(tmp_path / "items.jsonl", [{k: v for k, v in item.items() if k != "image_embedding"} for item in items])
+    assert [w.message.split(" (")[0] for w in validate(tmp_path).warnings] == ["200 of 2000 items have no text"]
+
+
+def test_an_image_manifest_counts_as_images_only(tmp_path: Path) -> None:
+    for k in range(3):
+        picture(k).save(tmp_path / f"p{k}.jpg")
+    (tmp_path / "manifest.csv").write_text("id,file\n" + "".join(f"p{k},p{k}.jpg\n" for k in range(3)))
+    report = validate(tmp_path)
+    assert report.problems == [] and _counts(report.counts) == (3, 0, 3, 0)
+    assert report.summary() == "read 3 items (0 with text, 3 with an image, 0 with attributes)"

@@ -1,7 +1,8 @@
 """One reader per file kind of the user data format: items, queries, judgments (or TREC qrels), image manifests.
 
 Each kind is read by one `scan_*` function that decodes the file, parses every record with `index.data.records`
-and applies the rules that span records (unique ids, known references, one attribute type). Where its problems go
+and applies the rules that span records (unique ids, known references, one attribute type, what modalities the
+items have: counted, and warned about once per file when some items lack one). Where its problems go
 is the caller's choice: `read_*` raises `DataError` at the first error (training, indexing and ingestion), the
 validator collects them all (`index.data.validate`).
 """
@@ -12,17 +13,19 @@ import csv
 import dataclasses
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol
 
 from index.data.records import (
     DATA_SUFFIXES,
+    MODALITY_FIELDS,
     QRELS_FILES,
     DataError,
     ImageRow,
     Item,
     Judgment,
+    Modality,
     Parsed,
     Query,
     Record,
@@ -35,6 +38,7 @@ from index.data.records import (
     parse_judgment,
     parse_qrels_line,
     parse_query,
+    raw_modalities,
 )
 
 
@@ -61,6 +65,7 @@ class Scanned(Generic[Record]):
 
     records: list[Record]
     keys: set[Any]
+    modalities: dict[Modality, int] = field(default_factory=dict)  # items: how many of `keys` have each modality
 
 
 class ProblemSink(Protocol):
@@ -180,15 +185,27 @@ def _unique(scan: _File, seen: dict[str, int], number: int, key: str, what: str 
 def scan_items(
     path: Path, sink: ProblemSink, *, dims: VectorDims | None = None, image_exists: Callable[[str], bool] | None = None
 ) -> Scanned[Item]:
-    """Items of a JSONL or Parquet file. `image_exists` (given a path relative to the file) checks image files."""
+    """Items of a JSONL or Parquet file. `image_exists` (given a path relative to the file) checks image files.
+
+    Counts the items with each modality; a modality some items have and others lack gets one warning for the file
+    (its count and first line), and a file where no item has any is an error."""
     scan = _File(path, sink)
     items: list[Item] = []
     seen: dict[str, int] = {}
     kinds: dict[str, dict[str, int]] = {}  # attribute -> type name -> first line
+    present = dict.fromkeys(Modality, 0)
+    first_without: dict[Modality, int] = {}
     for number, raw in _records(scan):
         item = scan.report(number, parse_item(raw, dims))
-        if isinstance(raw.get("id"), str) and raw["id"] and not _unique(scan, seen, number, raw["id"]):
-            continue
+        if isinstance(raw.get("id"), str) and raw["id"]:
+            if not _unique(scan, seen, number, raw["id"]):
+                continue
+            has = raw_modalities(raw)
+            for modality in Modality:
+                if modality in has:
+                    present[modality] += 1
+                else:
+                    first_without.setdefault(modality, number)
         image = raw.get("image")
         if (
             image_exists is not None
@@ -211,7 +228,25 @@ def scan_items(
                 f"attributes.{key}",
                 f"is a string here but a number on line {first['number']}: one type per attribute, please",
             )
-    return Scanned(items, set(seen))
+    _modality_problems(scan, present, first_without, len(seen))
+    return Scanned(items, set(seen), present)
+
+
+def _modality_problems(
+    scan: _File, present: dict[Modality, int], first_without: dict[Modality, int], total: int
+) -> None:
+    """One problem per file, never one per item: a 100k-item catalog without pictures is one line, not 100k."""
+    if total and not any(present.values()):
+        scan.error(None, None, "no item has text, an image or attributes: there is nothing to rank on")
+        return
+    for modality, count in present.items():
+        if 0 < count < total:
+            scan.warn(
+                first_without[modality],
+                None,
+                f"{total - count} of {total} items have no {modality} ({MODALITY_FIELDS[modality]}), the first of "
+                "them here: they are ranked on what they have",
+            )
 
 
 def scan_queries(path: Path, sink: ProblemSink) -> Scanned[Query]:

@@ -37,6 +37,73 @@ class DataError(ValueError):
     """A data file that cannot be used, with the file, line and field in the message."""
 
 
+class Modality(StrEnum):
+    """What an item can be ranked on. Every item has at least one; a catalog may lack one entirely (no pictures,
+    no text), and the model masks what an item lacks."""
+
+    TEXT = "text"  # a non-empty `title` or `text`, or a `text_embedding`
+    IMAGE = "image"  # an `image` path or an `image_embedding`
+    ATTRIBUTES = "attributes"  # an `attributes` map with at least one value
+
+
+# What gives an item each modality, in the words the validator's messages use.
+MODALITY_FIELDS = {
+    Modality.TEXT: "a 'title', a 'text' or a 'text_embedding'",
+    Modality.IMAGE: "an 'image' path or an 'image_embedding'",
+    Modality.ATTRIBUTES: "an 'attributes' map with at least one value",
+}
+NOTHING_TO_RANK = (
+    "has no text, image or attributes: add a 'title' or 'text', an 'image' path or 'image_embedding', or 'attributes'"
+)
+
+
+def _has_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and not value.isspace()
+
+
+def modalities(
+    *,
+    title: Any = None,
+    text: Any = None,
+    text_embedding: Any = None,
+    image: Any = None,
+    image_embedding: Any = None,
+    attributes: Any = None,
+) -> frozenset[Modality]:
+    """The modalities these field values give an item (values as the data has them: wrong types give nothing).
+    The one definition: `parse_item`, the readers' counts and `Item.modalities` all use it. Runs twice per item
+    read, so it is written for speed (no sets built, no generators)."""
+    has_text = text_embedding is not None or _has_text(title) or _has_text(text)
+    has_image = image_embedding is not None or _has_text(image)
+    # None values are attributes not given (a Parquet struct column gives every key, null where a row has none)
+    has_attributes = (
+        isinstance(attributes, (dict, Mapping))  # dict first: the ABC check is slow
+        and len(attributes) > 0
+        and (None not in attributes.values() or any(v is not None for v in attributes.values()))
+    )
+    return _MODALITY_SETS[has_text, has_image, has_attributes]
+
+
+_MODALITY_SETS = {
+    (t, i, a): frozenset(m for m, given in zip(Modality, (t, i, a), strict=True) if given)
+    for t in (False, True)
+    for i in (False, True)
+    for a in (False, True)
+}
+
+
+def raw_modalities(raw: Mapping[str, Any]) -> frozenset[Modality]:
+    """The modalities of a raw item record (a JSON object or a Parquet row), before it is parsed."""
+    return modalities(
+        title=raw.get("title"),
+        text=raw.get("text"),
+        text_embedding=raw.get("text_embedding"),
+        image=raw.get("image"),
+        image_embedding=raw.get("image_embedding"),
+        attributes=raw.get("attributes"),
+    )
+
+
 class Severity(StrEnum):
     ERROR = "error"  # the data cannot be used as it is
     WARNING = "warning"  # usable, but probably not what was meant
@@ -62,6 +129,21 @@ class Item:
     text_embedding: list[float] | None = None
     image: str | None = None
     text: str = ""  # a description or abstract: the longer text field, "" when the item has none
+    # True for the neutral title an image-only catalog's items get (NEUTRAL_TITLE): shown, but it says nothing, so
+    # it is not text to rank on
+    placeholder_title: bool = False
+
+    @property
+    def modalities(self) -> frozenset[Modality]:
+        """What this item can be ranked on (never empty for an item the readers return)."""
+        return modalities(
+            title=None if self.placeholder_title else self.title,
+            text=self.text,
+            text_embedding=self.text_embedding,
+            image=self.image,
+            image_embedding=self.image_embedding,
+            attributes=self.attributes,
+        )
 
     @property
     def display_title(self) -> str:
@@ -107,7 +189,7 @@ class ImageRow:
     md5: str | None = None
 
     def to_item(self, image_path: str) -> Item:
-        return Item(id=self.id, title=NEUTRAL_TITLE.format(id=self.id), image=image_path)
+        return Item(id=self.id, title=NEUTRAL_TITLE.format(id=self.id), image=image_path, placeholder_title=True)
 
 
 @dataclass(frozen=True)
@@ -194,9 +276,10 @@ def _vector(parsed: Parsed[Any], name: str, value: Any, dim: int | None) -> bool
 
 
 def parse_item(raw: Mapping[str, Any], dims: VectorDims | None = None) -> Parsed[Item]:
-    """An item: `id`, a `title` or a `text` (description, abstract) or both, optional `attributes`, and an
-    `image` path or an `image_embedding`; optional `text_embedding`. `dims` checks the embeddings' widths (the
-    validator's job; featurisation checks them against the model otherwise)."""
+    """An item: `id`, and any of text (a `title`, a `text` such as a description or abstract, or both; or a
+    `text_embedding`), an image (an `image` path or an `image_embedding`) and `attributes`, but at least one of the
+    three. `dims` checks the embeddings' widths (the validator's job; featurisation checks them against the model
+    otherwise)."""
     parsed: Parsed[Item] = Parsed(None)
     item_id = raw.get("id")
     ok = _non_empty_string(parsed, "id", item_id)
@@ -205,11 +288,6 @@ def parse_item(raw: Mapping[str, Any], dims: VectorDims | None = None) -> Parsed
         if value is not None and not isinstance(value, str):
             parsed.error(name, f"must be a string, got {value!r}")
             ok = False
-    if title is None and text is None:
-        parsed.error("title", "an item needs a 'title' or a 'text' string")
-        ok = False
-    elif not (title or "").strip() and not (text or "").strip():
-        parsed.warn("title", "is empty: the item can only be found through its image")
     attributes = raw.get("attributes")
     if attributes is not None:
         ok = _flat_map(parsed, "attributes", attributes) and ok
@@ -221,8 +299,8 @@ def parse_item(raw: Mapping[str, Any], dims: VectorDims | None = None) -> Parsed
     if image is not None and not isinstance(image, str):
         parsed.error("image", f"must be a file path (string), got {type(image).__name__}")
         ok = False
-    if image is None and raw.get("image_embedding") is None:
-        parsed.error("image", "every item needs an 'image' path or an 'image_embedding'")
+    if not raw_modalities(raw):
+        parsed.error(None, NOTHING_TO_RANK)
         ok = False
     for unknown in sorted(set(raw) - ITEM_FIELDS):
         parsed.warn(unknown, "unknown field, ignored")
