@@ -13,7 +13,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 
-.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest
+.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -76,6 +76,14 @@ TARGET     ?=
 
 loadtest: $(STAMP) ## Locust load test, report in reports/ (DURATION USERS SPAWN_RATE TARGET=url); fails on a missed SLO
 	$(PY) -m loadtests.run --duration $(DURATION) --users $(USERS) --spawn-rate $(SPAWN_RATE) $(if $(TARGET),--host $(TARGET)) $(ARGS)
+
+# Quality of what is served (python -m loadtests.evaluate): the held-out queries of DATA through the real request
+# path (in process from the default artifacts, or URL=http://host:port over POST /rank) beside zero-shot MiniLM
+# cosine, BM25 and their RRF over the whole catalog; prints a table, writes reports/evaluate-<UTC time>.json.
+URL ?=
+
+evaluate: $(STAMP) ## Served quality beside zero-shot MiniLM, BM25, RRF (DATA=dir URL=http://host:port ARGS=...)
+	$(PY) -m loadtests.evaluate --data $(DATA) $(if $(URL),--url $(URL)) $(ARGS)
 
 BENCH_ITEMS ?= 100000
 BENCH_DATA  := data/synthetic-100k
