@@ -6,11 +6,17 @@ modality's value vector, the per-head attention logits (one explicit query-vs-mo
 query/title cosine and the candidate generator's score (the first stage's evidence, as in any ranking cascade) feed
 an MLP that gives one score.
 
+Missing modalities are normal (a catalog without pictures, an item without attributes): a mask (M, T), 1 = present,
+travels with the candidate. A masked token gets a -inf attention logit, so the softmax is over the present tokens
+only, and its per-token features (its value times the query, its attention logits, and for the text token the
+query/title cosine) are zero. With every token present the arithmetic is exactly that of the unmasked ranker.
+
 Everything on the candidate side is independent of the query: `encode_candidates` is run once per catalog item at
-index time and its output (keys and values) stored, so that `score` does only the query-side work per request.
+index time and its output (keys and values) stored, so that `score` does only the query-side work per request. The
+keys and values of a masked token are computed like any other and never read.
 
 Shapes: B queries, M candidates in all (any mix of queries; `query_index[m]` says which query candidate m is for),
-d = dim, H = heads, T = 3 tokens.
+d = dim, H = heads, T = 3 tokens (image, text, attributes: `model.schema.MODALITIES`); `cand_mask` is (M, T).
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NUM_TOKENS = 3  # image, text, attributes
+from model.schema import MODALITIES, TEXT
+
+NUM_TOKENS = len(MODALITIES)  # image, text, attributes
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,8 @@ class FusionRanker(nn.Module):
         )
 
     def encode_candidates(self, text: torch.Tensor, image: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
-        """Query-independent candidate keys and values, (M, 2, T, d); precomputed at index time."""
+        """Query-independent candidate keys and values, (M, 2, T, d); precomputed at index time. Needs no mask: each
+        token is projected and normalised on its own, and `score` never reads a masked one."""
         tokens = torch.stack([self.image_proj(image), self.text_proj(text), self.attr_proj(attrs)], dim=1)
         tokens = self.token_norm(self.token_dropout(tokens) + self.modality)  # (M, T, d)
         return torch.stack([self.key(tokens), self.value(tokens)], dim=1)  # (M, 2, T, d)
@@ -88,10 +97,13 @@ class FusionRanker(nn.Module):
         query: torch.Tensor,  # (B, text_dim)
         cand_kv: torch.Tensor,  # (M, 2, T, d)
         cand_text: torch.Tensor,  # (M, text_dim)
+        cand_mask: torch.Tensor,  # (M, T) 1 where the candidate has the modality, 0 where it is missing
         retrieval_score: torch.Tensor,  # (M,) the candidate generator's inner product for each candidate
         query_index: torch.Tensor,  # (M,) int64 in [0, B)
     ) -> torch.Tensor:
-        """The per-request part: scores (M,) for candidates whose keys/values were encoded ahead."""
+        """The per-request part: scores (M,) for candidates whose keys/values were encoded ahead.
+
+        Every candidate must have at least one present token (featurisation refuses an item with none)."""
         h, dh = self.cfg.heads, self.cfg.dim // self.cfg.heads
         q_tok = self.query_proj(query)  # (B, d)
         q_heads = self.query_heads(q_tok)[query_index].unflatten(-1, (h, dh))  # (M, H, dh)
@@ -99,13 +111,18 @@ class FusionRanker(nn.Module):
         values = cand_kv[:, 1].unflatten(-1, (h, dh))  # (M, T, H, dh)
 
         logits = torch.einsum("mhd,mthd->mht", q_heads, keys) / math.sqrt(dh)  # (M, H, T)
-        attn = torch.softmax(logits, dim=-1)
+        # A missing modality is left out of the softmax, not attended to as a zero vector: its weight is exactly 0.
+        absent = (cand_mask <= 0).unsqueeze(1)  # (M, 1, T)
+        attn = torch.softmax(logits.masked_fill(absent, float("-inf")), dim=-1)
         fused = self.attn_out(torch.einsum("mht,mthd->mhd", attn, values).flatten(1))  # (M, d)
 
+        # Per-token features of a missing modality are zeroed (times 1.0 where present: the same numbers as unmasked).
+        mask = cand_mask.to(logits.dtype)
         q_cand = q_tok[query_index]  # (M, d)
-        per_token = (q_cand.unsqueeze(1) * cand_kv[:, 1]).flatten(1)  # (M, T*d): which modality matches the query
+        per_token = (q_cand.unsqueeze(1) * cand_kv[:, 1] * mask.unsqueeze(-1)).flatten(1)  # (M, T*d)
         cosine = (F.normalize(query, dim=-1)[query_index] * F.normalize(cand_text, dim=-1)).sum(-1, keepdim=True)
-        interactions = [cosine, retrieval_score.unsqueeze(-1), logits.flatten(1)]
+        cosine = cosine * mask[:, TEXT : TEXT + 1]  # no text, no query/title match
+        interactions = [cosine, retrieval_score.unsqueeze(-1), (logits * mask.unsqueeze(1)).flatten(1)]
         features = torch.cat([fused, fused * q_cand, per_token, *interactions], dim=-1)
         return self.head(features).squeeze(-1)  # (M,)
 
@@ -115,8 +132,10 @@ class FusionRanker(nn.Module):
         text: torch.Tensor,
         image: torch.Tensor,
         attrs: torch.Tensor,
+        mask: torch.Tensor,
         retrieval_score: torch.Tensor,
         query_index: torch.Tensor,
     ) -> torch.Tensor:
         """Score raw candidate features end to end (training and the parity reference)."""
-        return self.score(query, self.encode_candidates(text, image, attrs), text, retrieval_score, query_index)
+        kv = self.encode_candidates(text, image, attrs)
+        return self.score(query, kv, text, mask, retrieval_score, query_index)

@@ -6,7 +6,10 @@ attributes), the query tower maps the MiniLM query embedding into the same space
 Both outputs are unit-norm, so inner product is cosine. The item tower is query-independent and runs once per item
 at index time; the query tower is one small MLP per request.
 
-Shapes: B queries, N items, D = dim.
+A modality an item lacks contributes nothing to its vector: the item tower's input for it is multiplied by the
+item's modality mask (exactly the unmasked input where the modality is present).
+
+Shapes: B queries, N items, D = dim; mask (N, 3) in token order image, text, attributes (`model.schema.MODALITIES`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from model.schema import ATTRIBUTES, IMAGE, TEXT
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,15 @@ class TwoTowerRetriever(nn.Module):
         """(B, text_dim) MiniLM query embeddings -> (B, D) unit vectors."""
         return F.normalize(self.query_tower(query), dim=-1)
 
-    def encode_items(self, text: torch.Tensor, image: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
-        """(N, ...) raw item features -> (N, D) unit vectors."""
-        return F.normalize(self.item_tower(torch.cat([text, image, attrs], dim=-1)), dim=-1)
+    def encode_items(
+        self, text: torch.Tensor, image: torch.Tensor, attrs: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, ...) raw item features and their (N, 3) modality mask -> (N, D) unit vectors."""
+        # A missing modality's input is zeroed, so its weights add nothing to the first layer (nor do the 'missing'
+        # flags of an item without attributes, which are not zeros): the item is placed by what it has.
+        mask = mask.to(text.dtype)
+        inputs = [text * mask[:, TEXT, None], image * mask[:, IMAGE, None], attrs * mask[:, ATTRIBUTES, None]]
+        return F.normalize(self.item_tower(torch.cat(inputs, dim=-1)), dim=-1)
 
     def forward(self, query: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Training logits (B, N) of queries against already-encoded items."""

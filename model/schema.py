@@ -16,6 +16,10 @@ from typing import Any
 import numpy as np
 
 SCHEMA_VERSION = 1
+# The candidate's tokens in the ranker's order. A modality mask (N, 3), 1 = present, has one column per entry; the
+# features, the bundle and both models index it with these constants.
+MODALITIES = ("image", "text", "attributes")
+IMAGE, TEXT, ATTRIBUTES = range(len(MODALITIES))
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,9 @@ class FeatureSchema:
 
     @property
     def attr_dim(self) -> int:
-        return sum(f.width for f in self.fields)
+        # A schema without attribute fields (a catalog whose only attribute is id-like, or none) keeps one column
+        # that is always zero: a placeholder whose token is always masked, so no graph has a zero-width input.
+        return max(1, sum(f.width for f in self.fields))
 
     @property
     def attribute_names(self) -> tuple[str, ...]:
@@ -107,6 +113,15 @@ class FeatureSchema:
                 else:
                     out[row, base + 1] = 1.0
         return out
+
+    def attributes_present(self, encoded: np.ndarray) -> np.ndarray:
+        """(N,) bool from `encode_attributes`' output: the item has at least one field the schema can read (a known
+        categorical value, a finite number). An item without one has nothing in its attribute token, which is then
+        masked: a vector of 'missing' flags says nothing about the item."""
+        missing = [self._offsets[f.name] + f.width - 1 for f in self.fields]  # each field's 'missing' slot is last
+        if not missing:
+            return np.zeros(len(encoded), dtype=bool)
+        return (encoded[:, missing] == 0).any(axis=1)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -150,6 +150,16 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
+class _Gathered(NamedTuple):
+    """The ranker's candidate-side inputs for every candidate of a batch, in job order (fresh arrays: rerank text
+    documents are written into them)."""
+
+    kv: np.ndarray  # (M, 2, 3, dim)
+    text: np.ndarray  # (M, text_dim)
+    mask: np.ndarray  # (M, 3) image, text, attributes
+    retrieval: np.ndarray  # (M, retrieval_dim)
+
+
 @dataclass
 class _Stages:
     """Wall time of each batch stage in ms; every job of the batch reports the batch's stage times."""
@@ -272,22 +282,24 @@ class RankingEngine:
                 rows[i] = hits[hits >= 0]
         return rows
 
-    def _gather(self, jobs: list[Job], rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """cand_kv, text and retrieval vectors for every candidate of every job, concatenated in job order; rerank
-        documents given as text go through the candidate encoder here (no image, no attributes)."""
+    def _gather(self, jobs: list[Job], rows: list[np.ndarray]) -> _Gathered:
+        """cand_kv, text, modality mask and retrieval vectors for every candidate of every job, concatenated in job
+        order; rerank documents given as text go through the candidate encoder here, as `text_only_features` makes
+        them (the text present, the image and the attributes masked)."""
         flat = np.concatenate(rows)
         b = self.bundle
-        cand_kv, cand_text, cand_retrieval = b.cand_kv[flat], b.text[flat], b.retrieval[flat]
+        gathered = _Gathered(b.cand_kv[flat], b.text[flat], b.mask[flat], b.retrieval[flat])
         start = 0
         for job, job_rows in zip(jobs, rows, strict=True):
             if isinstance(job, RerankJob) and job.texts:
                 order = list(job.texts)
                 docs = text_only_features(self.encoder.encode([job.texts[i] for i in order]), b.schema)
-                encoded = self.model.encode_candidates(docs.text, docs.image, docs.attrs)
+                encoded = self.model.encode_candidates(docs.text, docs.image, docs.attrs, docs.mask)
                 at = [start + i for i in order]
-                cand_kv[at], cand_text[at], cand_retrieval[at] = encoded.kv, docs.text, encoded.retrieval
+                gathered.kv[at], gathered.text[at] = encoded.kv, docs.text
+                gathered.mask[at], gathered.retrieval[at] = docs.mask, encoded.retrieval
             start += len(job_rows)
-        return cand_kv, cand_text, cand_retrieval
+        return gathered
 
     def process_batch(self, batch: list[Batched[Job]]) -> list[Outcome | Exception]:
         """Serve a batch of jobs; returns one outcome (timing without 'total') per job, in order."""
@@ -297,14 +309,14 @@ class RankingEngine:
         stages.lap("encode")
         rows = self._retrieve(jobs, projected)
         stages.lap("retrieve")
-        cand_kv, cand_text, cand_retrieval = self._gather(jobs, rows)
+        cand = self._gather(jobs, rows)
         query_index = np.repeat(np.arange(len(jobs)), [len(r) for r in rows])
         query_vectors = np.stack([projected[job.query] for job in jobs])
-        retrieval_score = retrieval_scores(query_vectors, cand_retrieval, query_index)
+        retrieval_score = retrieval_scores(query_vectors, cand.retrieval, query_index)
         stages.lap("gather")
         queries = np.stack([vectors[job.query] for job in jobs])
         scores = (
-            self.model.score(queries, cand_kv, cand_text, retrieval_score, query_index)
+            self.model.score(queries, cand.kv, cand.text, cand.mask, retrieval_score, query_index)
             if len(query_index)
             else query_index
         )

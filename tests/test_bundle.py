@@ -9,7 +9,7 @@ import pytest
 
 from index.runtime.bundle import Bundle
 from index.runtime.exported_model import ExportedModel, ModelCard
-from index.runtime.files import ArtifactError
+from index.runtime.files import ArtifactError, sha256_file
 
 from .conftest import TinyPipeline
 
@@ -20,9 +20,12 @@ def test_manifest_describes_the_bundle(tiny: TinyPipeline) -> None:
     assert m["items"] == bundle.size == 400
     assert m["index"]["params"]["kind"] == "exact" and m["index"]["recall@100"] == 1.0
     assert m["text_encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
-    files = {"text.npy", "image.npy", "attrs.npy", "cand_kv.npy", "retrieval.npy", "items.jsonl", "index.faiss"}
-    assert set(m["files"]) == files
+    files = {"text.npy", "image.npy", "attrs.npy", "mask.npy", "cand_kv.npy", "retrieval.npy"}
+    assert set(m["files"]) == files | {"items.jsonl", "index.faiss"}
     assert bundle.cand_kv.shape == (400, 2, 3, 32)
+    # the SYNTHETIC catalog has every modality for every item
+    assert bundle.mask.shape == (400, 3) and bundle.mask.dtype == np.float32 and (bundle.mask == 1).all()
+    assert m["modalities"] == {"image": 400, "text": 400, "attributes": 400}
     card = ModelCard.load(tiny.model)
     assert m["index"]["space"] == "learned" and m["index"]["dim"] == card.retrieval_dim == bundle.retriever.dim == 32
     np.testing.assert_allclose(np.linalg.norm(bundle.text, axis=1), 1.0, atol=1e-4)
@@ -37,12 +40,26 @@ def test_index_searches_the_retrieval_vectors(tiny: TinyPipeline) -> None:
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-4)
 
 
-def test_bundle_of_an_older_format_is_refused(tiny_copy: TinyPipeline) -> None:
+@pytest.mark.parametrize("old", [1, 2])  # 2: the last format without mask.npy
+def test_bundle_of_an_older_format_is_refused(tiny_copy: TinyPipeline, old: int) -> None:
     path = tiny_copy.bundle / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["format"] = 1
+    manifest["format"] = old
     path.write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="format 1, this service reads 2"):
+    with pytest.raises(ArtifactError, match=f"format {old}, this service reads 3"):
+        Bundle.load(tiny_copy.bundle)
+
+
+def test_a_mask_without_any_modality_for_an_item_is_refused(tiny_copy: TinyPipeline) -> None:
+    """A candidate with every token masked has no attention to give; a bundle holding one is damaged."""
+    mask = np.load(tiny_copy.bundle / "mask.npy")
+    mask[7] = 0.0
+    np.save(tiny_copy.bundle / "mask.npy", mask)
+    path = tiny_copy.bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"]["mask.npy"] = sha256_file(tiny_copy.bundle / "mask.npy")  # checksums agree
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="at least one modality per item"):
         Bundle.load(tiny_copy.bundle)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from index.runtime.exported_model import ExportedModel
+from index.runtime.exported_model import RANKER_INPUTS, ExportedModel
 from index.runtime.files import ArtifactError, sha256_file
 from training import export as export_module
 from training.export import ParityError, run_export
@@ -22,6 +22,10 @@ def test_model_card_holds_schema_settings_metrics_parity_and_checksums(tiny: Tin
     for system in ("fusion", "text_cosine", "lambdamart", "two_tower"):
         assert set(card["metrics"]["test"][system]) >= {"ndcg@10", "compliance@1", "mrr"}
     assert card["parity"]["max_abs_diff"] <= 1e-4 and card["parity"]["retrieval_max_abs_diff"] <= 1e-4
+    assert card["parity"]["text_only_max_abs_diff"] <= 1e-4  # the masked path (plain-string documents)
+    assert card["onnx"]["ranker_inputs"] == list(RANKER_INPUTS) and "cand_mask" in RANKER_INPUTS
+    assert card["onnx"]["candidate_encoder_inputs"] == ["text", "image", "attrs", "mask"]
+    assert card["dataset"]["modalities"] == {"image": 400, "text": 400, "attributes": 400}
     assert card["parity"]["top10_identical"] == card["parity"]["queries"] > 0
     assert set(card["files"]) == {"candidate_encoder.onnx", "query_tower.onnx", "ranker.onnx", "canaries.npz"}
     assert card["retriever_config"]["dim"] == 32
@@ -44,10 +48,13 @@ def test_dynamic_axes_and_batching_across_queries(tiny: TinyPipeline) -> None:
     rng = np.random.default_rng(0)
     schema = ranker.card.schema
     n = 300
+    mask = rng.integers(0, 2, size=(n, 3)).astype(np.float32)
+    mask[:, 1] = 1.0  # every candidate keeps its text token; the others come and go
     encoded = ranker.encode_candidates(
         rng.normal(size=(n, schema.text_dim)).astype(np.float32),
         rng.normal(size=(n, schema.image_dim)).astype(np.float32),
         schema.encode_attributes([{}] * n),
+        mask,
     )
     kv = encoded.kv
     assert encoded.retrieval.shape == (n, 32)
@@ -56,15 +63,38 @@ def test_dynamic_axes_and_batching_across_queries(tiny: TinyPipeline) -> None:
     assert ranker.project_queries(queries).shape == (3, 32)
     similarity = rng.normal(size=n).astype(np.float32)
     owner = np.repeat(np.arange(3), 100)
-    together = ranker.score(queries, kv, text, similarity, owner)
+    together = ranker.score(queries, kv, text, mask, similarity, owner)
     alone = np.concatenate(
         [
-            ranker.score(queries[q : q + 1], kv[owner == q], text[owner == q], similarity[owner == q], owner[:100] * 0)
+            ranker.score(
+                queries[q : q + 1],
+                kv[owner == q],
+                text[owner == q],
+                mask[owner == q],
+                similarity[owner == q],
+                owner[:100] * 0,
+            )
             for q in range(3)
         ]
     )
     np.testing.assert_allclose(together, alone, atol=1e-5)
-    assert ranker.score(queries[:1], kv[:1], text[:1], similarity[:1], np.zeros(1, np.int64)).shape == (1,)
+    one = ranker.score(queries[:1], kv[:1], text[:1], mask[:1], similarity[:1], np.zeros(1, np.int64))
+    assert one.shape == (1,) and np.isfinite(together).all()
+
+
+def test_onnx_ranker_ignores_what_the_mask_hides(tiny: TinyPipeline) -> None:
+    """Through ONNX Runtime, a masked token's keys and values change nothing: the exported graph masks as torch does."""
+    ranker = ExportedModel(tiny.model)
+    rng = np.random.default_rng(1)
+    n, dim = 20, ranker.card.dim
+    kv = rng.normal(size=(n, 2, 3, dim)).astype(np.float32)
+    text = rng.normal(size=(n, ranker.card.schema.text_dim)).astype(np.float32)
+    mask = np.tile(np.array([0, 1, 0], np.float32), (n, 1))  # a plain-string document: text only
+    query = rng.normal(size=(1, ranker.card.schema.text_dim)).astype(np.float32)
+    similarity, owner = rng.normal(size=n).astype(np.float32), np.zeros(n, np.int64)
+    before = ranker.score(query, kv, text, mask, similarity, owner)
+    kv[:, :, [0, 2]] = rng.normal(size=(n, 2, 2, dim)) * 10
+    np.testing.assert_allclose(ranker.score(query, kv, text, mask, similarity, owner), before, atol=1e-6)
 
 
 def test_export_fails_when_onnx_disagrees(tiny_copy: TinyPipeline, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,7 +48,7 @@ def test_parquet_items_qrels_and_unsplit_queries_read_like_the_jsonl_original(
     original = load_dataset(tiny.data, encoder, num_candidates=20)
     converted = load_dataset(tmp_path, encoder, num_candidates=20)
     assert converted.schema == original.schema
-    for name in ("text", "image", "attrs"):
+    for name in ("text", "image", "attrs", "mask"):
         np.testing.assert_array_equal(getattr(converted.features, name), getattr(original.features, name))
     # same lists and labels per query (the synthetic data's compliant flag is grade >= 2, the qrels default)
     assert _grades_by_query(converted) == _grades_by_query(original)

@@ -5,7 +5,8 @@
   worth its milliseconds).
 - lambdamart: LightGBM LambdaMART on the same inputs as the fusion ranker, as flat features: the query/title
   cosine, the candidate generator's score, the encoded attributes, and PCA-reduced query, title and image
-  embeddings.
+  embeddings. A modality some items lack is fitted on the items that have it, reads 0 where missing, and adds its
+  mask as a feature; one no item has is left out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 
 from index.runtime.features import CandidateFeatures
+from model.schema import IMAGE, MODALITIES, TEXT
 from training.dataset import Dataset, RankingLists
 
 log = logging.getLogger(__name__)
@@ -39,30 +41,51 @@ class LambdaMART:
         self.components = components
         self.seed = seed
         self.pca: dict[str, PCA] = {}
+        self.mask_columns: list[int] = []  # modalities present for some items and not others
         self.model: lgb.LGBMRanker | None = None
+
+    def _fit_pca(self, matrix: np.ndarray, present: np.ndarray) -> PCA | None:
+        """PCA over the rows that have the modality (a missing one's zero row would pull the components); None when
+        fewer than two rows have it."""
+        rows = matrix if present.all() else matrix[present]
+        components = min(self.components, matrix.shape[1], len(rows))
+        return PCA(components, random_state=self.seed).fit(rows) if len(rows) >= 2 else None
+
+    def _reduced(self, name: str, matrix: np.ndarray, present: np.ndarray) -> list[np.ndarray]:
+        pca = self.pca.get(name)
+        if pca is None:
+            return []
+        return [pca.transform(matrix) * present[:, None]]
 
     def _rows(self, dataset: Dataset, lists: RankingLists) -> np.ndarray:
         features = dataset.features
         k = lists.candidates.shape[1]
         cand = lists.candidates.reshape(-1)
         query = np.repeat(lists.query_emb, k, axis=0)
+        mask = features.mask[cand]
         parts = [
             text_cosine_scores(features, lists).reshape(-1, 1),
             retrieval_scores(dataset, lists).reshape(-1, 1),
             features.attrs[cand],
-            self.pca["query"].transform(query),
-            self.pca["text"].transform(features.text[cand]),
-            self.pca["image"].transform(features.image[cand]),
+            *self._reduced("query", query, np.ones(len(query), dtype=bool)),
+            *self._reduced("text", features.text[cand], mask[:, TEXT] > 0),
+            *self._reduced("image", features.image[cand], mask[:, IMAGE] > 0),
+            mask[:, self.mask_columns],  # no columns unless some items lack a modality that others have
         ]
         return np.hstack(parts).astype(np.float32)
 
     def fit(self, dataset: Dataset, train: RankingLists, val: RankingLists) -> LambdaMART:
         features = dataset.features
-        self.pca = {
-            "query": PCA(self.components, random_state=self.seed).fit(train.query_emb),
-            "text": PCA(self.components, random_state=self.seed).fit(features.text),
-            "image": PCA(self.components, random_state=self.seed).fit(features.image),
+        present = features.mask > 0
+        fitted = {
+            "query": self._fit_pca(train.query_emb, np.ones(len(train.query_emb), dtype=bool)),
+            "text": self._fit_pca(features.text, present[:, TEXT]),
+            "image": self._fit_pca(features.image, present[:, IMAGE]),
         }
+        self.pca = {name: pca for name, pca in fitted.items() if pca is not None}
+        # A mask column that is the same for every item is no feature (and an extra column would change which
+        # columns LightGBM samples, so a catalog with every modality keeps exactly its former features).
+        self.mask_columns = [t for t in range(len(MODALITIES)) if 0 < present[:, t].sum() < len(present)]
         k = train.candidates.shape[1]
         self.model = lgb.LGBMRanker(
             objective="lambdarank",

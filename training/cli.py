@@ -58,7 +58,8 @@ def metrics_table(results: dict[str, RankingMetrics], title: str) -> str:
     lines.append(
         f"({any_metrics.queries} queries, {any_metrics.queries_without_relevant} without a relevant candidate; "
         f"{NDCG_CONVENTION}; e2e = ideal over all judged items, including those retrieval missed; "
-        "fusion_text_only = the same lists given as plain-string /rerank documents: titles, no image, no attributes)"
+        "fusion_text_only = the same lists given as plain-string /rerank documents: text only, image and attributes "
+        "masked)"
     )
     return "\n".join(lines)
 
@@ -72,8 +73,9 @@ def candidates_table(recall: dict[str, float], k: int) -> str:
 def text_only_scores(
     dataset: Dataset, retriever: TwoTowerRetriever, model: FusionRanker, device: torch.device
 ) -> np.ndarray:
-    """(Q, K) fusion scores of the test lists as /rerank sees plain-string documents: the title only, no image
-    (zeros) and no known attribute, with the retrieval score from the item tower over those same inputs."""
+    """(Q, K) fusion scores of the test lists as /rerank sees plain-string documents (`text_only_features`, the
+    service's own definition): the text only, image and attributes masked, with the retrieval score from the item
+    tower over those same inputs."""
     blind = text_only_features(dataset.features.text, dataset.schema)
     item_vectors = learned_space(retriever, blind, device).items
     return score_lists(model, FeatureTensors(blind, item_vectors, device), dataset.splits["test"])
@@ -95,10 +97,11 @@ def run_train(cfg: TrainConfig) -> int:
     dataset = load_dataset(cfg.data_dir, TextEncoder(cfg.encoder_dir), num_candidates=cfg.num_candidates)
     synthetic = "SYNTHETIC " if "synthetic" in dataset.name else ""
     log.info(
-        "dataset %s%s: %d items, %s",
+        "dataset %s%s: %d items (with each modality: %s), %s",
         synthetic,
         dataset.name,
         len(dataset.items),
+        dataset.features.coverage(),
         {k: len(v) for k, v in dataset.splits.items()},
     )
     retriever = train_retriever(cfg, dataset)

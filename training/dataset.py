@@ -210,7 +210,9 @@ def load_dataset(
     judged = judged_by_row(judgments, rows)
     if schema is None:
         first = next((i.image_embedding for i in items if i.image_embedding is not None), None)
-        dim = image_dim or (len(first) if first is not None else 0)
+        # A catalog with no image at all gets image_dim 1: a placeholder column, always zero and always masked, so
+        # that the stored features stay small and every graph keeps a non-empty image input.
+        dim = image_dim or (len(first) if first is not None else 1)
         schema = schema_from_items(items, text_dim=encoder.dim, image_dim=dim, text_encoder=encoder.name)
     log.info("encoding %d item titles and %d queries with %s", len(items), len(queries), encoder.name)
     features = featurize(items, schema, encoder)

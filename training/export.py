@@ -3,8 +3,10 @@
 Three graphs (see `index.runtime.exported_model`): the candidate encoder (ranker keys/values and retrieval vector per
 item), run at index time; the query tower and the ranker, run per request. Parity is checked on the validation
 queries through the same path the service takes (candidate encoder over the catalog, query tower, exact search,
-then the ranker over gathered rows); the command fails when ranker scores or retrieval vectors differ by more than
-`PARITY_TOLERANCE` or any query's top-10 order differs.
+then the ranker over gathered rows, with the catalog's modality masks), and once more with the same lists as `/rerank`
+plain-string documents (image and attributes masked), so that the masking is checked on every catalog; the command
+fails when ranker scores or retrieval vectors differ by more than `PARITY_TOLERANCE` or any query's top-10 order
+differs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from index.export.torch_to_onnx import torch_to_onnx
 from index.runtime.exported_model import (
     CANARY_FILE,
     CANDIDATE_ENCODER_FILE,
+    CANDIDATE_ENCODER_INPUTS,
     MODEL_CARD_FILE,
     MODEL_FILES,
     QUERY_TOWER_FILE,
@@ -37,12 +40,12 @@ from index.runtime.exported_model import (
     retrieval_scores,
 )
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index
-from index.runtime.features import CandidateFeatures
+from index.runtime.features import CandidateFeatures, text_only_features
 from index.runtime.files import read_json, sha256_file, write_json
 from index.runtime.text_encoder import TextEncoder
 from model.fusion import FusionConfig, FusionRanker
 from model.retrieval import RetrievalConfig, TwoTowerRetriever
-from model.schema import FeatureSchema
+from model.schema import MODALITIES, FeatureSchema
 from training.dataset import Dataset, RankingLists, load_dataset
 from training.metrics import NDCG_CONVENTION
 from training.retrieval import learned_space
@@ -67,12 +70,14 @@ class Parity:
     queries: int
     retrieval_max_abs_diff: float  # query and item vectors of the candidate generator
     candidates_identical: int  # queries whose candidate set is the same through ONNX as through PyTorch
+    text_only_max_abs_diff: float  # ranker scores of the same lists as plain-string documents (tokens masked)
 
     @property
     def ok(self) -> bool:
         return (
             self.max_abs_diff <= PARITY_TOLERANCE
             and self.retrieval_max_abs_diff <= PARITY_TOLERANCE
+            and self.text_only_max_abs_diff <= PARITY_TOLERANCE
             and self.top10_identical == self.queries
         )
 
@@ -98,9 +103,9 @@ class _CandidateEncoder(nn.Module):
         self.retriever = retriever
 
     def forward(
-        self, text: torch.Tensor, image: torch.Tensor, attrs: torch.Tensor
+        self, text: torch.Tensor, image: torch.Tensor, attrs: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.encode_candidates(text, image, attrs), self.retriever.encode_items(text, image, attrs)
+        return self.model.encode_candidates(text, image, attrs), self.retriever.encode_items(text, image, attrs, mask)
 
 
 class _QueryTower(nn.Module):
@@ -122,10 +127,11 @@ class _Scorer(nn.Module):
         query: torch.Tensor,
         cand_kv: torch.Tensor,
         cand_text: torch.Tensor,
+        cand_mask: torch.Tensor,
         retrieval_score: torch.Tensor,
         query_index: torch.Tensor,
     ) -> torch.Tensor:
-        return self.model.score(query, cand_kv, cand_text, retrieval_score, query_index)
+        return self.model.score(query, cand_kv, cand_text, cand_mask, retrieval_score, query_index)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -178,6 +184,9 @@ def export_onnx(model: FusionRanker, retriever: TwoTowerRetriever, out_dir: Path
     candidates = torch.export.Dim("candidates", min=1)
     queries = torch.export.Dim("queries", min=1)
     text, image, attrs = torch.randn(m, cfg.text_dim), torch.randn(m, cfg.image_dim), torch.randn(m, cfg.attr_dim)
+    # Example masks with a token missing here and there (values do not shape the graph; parity checks the masking).
+    mask = torch.ones(m, len(MODALITIES))
+    mask[1, 0] = mask[2, 2] = mask[4, 0] = mask[4, 2] = 0.0
     _export(
         _QueryTower(retriever).eval(),
         (torch.randn(b, cfg.text_dim),),
@@ -188,9 +197,9 @@ def export_onnx(model: FusionRanker, retriever: TwoTowerRetriever, out_dir: Path
     )
     _export(
         _CandidateEncoder(model, retriever).eval(),
-        (text, image, attrs),
-        ["text", "image", "attrs"],
-        {"text": {0: candidates}, "image": {0: candidates}, "attrs": {0: candidates}},
+        (text, image, attrs, mask),
+        list(CANDIDATE_ENCODER_INPUTS),
+        {name: {0: candidates} for name in CANDIDATE_ENCODER_INPUTS},
         out_dir / CANDIDATE_ENCODER_FILE,
         metadata,
         outputs=("cand_kv", "retrieval"),
@@ -200,12 +209,13 @@ def export_onnx(model: FusionRanker, retriever: TwoTowerRetriever, out_dir: Path
     query_index = torch.tensor([0, 0, 0, 1, 1, 1, 1])
     _export(
         _Scorer(model).eval(),
-        (torch.randn(b, cfg.text_dim), cand_kv, text, torch.randn(m), query_index),
+        (torch.randn(b, cfg.text_dim), cand_kv, text, mask, torch.randn(m), query_index),
         list(RANKER_INPUTS),
         {
             "query": {0: queries},
             "cand_kv": {0: candidates},
             "cand_text": {0: candidates},
+            "cand_mask": {0: candidates},
             "retrieval_score": {0: candidates},
             "query_index": {0: candidates},
         },
@@ -214,15 +224,17 @@ def export_onnx(model: FusionRanker, retriever: TwoTowerRetriever, out_dir: Path
     )
 
 
-def onnx_scores(ranker: ExportedModel, encoded: CandidateEncoding, text: np.ndarray, lists: RankingLists) -> np.ndarray:
+def onnx_scores(
+    ranker: ExportedModel, encoded: CandidateEncoding, features: CandidateFeatures, lists: RankingLists
+) -> np.ndarray:
     """(Q, K) scores through ONNX Runtime alone, one query per call as the service scores a request: the catalog as
-    the candidate encoder gave it, the query tower, then the ranker over the gathered rows."""
+    the candidate encoder gave it, the query tower, then the ranker over the gathered rows and their masks."""
     out = np.zeros(lists.candidates.shape, dtype=np.float32)
     for q, rows in enumerate(lists.candidates):
         query = lists.query_emb[q : q + 1]
         index = np.zeros(len(rows), dtype=np.int64)
         similarity = retrieval_scores(ranker.project_queries(query), encoded.retrieval[rows], index)
-        out[q] = ranker.score(query, encoded.kv[rows], text[rows], similarity, index)
+        out[q] = ranker.score(query, encoded.kv[rows], features.text[rows], features.mask[rows], similarity, index)
     return out
 
 
@@ -249,17 +261,16 @@ def save_canaries(
     rows = cand.reshape(-1)
     retriever = checkpoint.retriever
     query = lists.query_emb[:queries]
-    text, image, attrs = features.text[rows], features.image[rows], features.attrs[rows]
+    items = {"text": features.text[rows], "image": features.image[rows], "attrs": features.attrs[rows]}
+    items["mask"] = features.mask[rows]
     np.savez(
         path,
         query=query,
-        text=text,
-        image=image,
-        attrs=attrs,
+        **items,
         query_index=np.repeat(np.arange(len(cand)), k).astype(np.int64),
         expected=reference[:queries, :k].reshape(-1),
         expected_query_vectors=retriever.encode_queries(torch.from_numpy(query)).numpy(),
-        expected_item_vectors=retriever.encode_items(*(torch.from_numpy(a) for a in (text, image, attrs))).numpy(),
+        expected_item_vectors=retriever.encode_items(*(torch.from_numpy(a) for a in items.values())).numpy(),
     )
 
 
@@ -284,7 +295,7 @@ def retrieval_parity(
 ) -> tuple[float, int]:
     """(max abs difference of query and item vectors, queries whose top-K candidate set is identical) between the
     PyTorch towers and the ONNX graphs, on the catalog and the given queries."""
-    tensors = [torch.from_numpy(a) for a in (features.text, features.image, features.attrs)]
+    tensors = [torch.from_numpy(a) for a in (features.text, features.image, features.attrs, features.mask)]
     torch_items = checkpoint.retriever.encode_items(*tensors).numpy()
     torch_queries = checkpoint.retriever.encode_queries(torch.from_numpy(lists.query_emb)).numpy()
     onnx_queries = ranker.project_queries(lists.query_emb)
@@ -294,6 +305,21 @@ def retrieval_parity(
     _, via_onnx = search.search(onnx_queries, lists.candidates.shape[1])
     identical = sum(set(a.tolist()) == set(b.tolist()) for a, b in zip(via_onnx, lists.candidates))
     return diff, identical
+
+
+@torch.inference_mode()
+def text_only_parity(
+    checkpoint: Checkpoint, ranker: ExportedModel, features: CandidateFeatures, lists: RankingLists
+) -> float:
+    """Max abs difference of ranker scores between PyTorch and ONNX Runtime for the same lists given as `/rerank`
+    plain-string documents (`text_only_features`: image and attributes masked), so that the masked path is checked
+    even on a catalog where every item has every modality."""
+    blind = text_only_features(features.text, checkpoint.schema)
+    space = learned_space(checkpoint.retriever, blind, torch.device("cpu"))
+    reference = score_lists(checkpoint.ranker, FeatureTensors(blind, space.items, torch.device("cpu")), lists)
+    encoded = ranker.encode_candidates(blind.text, blind.image, blind.attrs, blind.mask)
+    exported = onnx_scores(ranker, encoded, blind, lists)
+    return float(np.abs(reference - exported).max())
 
 
 def run_export(out_dir: Path) -> int:
@@ -323,7 +349,7 @@ def run_export(out_dir: Path) -> int:
         "onnx": {
             "opset": OPSET,
             "ranker_inputs": list(RANKER_INPUTS),
-            "candidate_encoder_inputs": ["text", "image", "attrs"],
+            "candidate_encoder_inputs": list(CANDIDATE_ENCODER_INPUTS),
             "candidate_encoder_outputs": ["cand_kv", "retrieval"],
             "query_tower_inputs": ["query"],
         },
@@ -331,6 +357,7 @@ def run_export(out_dir: Path) -> int:
     write_json(out_dir / MODEL_CARD_FILE, card)
 
     dataset = served_dataset(checkpoint)
+    card["dataset"]["modalities"] = dataset.features.coverage()  # items with each modality, of len(dataset.items)
     val = dataset.splits["val"]
     reference = score_lists(model, FeatureTensors.of(dataset, torch.device("cpu")), val)
     save_canaries(out_dir / CANARY_FILE, checkpoint, dataset.features, val, reference)
@@ -338,8 +365,8 @@ def run_export(out_dir: Path) -> int:
     write_json(out_dir / MODEL_CARD_FILE, card)
     ranker = ExportedModel(out_dir)
     f = dataset.features
-    encoded = ranker.encode_candidates(f.text, f.image, f.attrs)
-    exported = onnx_scores(ranker, encoded, f.text, val)
+    encoded = ranker.encode_candidates(f.text, f.image, f.attrs, f.mask)
+    exported = onnx_scores(ranker, encoded, f, val)
     retrieval_diff, candidates_identical = retrieval_parity(checkpoint, ranker, encoded, f, val)
     parity = Parity(
         max_abs_diff=float(np.abs(reference - exported).max()),
@@ -347,6 +374,7 @@ def run_export(out_dir: Path) -> int:
         queries=len(val),
         retrieval_max_abs_diff=retrieval_diff,
         candidates_identical=candidates_identical,
+        text_only_max_abs_diff=text_only_parity(checkpoint, ranker, f, val),
     )
     card["parity"] = {**dataclasses.asdict(parity), "split": "val", "tolerance": PARITY_TOLERANCE}
     write_json(out_dir / MODEL_CARD_FILE, card)
@@ -354,7 +382,8 @@ def run_export(out_dir: Path) -> int:
         f"ONNX parity on {parity.queries} validation queries: max |PyTorch - ONNX Runtime| = "
         f"{parity.max_abs_diff:.2e}, identical top-10 on {parity.top10_identical}/{parity.queries}; "
         f"retrieval vectors max diff {parity.retrieval_max_abs_diff:.2e}, "
-        f"identical candidate sets on {parity.candidates_identical}/{parity.queries}"
+        f"identical candidate sets on {parity.candidates_identical}/{parity.queries}; "
+        f"as plain-string documents (image, attributes masked) max diff {parity.text_only_max_abs_diff:.2e}"
     )
     if not parity.ok:
         raise ParityError(

@@ -41,8 +41,9 @@ class RetrieverResult:
 
 
 def catalog_tensors(features: CandidateFeatures, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """(text, image, attrs) of the whole catalog on `device`."""
-    return tuple(torch.from_numpy(a).to(device) for a in (features.text, features.image, features.attrs))
+    """(text, image, attrs, mask) of the whole catalog on `device`: the arguments of `encode_items`."""
+    arrays = (features.text, features.image, features.attrs, features.mask)
+    return tuple(torch.from_numpy(a).to(device) for a in arrays)
 
 
 @torch.inference_mode()
@@ -113,7 +114,7 @@ def train_retriever(cfg: TrainConfig, dataset: Dataset) -> RetrieverResult:
     model = TwoTowerRetriever(model_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = ListwiseSoftmaxLoss()
-    text, image, attrs = catalog_tensors(dataset.features, device)
+    text, image, attrs, mask = catalog_tensors(dataset.features, device)
     train_lists, val_lists = dataset.splits["train"], dataset.splits["val"]
     judged = _relevant_rows(train_lists, dataset)
     n_items = len(dataset.items)
@@ -137,7 +138,7 @@ def train_retriever(cfg: TrainConfig, dataset: Dataset) -> RetrieverResult:
             batch = [judged[r] for r in rows]
             sample = _sample_items(batch, n_items, cfg.retrieval_items_per_step, rng)
             picked = torch.from_numpy(sample).to(device)
-            items = model.encode_items(text[picked], image[picked], attrs[picked])  # (S, D)
+            items = model.encode_items(text[picked], image[picked], attrs[picked], mask[picked])  # (S, D)
             logits = model(query_emb[torch.from_numpy(rows).to(device)], items)  # (B, S)
             labels = torch.from_numpy(_labels(batch, sample)).to(device)
             loss = loss_fn(logits, labels, torch.ones_like(labels, dtype=torch.bool))

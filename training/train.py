@@ -123,6 +123,7 @@ class FeatureTensors:
         self.text = torch.from_numpy(features.text).to(device)
         self.image = torch.from_numpy(features.image).to(device)
         self.attrs = torch.from_numpy(features.attrs).to(device)
+        self.mask = torch.from_numpy(features.mask).to(device)
         self.item_vectors = torch.from_numpy(item_vectors).to(device)
         self.device = device
 
@@ -131,15 +132,16 @@ class FeatureTensors:
         return cls(dataset.features, dataset.item_vectors, device)
 
     def batch(self, lists: RankingLists, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """(query, text, image, attrs, retrieval_score, query_index) for the lists at `rows`, candidates flattened
-        to M = B*K."""
+        """(query, text, image, attrs, mask, retrieval_score, query_index) for the lists at `rows` (the arguments of
+        `FusionRanker.forward`), candidates flattened to M = B*K."""
         cand = torch.from_numpy(lists.candidates[rows]).to(self.device)  # (B, K)
         flat = cand.flatten()
         query_index = torch.arange(len(rows), device=self.device).repeat_interleave(cand.shape[1])
         query = torch.from_numpy(lists.query_emb[rows]).to(self.device)
         query_vectors = torch.from_numpy(lists.query_vectors[rows]).to(self.device)
         retrieval_score = (query_vectors[query_index] * self.item_vectors[flat]).sum(-1)  # (M,)
-        return query, self.text[flat], self.image[flat], self.attrs[flat], retrieval_score, query_index
+        candidate = (self.text[flat], self.image[flat], self.attrs[flat], self.mask[flat])
+        return query, *candidate, retrieval_score, query_index
 
 
 @torch.inference_mode()

@@ -1,6 +1,7 @@
 """Write an index bundle from a catalog and an exported model (CLI: `python -m index.offline.build`, `make index`).
 
-Encodes item titles (ONNX MiniLM), encodes attributes with the model's feature schema, runs the model's candidate
+Encodes item texts (ONNX MiniLM), encodes attributes with the model's feature schema, records which modalities each
+item has (the mask: text, image and attributes are each optional, but not all three), runs the model's candidate
 encoder (the ranker's keys/values and each item's retrieval vector), builds the FAISS index over the retrieval
 vectors (exact below 50k items, HNSW above, with its recall@100 against exact search measured on probe queries), and
 writes the bundle with checksums.
@@ -83,12 +84,13 @@ def write_bundle(
     """Write the bundle files and manifest; `extra` adds manifest sections (e.g. the image encoder that was used)."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    encoded = ranker.encode_candidates(features.text, features.image, features.attrs)
+    encoded = ranker.encode_candidates(features.text, features.image, features.attrs, features.mask)
     log.info("candidate encoder over %d items in %.1fs", len(items), time.perf_counter() - started)
     arrays = {
         "text": features.text,
         "image": features.image,
         "attrs": features.attrs,
+        "mask": features.mask,
         "cand_kv": encoded.kv,
         "retrieval": encoded.retrieval,
     }
@@ -97,6 +99,7 @@ def write_bundle(
     with open(out / "items.jsonl", "w", encoding="utf-8") as handle:
         for item in items:
             handle.write(json.dumps({"id": item.id, "title": item.display_title, "attributes": item.attributes}) + "\n")
+    extra = {"modalities": features.coverage(), **(extra or {})}  # items with each modality, for the reader
     write_manifest(out, ranker, len(items), write_index(out, encoded.retrieval, params), extra)
     return out
 
@@ -142,7 +145,7 @@ def reproject_bundle(source: Path, model_dir: Path, out: Path) -> Bundle:
     shutil.rmtree(staging, ignore_errors=True)
     made_by_model = ("cand_kv.npy", "retrieval.npy", "index.faiss", MANIFEST_FILE)
     shutil.copytree(source, staging, ignore=shutil.ignore_patterns(*made_by_model))
-    encoded = ranker.encode_candidates(old.text, old.image, old.attrs)
+    encoded = ranker.encode_candidates(old.text, old.image, old.attrs, old.mask)
     np.save(staging / "cand_kv.npy", encoded.kv)
     np.save(staging / "retrieval.npy", encoded.retrieval)
     params = old.retriever.params
@@ -176,7 +179,12 @@ def build_bundle(data: Path, model_dir: Path, encoder_dir: Path, out: Path, kind
         )
     started = time.perf_counter()
     features = featurize(items, ranker.card.schema, encoder)
-    log.info("featurized %d items in %.1fs", len(items), time.perf_counter() - started)
+    log.info(
+        "featurized %d items in %.1fs; items with each modality: %s",
+        len(items),
+        time.perf_counter() - started,
+        features.coverage(),
+    )
     params = IndexParams.for_size(len(items)) if kind == "auto" else IndexParams(IndexKind(kind))
     write_bundle(out, items, features, ranker, params)
     bundle = Bundle.load(out)

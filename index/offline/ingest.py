@@ -36,7 +36,7 @@ from index.cli_logging import configure_cli_logging
 from index.data.readers import find_data_file, items_path, read_image_manifest, read_items
 from index.data.records import IMAGE_MANIFEST, DataError, Item
 from index.offline.bundle_writer import write_bundle
-from index.offline.featurize import features_from_arrays, item_text
+from index.offline.featurize import features_from_arrays, has_text, item_text
 from index.offline.image_encoder import ImageEncoder
 from index.offline.images import ClipPreprocessing, ImageError, load_image, near_duplicate_pairs, perceptual_hash
 from index.runtime.bundle import Bundle
@@ -165,7 +165,8 @@ def read_catalog(data: Path) -> Catalog:
 
 
 def _needs_image(item: Item) -> bool:
-    return item.image_embedding is None
+    """The item has a picture to decode and encode (an item with neither a path nor a vector has no image: masked)."""
+    return item.image_embedding is None and bool(item.image)
 
 
 def _file_state(path: str | None) -> list[Any]:
@@ -293,7 +294,7 @@ def _process_chunk(items: Sequence[Item], md5: dict[str, str], encoders: _Encode
         hashed=np.zeros(n, dtype=bool),
         skipped=[],
     )
-    to_embed = [i for i, item in enumerate(items) if item.text_embedding is None]
+    to_embed = [i for i, item in enumerate(items) if item.text_embedding is None and has_text(item)]
     if to_embed:
         chunk.text[to_embed] = encoders.text.encode([item_text(items[i]) for i in to_embed])
     for i, item in enumerate(items):
@@ -340,9 +341,6 @@ def _load_encoders(cfg: IngestConfig, ranker: ExportedModel, catalog: Catalog) -
     image: ImageEncoder | None = None
     needing = sum(_needs_image(item) for item in catalog.items)
     if needing:
-        missing_path = [item.id for item in catalog.items if _needs_image(item) and not item.image]
-        if missing_path:
-            raise DataError(f"item {missing_path[0]!r} has neither an image path nor an image_embedding")
         if cfg.image_encoder_dir is None:
             raise DataError(f"{needing} items have images to encode, but no image encoder was given")
         image = ImageEncoder(cfg.image_encoder_dir)
@@ -350,6 +348,7 @@ def _load_encoders(cfg: IngestConfig, ranker: ExportedModel, catalog: Catalog) -
             raise ArtifactError(
                 f"image encoder {image.name} gives {image.dim}-d vectors, "
                 f"the model expects image_dim={schema.image_dim}"
+                + (" (it was trained on a catalog without images)" if schema.image_dim == 1 else "")
             )
     return _Encoders(text=text, image=image, text_dim=schema.text_dim, image_dim=schema.image_dim)
 

@@ -3,9 +3,12 @@
     bundle/
       manifest.json    versions, dimensions, item count, index type and parameters, recall, sha256 per file
       items.jsonl      id, title, attributes per row (row i of every matrix is item i)
-      text.npy         (N, text_dim) unit-norm MiniLM title embeddings
-      image.npy        (N, image_dim) image embeddings
+      text.npy         (N, text_dim) unit-norm MiniLM embeddings of each item's text fields (zeros where it has none)
+      image.npy        (N, image_dim) image embeddings (zeros where the item has no image; image_dim is 1, a
+                       placeholder, for a catalog without images)
       attrs.npy        (N, attr_dim) encoded attributes
+      mask.npy         (N, 3) float32 modality mask, 1 = present, in token order image, text, attributes: what the
+                       candidate encoder and the ranker leave out of an item that lacks a modality
       cand_kv.npy      (N, 2, 3, dim) the ranker's query-independent keys/values, made by `model_version`
       retrieval.npy    (N, retrieval_dim) unit retrieval vectors, made by `model_version` (the ranker's
                        `retrieval_score` input is their inner product with the query's)
@@ -27,11 +30,11 @@ import numpy as np
 from index.runtime.exported_model import ModelCard
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams
 from index.runtime.files import ArtifactError, read_json, verify_files
-from model.schema import FeatureSchema
+from model.schema import MODALITIES, FeatureSchema
 
-BUNDLE_FORMAT = 2  # 2: the index holds the model's retrieval vectors, not title embeddings
+BUNDLE_FORMAT = 3  # 2: the index holds the model's retrieval vectors, not title embeddings; 3: mask.npy
 MANIFEST_FILE = "manifest.json"
-ARRAYS = ("text", "image", "attrs", "cand_kv", "retrieval")
+ARRAYS = ("text", "image", "attrs", "mask", "cand_kv", "retrieval")
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Bundle:
     text: np.ndarray
     image: np.ndarray
     attrs: np.ndarray
+    mask: np.ndarray
     cand_kv: np.ndarray
     retrieval: np.ndarray
     retriever: FaissIndex
@@ -77,12 +81,16 @@ class Bundle:
             "text": (n, schema.text_dim),
             "image": (n, schema.image_dim),
             "attrs": (n, schema.attr_dim),
+            "mask": (n, len(MODALITIES)),
             "cand_kv": (n, 2, 3, int(manifest["model_dim"])),
             "retrieval": (n, int(manifest["index"]["dim"])),
         }
         for name, shape in expected.items():
             if arrays[name].shape != shape:
                 raise ArtifactError(f"bundle {path}: {name}.npy has shape {arrays[name].shape}, manifest says {shape}")
+        mask = arrays["mask"]
+        if not np.isin(mask, (0.0, 1.0)).all() or (mask.sum(axis=1) == 0).any():
+            raise ArtifactError(f"bundle {path}: mask.npy must hold 0/1 with at least one modality per item")
         if len(rows) != n:
             raise ArtifactError(f"bundle {path}: items.jsonl has {len(rows)} rows, manifest says {n}")
         params = IndexParams(**{**manifest["index"]["params"], "kind": IndexKind(manifest["index"]["params"]["kind"])})

