@@ -54,29 +54,36 @@ def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_text_encoder(tmp_path_factory.mktemp("encoder"))
 
 
+def build_tiny_pipeline(
+    data: Path, root: Path, encoder_dir: Path, *, epochs: int, patience: int, retrieval_epochs: int
+) -> TinyPipeline:
+    """Train, export (parity checked) and index a tiny model on the dataset at `data`, under `root`."""
+    cfg = TrainConfig(
+        data_dir=data,
+        out_dir=root / "artifacts",
+        encoder_dir=encoder_dir,
+        epochs=epochs,
+        num_candidates=40,
+        dim=32,
+        heads=4,
+        hidden=64,
+        patience=patience,
+        retrieval_epochs=retrieval_epochs,
+        retrieval_dim=32,
+        retrieval_hidden=64,
+    )
+    assert run_train(cfg) == 0
+    assert run_export(cfg.out_dir) == 0  # raises ParityError unless ONNX scores like torch, masks included
+    build_bundle(data, cfg.out_dir, encoder_dir, cfg.out_dir / "bundle")
+    return TinyPipeline(data=data, encoder=encoder_dir, model=cfg.out_dir, bundle=cfg.out_dir / "bundle", config=cfg)
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory, encoder_dir: Path) -> TinyPipeline:
     root = tmp_path_factory.mktemp("tiny")
     data = root / "synthetic"
     write_dataset(data, SyntheticConfig(seed=3, items=400, queries=100))
-    cfg = TrainConfig(
-        data_dir=data,
-        out_dir=root / "artifacts",
-        encoder_dir=encoder_dir,
-        epochs=6,
-        num_candidates=40,
-        dim=32,
-        heads=4,
-        hidden=64,
-        patience=6,
-        retrieval_epochs=8,
-        retrieval_dim=32,
-        retrieval_hidden=64,
-    )
-    assert run_train(cfg) == 0
-    assert run_export(cfg.out_dir) == 0
-    build_bundle(data, cfg.out_dir, encoder_dir, cfg.out_dir / "bundle")
-    return TinyPipeline(data=data, encoder=encoder_dir, model=cfg.out_dir, bundle=cfg.out_dir / "bundle", config=cfg)
+    return build_tiny_pipeline(data, root, encoder_dir, epochs=6, patience=6, retrieval_epochs=8)
 
 
 def serving_settings(tiny: TinyPipeline, **overrides: object) -> Settings:

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 
 from index.data.records import DataError, Item
-from index.offline.bundle_writer import build_bundle
 from index.offline.featurize import featurize, schema_from_items
 from index.offline.ingest import IngestConfig, ingest
 from index.runtime.bundle import Bundle
@@ -31,12 +30,11 @@ from model.fusion import FusionConfig, FusionRanker
 from model.retrieval import RetrievalConfig, TwoTowerRetriever
 from model.schema import ATTRIBUTES, IMAGE, TEXT
 from service.app import create_app
-from training.cli import run_train
-from training.export import load_checkpoint, run_export, served_dataset
+from training.export import load_checkpoint, served_dataset
 from training.synthetic import SyntheticConfig, write_dataset
-from training.train import FeatureTensors, TrainConfig, score_lists
+from training.train import FeatureTensors, score_lists
 
-from .conftest import TinyPipeline, serving_settings
+from .conftest import TinyPipeline, build_tiny_pipeline, serving_settings
 
 # -- model space ---------------------------------------------------------------------------------------------------
 
@@ -291,26 +289,7 @@ def variant(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     lines = (data / "items.jsonl").read_text().splitlines()
     records = [VARIANTS[name](json.loads(line), rng) for line in lines]
     (data / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    cfg = TrainConfig(
-        data_dir=data,
-        out_dir=root / "artifacts",
-        encoder_dir=encoder_dir,
-        epochs=4,
-        num_candidates=40,
-        dim=32,
-        heads=4,
-        hidden=64,
-        patience=4,
-        retrieval_epochs=4,
-        retrieval_dim=32,
-        retrieval_hidden=64,
-    )
-    assert run_train(cfg) == 0
-    assert run_export(cfg.out_dir) == 0  # raises ParityError unless ONNX scores like torch, masks included
-    build_bundle(data, cfg.out_dir, encoder_dir, cfg.out_dir / "bundle")
-    pipeline = TinyPipeline(
-        data=data, encoder=encoder_dir, model=cfg.out_dir, bundle=cfg.out_dir / "bundle", config=cfg
-    )
+    pipeline = build_tiny_pipeline(data, root, encoder_dir, epochs=4, patience=4, retrieval_epochs=4)
     return Variant(name, pipeline, records)
 
 
