@@ -13,7 +13,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 
-.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate
+.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,11 +45,15 @@ train: $(STAMP) $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/items.jsonl) $(ENCODER)
 export: $(STAMP) ## Export the trained ranker to ONNX, check parity, write artifacts/model_card.json
 	$(PY) -m training.cli export
 
-index: $(STAMP) $(ENCODER)/encoder.json ## Build the serving bundle (FAISS + features) in artifacts/bundle
-	$(PY) -m index.offline.build --data $(DATA)
+# MODEL names the exported model a bundle is built for and served with; a directory without model_card.json (e.g.
+# MODEL=none) means zero-shot: MiniLM dense + BM25 search, no trained ranker, no judgments needed.
+MODEL ?= artifacts
 
-serve: $(STAMP) ## Serve existing artifacts on $(HOST):$(PORT)
-	$(PY) -m service --host $(HOST) --port $(PORT)
+index: $(STAMP) $(ENCODER)/encoder.json ## Build the bundle (FAISS, BM25, features) in artifacts/bundle (MODEL=none: zero-shot)
+	$(PY) -m index.offline.build --data $(DATA) --model $(MODEL)
+
+serve: $(STAMP) ## Serve existing artifacts on $(HOST):$(PORT) (MODEL=none: the zero-shot bundle)
+	$(PY) -m service --host $(HOST) --port $(PORT) --model-dir $(MODEL)
 
 run: setup ## The main job: data, encoder, train, export, index, then serve
 	@test -f artifacts/model_card.json || $(MAKE) --no-print-directory train export
@@ -84,6 +88,13 @@ URL ?=
 
 evaluate: $(STAMP) ## Served quality beside zero-shot MiniLM, BM25, RRF (DATA=dir URL=http://host:port ARGS=...)
 	$(PY) -m loadtests.evaluate --data $(DATA) $(if $(URL),--url $(URL)) $(ARGS)
+
+# K-fold cross-validation by query of the whole pipeline (python -m loadtests.crossval): per fold train, export,
+# index and serve in process, rank the held-out fold; beside zero-shot serving and search. For small judged sets.
+FOLDS ?= 5
+
+crossval: $(STAMP) $(ENCODER)/encoder.json ## K-fold CV of train+serve vs zero-shot, served path (DATA=dir FOLDS=5)
+	$(PY) -m loadtests.crossval --data $(DATA) --folds $(FOLDS) $(ARGS)
 
 BENCH_ITEMS ?= 100000
 BENCH_DATA  := data/synthetic-100k

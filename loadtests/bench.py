@@ -28,9 +28,9 @@ from pathlib import Path
 
 from loadtests.process import free_port, stop_group, wait_ready
 from loadtests.promstats import delta, histogram_buckets, histogram_quantile, scrape
+from service.metrics import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("queue", "encode", "retrieve", "gather", "rank", "total")
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 

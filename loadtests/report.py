@@ -35,8 +35,8 @@ from loadtests.promstats import (
     series,
 )
 from loadtests.slo import Measurements, Objective, Outcome, check
+from service.metrics import STAGES
 
-STAGES = ("queue", "encode", "retrieve", "gather", "rank", "total")
 ROUTES = ("/rank", "/rerank")
 QUANTILES = (0.5, 0.95, 0.99)
 

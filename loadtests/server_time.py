@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-STAGES = ("encode", "retrieve", "gather", "rank", "total")
+from service.metrics import STAGES as SERVICE_STAGES
+
+STAGES = tuple(stage for stage in SERVICE_STAGES if stage != "queue")  # one request at a time: no queue
 
 
 def post(url: str, body: dict) -> dict:

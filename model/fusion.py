@@ -3,8 +3,13 @@
 A candidate is three tokens (image, text, attributes) projected to `dim`; the query (a MiniLM embedding) becomes one
 token that attends over them. The attended vector, its product with the query token, the query token's product with each
 modality's value vector, the per-head attention logits (one explicit query-vs-modality match score each), the
-query/title cosine and the candidate generator's score (the first stage's evidence, as in any ranking cascade) feed
-an MLP that gives one score.
+query/title cosine, the candidate generator's score and the zero-shot evidence (the prior and the BM25 score, see
+`index.runtime.hybrid`: the first stage's evidence, as in any ranking cascade) feed an MLP.
+
+The score is a residual over the prior: `prior_weight * prior + MLP(...)`, with the MLP's last layer starting at
+zero. An untrained ranker therefore reproduces the zero-shot order exactly, and training (which may early-stop at
+epoch 0) only moves away from it where the judgments say so: with few judged queries the ranker cannot end up far
+below the zero-shot search it was built on.
 
 Missing modalities are normal (a catalog without pictures, an item without attributes): a mask (M, T), 1 = present,
 travels with the candidate. A masked token gets a -inf attention logit, so the softmax is over the present tokens
@@ -16,7 +21,8 @@ index time and its output (keys and values) stored, so that `score` does only th
 keys and values of a masked token are computed like any other and never read.
 
 Shapes: B queries, M candidates in all (any mix of queries; `query_index[m]` says which query candidate m is for),
-d = dim, H = heads, T = 3 tokens (image, text, attributes: `model.schema.MODALITIES`); `cand_mask` is (M, T).
+d = dim, H = heads, T = 3 tokens (image, text, attributes: `model.schema.MODALITIES`); `cand_mask` is (M, T);
+`evidence` is (M, 2): the prior and the BM25 score normalised within the candidate's list (`EVIDENCE`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from torch import nn
 from model.schema import MODALITIES, TEXT
 
 NUM_TOKENS = len(MODALITIES)  # image, text, attributes
+EVIDENCE = ("prior", "lexical")  # the columns of the ranker's `evidence` input
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,8 @@ class FusionConfig:
 
     @property
     def num_interactions(self) -> int:
-        return 2 + self.heads * NUM_TOKENS  # query/title cosine, retrieval score, one logit per (head, token)
+        # query/title cosine, retrieval score, the evidence, one logit per (head, token)
+        return 2 + len(EVIDENCE) + self.heads * NUM_TOKENS
 
     @property
     def head_inputs(self) -> int:
@@ -78,12 +86,13 @@ class FusionRanker(nn.Module):
         self.query_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.LayerNorm(d))
         self.query_heads = nn.Linear(d, d)
         self.attn_out = nn.Linear(d, d)
-        self.head = nn.Sequential(
-            nn.Linear(cfg.head_inputs, cfg.hidden),
-            nn.GELU(),
-            nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.hidden, 1),
-        )
+        hidden = nn.Linear(cfg.head_inputs, cfg.hidden)
+        residual = nn.Linear(cfg.hidden, 1)
+        self.head = nn.Sequential(hidden, nn.GELU(), nn.Dropout(cfg.dropout), residual)
+        # The residual starts at zero, so the initial order is the prior's (see the module docstring).
+        nn.init.zeros_(residual.weight)
+        nn.init.zeros_(residual.bias)
+        self.prior_weight = nn.Parameter(torch.tensor(1.0))
 
     def encode_candidates(self, text: torch.Tensor, image: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
         """Query-independent candidate keys and values, (M, 2, T, d); precomputed at index time. Needs no mask: each
@@ -99,6 +108,7 @@ class FusionRanker(nn.Module):
         cand_text: torch.Tensor,  # (M, text_dim)
         cand_mask: torch.Tensor,  # (M, T) 1 where the candidate has the modality, 0 where it is missing
         retrieval_score: torch.Tensor,  # (M,) the candidate generator's inner product for each candidate
+        evidence: torch.Tensor,  # (M, 2) prior and lexical score (EVIDENCE), each within the candidate's list
         query_index: torch.Tensor,  # (M,) int64 in [0, B)
     ) -> torch.Tensor:
         """The per-request part: scores (M,) for candidates whose keys/values were encoded ahead.
@@ -122,9 +132,9 @@ class FusionRanker(nn.Module):
         per_token = (q_cand.unsqueeze(1) * cand_kv[:, 1] * mask.unsqueeze(-1)).flatten(1)  # (M, T*d)
         cosine = (F.normalize(query, dim=-1)[query_index] * F.normalize(cand_text, dim=-1)).sum(-1, keepdim=True)
         cosine = cosine * mask[:, TEXT : TEXT + 1]  # no text, no query/title match
-        interactions = [cosine, retrieval_score.unsqueeze(-1), (logits * mask.unsqueeze(1)).flatten(1)]
+        interactions = [cosine, retrieval_score.unsqueeze(-1), evidence, (logits * mask.unsqueeze(1)).flatten(1)]
         features = torch.cat([fused, fused * q_cand, per_token, *interactions], dim=-1)
-        return self.head(features).squeeze(-1)  # (M,)
+        return self.prior_weight * evidence[:, 0] + self.head(features).squeeze(-1)  # (M,)
 
     def forward(
         self,
@@ -134,8 +144,9 @@ class FusionRanker(nn.Module):
         attrs: torch.Tensor,
         mask: torch.Tensor,
         retrieval_score: torch.Tensor,
+        evidence: torch.Tensor,
         query_index: torch.Tensor,
     ) -> torch.Tensor:
         """Score raw candidate features end to end (training and the parity reference)."""
         kv = self.encode_candidates(text, image, attrs)
-        return self.score(query, kv, text, mask, retrieval_score, query_index)
+        return self.score(query, kv, text, mask, retrieval_score, evidence, query_index)

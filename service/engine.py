@@ -1,11 +1,15 @@
-"""The request path: query encoding -> candidate retrieval (query tower + FAISS) -> feature gather -> ONNX ranker
--> top-k, as `RankingEngine`.
+"""The request path: query encoding -> hybrid candidates (learned space, MiniLM dense, BM25; fused by RRF) ->
+zero-shot evidence and feature gather -> ONNX ranker -> top-k, as `RankingEngine`.
 
 Requests are validated on the event loop (`prepare_rank`, `prepare_rerank`) into jobs; `process_batch` then serves
 any number of jobs together on the batcher's worker thread: distinct queries are encoded once (misses in one
 MiniLM call) and projected into the retrieval space in one query-tower call (the `encode` stage), unfiltered
-searches with the same depth go to FAISS as one batch, and every candidate of every job is
+searches with the same depth go to each FAISS index as one batch (`retrieve`), BM25 scores each distinct query once
+(`lexical`), the candidate lists are fused and their evidence computed (`fuse`), and every candidate of every job is
 scored in ONE ranker call. A batch of one job is exactly the unbatched path, so rankings do not depend on batching.
+
+Without a trained model (a zero-shot bundle) candidates come from dense and BM25 search and are ordered by the
+zero-shot prior (`index.runtime.hybrid`): the same code path, with the prior as the score.
 
 Each job ends in a typed outcome (`RankOutcome`, `RerankOutcome`); turning one into a response body is the routes'
 business (service/routes.py), so nothing here knows the wire format.
@@ -24,7 +28,9 @@ import numpy as np
 
 from index.runtime.bundle import Bundle
 from index.runtime.exported_model import ExportedModel, retrieval_scores
+from index.runtime.faiss_index import FaissIndex
 from index.runtime.features import text_only_features
+from index.runtime.hybrid import ZERO_SHOT_PRIOR, ZERO_SHOT_SOURCES, candidate_rows, evidence, ranker_evidence
 from index.runtime.text_encoder import TextEncoder
 from service.batcher import Batched
 from service.errors import RequestError
@@ -76,7 +82,7 @@ class RankOutcome:
     them."""
 
     ids: list[str]
-    scores: list[float]  # the ranker's raw scores, descending
+    scores: list[float]  # the ranker's raw scores (zero-shot: the prior), descending
     titles: list[str]
     attributes: list[dict[str, Any]]
     model_version: str
@@ -152,12 +158,12 @@ def _sigmoid(x: float) -> float:
 
 class _Gathered(NamedTuple):
     """The ranker's candidate-side inputs for every candidate of a batch, in job order (fresh arrays: rerank text
-    documents are written into them)."""
+    documents are written into them); kv and retrieval are None without a model."""
 
-    kv: np.ndarray  # (M, 2, 3, dim)
+    kv: np.ndarray | None  # (M, 2, 3, dim)
     text: np.ndarray  # (M, text_dim)
     mask: np.ndarray  # (M, 3) image, text, attributes
-    retrieval: np.ndarray  # (M, retrieval_dim)
+    retrieval: np.ndarray | None  # (M, retrieval_dim)
 
 
 @dataclass
@@ -175,15 +181,32 @@ class _Stages:
 
 class RankingEngine:
     """Serves ranking requests from one bundle, one exported model (query tower, candidate encoder and ranker
-    graphs) and one text encoder."""
+    graphs; None for zero-shot serving) and one text encoder."""
 
     def __init__(
-        self, bundle: Bundle, model: ExportedModel, encoder: TextEncoder, settings: Settings, metrics: Metrics
+        self, bundle: Bundle, model: ExportedModel | None, encoder: TextEncoder, settings: Settings, metrics: Metrics
     ) -> None:
-        bundle.check_compatible(model.card)
+        bundle.check_compatible(model.card if model is not None else None)
         self.bundle, self.model, self.encoder = bundle, model, encoder
         self.settings, self.metrics = settings, metrics
+        self.sources = model.card.sources if model is not None else ZERO_SHOT_SOURCES
+        self.prior = model.card.prior if model is not None else ZERO_SHOT_PRIOR
         self._codes = self._categorical_codes()
+
+    @property
+    def model_version(self) -> str:
+        """The served model's version, or 'zero-shot' without one."""
+        return self.model.version if self.model is not None else "zero-shot"
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the served model was trained on synthetic data (False for zero-shot serving: nothing trained)."""
+        return self.model is not None and bool(self.model.card.raw.get("dataset", {}).get("synthetic", False))
+
+    @property
+    def provider(self) -> str:
+        """The execution provider the ranker runs on ('none' without a ranker)."""
+        return self.model.providers[0] if self.model is not None else "none"
 
     # -- validation, on the event loop -------------------------------------------------------------------------
 
@@ -247,7 +270,7 @@ class RankingEngine:
 
     def _encode_queries(self, texts: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """MiniLM embeddings of distinct texts (cache hits first, all misses in one encoder call), and the same
-        queries in the retrieval space (one query-tower call)."""
+        queries in the retrieval space (one query-tower call; none without a model)."""
         found: dict[str, np.ndarray] = {}
         for text in texts:
             vector = self.encoder.cached(text)
@@ -260,44 +283,76 @@ class RankingEngine:
             for text, vector in zip(misses, self.encoder.encode(misses), strict=True):
                 self.encoder.remember(text, vector)
                 found[text] = vector
+        if self.model is None:
+            return found, {}
         projected = self.model.project_queries(np.stack([found[t] for t in texts]))
         return found, dict(zip(texts, projected, strict=True))
 
-    def _retrieve(self, jobs: list[Job], projected: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Candidate rows per job: rerank jobs bring their own; unfiltered rank jobs of equal depth share one FAISS
-        call."""
-        rows = [job.rows if isinstance(job, RerankJob) else np.zeros(0, np.int64) for job in jobs]
+    @staticmethod
+    def _search(index: FaissIndex, jobs: list[Job], vectors: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+        """Ranked rows per rank job (by position) from one FAISS index; unfiltered jobs of equal depth share a call,
+        a filtered one searches only its allowed rows."""
+        out: dict[int, np.ndarray] = {}
         groups: dict[int, list[int]] = {}
         for i, job in enumerate(jobs):
-            if isinstance(job, RerankJob):
-                continue
-            if job.allowed is None:
-                groups.setdefault(job.num_candidates, []).append(i)
-            else:
-                found = self.bundle.retriever.search(projected[job.query][None], job.num_candidates, job.allowed)[1]
-                rows[i] = found[0][found[0] >= 0]
+            if isinstance(job, RankJob):
+                if job.allowed is None:
+                    groups.setdefault(job.num_candidates, []).append(i)
+                else:
+                    found = index.search(vectors[job.query][None], job.num_candidates, job.allowed)[1][0]
+                    out[i] = found[found >= 0]
         for k, members in groups.items():
-            found = self.bundle.retriever.search(np.stack([projected[jobs[i].query] for i in members]), k)[1]
+            found = index.search(np.stack([vectors[jobs[i].query] for i in members]), k)[1]
             for i, hits in zip(members, found, strict=True):
-                rows[i] = hits[hits >= 0]
-        return rows
+                out[i] = hits[hits >= 0]
+        return out
 
-    def _gather(self, jobs: list[Job], rows: list[np.ndarray]) -> _Gathered:
+    def _retrieve(
+        self, jobs: list[Job], vectors: dict[str, np.ndarray], projected: dict[str, np.ndarray], stages: _Stages
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Candidate rows per job (rerank jobs bring their own; rank jobs fuse the engine's sources) and the BM25
+        score of each candidate (0 for a rerank text document: `_gather` scores those)."""
+        b = self.bundle
+        ranked: dict[str, dict[int, np.ndarray]] = {"dense": self._search(b.dense, jobs, vectors)}
+        if "learned" in self.sources and b.retriever is not None:
+            ranked["learned"] = self._search(b.retriever, jobs, projected)
+        stages.lap("retrieve")
+        lexical = {query: b.lexical.scores(query) for query in dict.fromkeys(job.query for job in jobs)}
+        ranked["bm25"] = {}
+        for i, job in enumerate(jobs):
+            if isinstance(job, RankJob) and "bm25" in self.sources:
+                ranked["bm25"][i] = b.lexical.top(lexical[job.query], job.num_candidates, job.allowed)[1]
+        stages.lap("lexical")
+        rows = []  # fused here: the caller's "fuse" lap
+        for i, job in enumerate(jobs):
+            if isinstance(job, RerankJob):
+                rows.append(job.rows)
+            else:
+                lists = {name: found[i] for name, found in ranked.items() if i in found}
+                rows.append(candidate_rows(lists, self.sources, job.num_candidates))
+        return rows, [lexical[job.query][job_rows] for job, job_rows in zip(jobs, rows, strict=True)]
+
+    def _gather(self, jobs: list[Job], rows: list[np.ndarray], bm25: list[np.ndarray]) -> _Gathered:
         """cand_kv, text, modality mask and retrieval vectors for every candidate of every job, concatenated in job
         order; rerank documents given as text go through the candidate encoder here, as `text_only_features` makes
-        them (the text present, the image and the attributes masked)."""
+        them (the text present, the image and the attributes masked), and get their BM25 scores (in `bm25`)."""
         flat = np.concatenate(rows)
         b = self.bundle
-        gathered = _Gathered(b.cand_kv[flat], b.text[flat], b.mask[flat], b.retrieval[flat])
+        kv = b.cand_kv[flat] if b.cand_kv is not None else None
+        retrieval = b.retrieval[flat] if b.retrieval is not None else None
+        gathered = _Gathered(kv, b.text[flat], b.mask[flat], retrieval)
         start = 0
-        for job, job_rows in zip(jobs, rows, strict=True):
+        for job, job_rows, job_bm25 in zip(jobs, rows, bm25, strict=True):
             if isinstance(job, RerankJob) and job.texts:
                 order = list(job.texts)
-                docs = text_only_features(self.encoder.encode([job.texts[i] for i in order]), b.schema)
-                encoded = self.model.encode_candidates(docs.text, docs.image, docs.attrs, docs.mask)
+                texts = [job.texts[i] for i in order]
+                docs = text_only_features(self.encoder.encode(texts), b.schema)
                 at = [start + i for i in order]
-                gathered.kv[at], gathered.text[at] = encoded.kv, docs.text
-                gathered.mask[at], gathered.retrieval[at] = docs.mask, encoded.retrieval
+                gathered.text[at], gathered.mask[at] = docs.text, docs.mask
+                job_bm25[order] = b.lexical.score_texts(job.query, texts)
+                if self.model is not None and gathered.kv is not None and gathered.retrieval is not None:
+                    encoded = self.model.encode_candidates(docs.text, docs.image, docs.attrs, docs.mask)
+                    gathered.kv[at], gathered.retrieval[at] = encoded.kv, encoded.retrieval
             start += len(job_rows)
         return gathered
 
@@ -307,19 +362,23 @@ class RankingEngine:
         stages = _Stages()
         vectors, projected = self._encode_queries(list(dict.fromkeys(job.query for job in jobs)))
         stages.lap("encode")
-        rows = self._retrieve(jobs, projected)
-        stages.lap("retrieve")
-        cand = self._gather(jobs, rows)
-        query_index = np.repeat(np.arange(len(jobs)), [len(r) for r in rows])
-        query_vectors = np.stack([projected[job.query] for job in jobs])
-        retrieval_score = retrieval_scores(query_vectors, cand.retrieval, query_index)
-        stages.lap("gather")
+        rows, bm25 = self._retrieve(jobs, vectors, projected, stages)
+        stages.lap("fuse")
+        cand = self._gather(jobs, rows, bm25)
         queries = np.stack([vectors[job.query] for job in jobs])
-        scores = (
-            self.model.score(queries, cand.kv, cand.text, cand.mask, retrieval_score, query_index)
-            if len(query_index)
-            else query_index
-        )
+        lengths = [len(r) for r in rows]
+        query_index = np.repeat(np.arange(len(jobs)), lengths)
+        dense = np.einsum("md,md->m", cand.text, queries[query_index])
+        found = evidence(dense, np.concatenate(bm25), lengths)
+        if self.model is None or cand.kv is None or cand.retrieval is None:
+            scores = found.prior(self.prior)  # zero-shot: the prior is the score
+            stages.lap("gather")
+        else:
+            query_vectors = np.stack([projected[job.query] for job in jobs])
+            retrieval_score = retrieval_scores(query_vectors, cand.retrieval, query_index)
+            ranker_inputs = (cand.kv, cand.text, cand.mask, retrieval_score, ranker_evidence(found, self.prior))
+            stages.lap("gather")
+            scores = self.model.score(queries, *ranker_inputs, query_index) if len(query_index) else dense
         stages.lap("rank")
         self.metrics.batch_size.observe(len(query_index))
         self.metrics.batch_requests.observe(len(jobs))
@@ -348,7 +407,7 @@ class RankingEngine:
             scores=scores[top].tolist(),
             titles=[b.titles[r] for r in picked],
             attributes=[b.attributes[r] for r in picked],
-            model_version=self.model.version,
+            model_version=self.model_version,
             bundle_version=b.version,
             timing=timing,
         )
@@ -360,7 +419,7 @@ class RankingEngine:
             indices=indices,
             relevance=[_sigmoid(score) for score in scores[top].tolist()],
             documents=[self._document(job.documents[t]) for t in indices] if job.return_documents else None,
-            model_version=self.model.version,
+            model_version=self.model_version,
             timing=timing,
         )
 

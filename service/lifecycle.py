@@ -133,10 +133,10 @@ class AppState:
         self.engine = engine
         self.metrics.info.info(
             {
-                "model_version": engine.model.version,
+                "model_version": engine.model_version,
                 "bundle_version": engine.bundle.version,
-                "provider": engine.model.providers[0],
-                "index": str(engine.bundle.manifest["index"]["params"]["kind"]),
+                "provider": engine.provider,
+                "index": str(engine.bundle.dense.params.kind),
             }
         )
 
@@ -160,16 +160,16 @@ class AppState:
             self.publish(new)
             log.info(
                 "swapped model %s -> %s, bundle %s -> %s",
-                old.model.version,
-                new.model.version,
+                old.model_version,
+                new.model_version,
                 old.bundle.version,
                 new.bundle.version,
             )
             return {
                 "status": "reloaded",
-                "model_version": new.model.version,
+                "model_version": new.model_version,
                 "bundle_version": new.bundle.version,
-                "previous_model_version": old.model.version,
+                "previous_model_version": old.model_version,
                 "previous_bundle_version": old.bundle.version,
             }
 

@@ -39,7 +39,7 @@ LATENCY_BUCKETS = (
     0.5,
     1.0,
 )
-STAGES = ("queue", "encode", "retrieve", "gather", "rank", "total")
+STAGES = ("queue", "encode", "retrieve", "lexical", "fuse", "gather", "rank", "total")
 ROUTES = ("/rank", "/rerank", "/admin/reload", "/health/live", "/health/ready", "/metrics")
 
 

@@ -139,7 +139,7 @@ async def admin_reload(admin: AdminDep, body: ReloadRequest | None = None) -> Re
         return error_response(
             422,
             f"reload refused, still serving the old model: {exc}",
-            model_version=serving.model.version,
+            model_version=serving.model_version,
             bundle_version=serving.bundle.version,
         )
 
@@ -159,12 +159,14 @@ async def ready(state: StateDep) -> Response:
     return JSONBytes(
         {
             "status": "ready",
-            "model_version": e.model.version,
+            "model_version": e.model_version,
             "bundle_version": e.bundle.version,
             "items": e.bundle.size,
-            "provider": e.model.providers[0],
-            "retriever_device": e.bundle.retriever.device,
-            "synthetic": bool(e.model.card.raw.get("dataset", {}).get("synthetic", False)),
+            "provider": e.provider,
+            "retriever_device": e.bundle.dense.device,
+            "candidate_sources": list(e.sources),
+            "prior": e.prior,
+            "synthetic": e.synthetic,
         }
     )
 

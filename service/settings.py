@@ -42,7 +42,11 @@ class Settings(BaseSettings):
     faiss_threads: int = Field(1, ge=1, le=64, description="OpenMP threads for FAISS searches on the worker")
     query_cache_size: int = Field(10_000, ge=0)
     query_encoder: EncoderVariant = EncoderVariant.FP32
-    max_query_chars: int = Field(2048, ge=1)
+    max_query_chars: int = Field(
+        8192,
+        ge=1,
+        description="longest query or /rerank document text; MiniLM reads its first 256 word pieces, BM25 all",
+    )
     max_top_k: int = Field(100, ge=1)
     max_candidates: int = Field(1000, ge=1)
     default_candidates: int = Field(100, ge=1)
@@ -56,7 +60,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1_000, description="larger request bodies get 413")
     admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*; admin API off when unset")
     min_ndcg: float = Field(0.0, ge=0.0, le=1.0, description="quality gate: a model card below this is refused")
-    require_beats_baseline: bool = Field(True, description="quality gate: refuse a model below text cosine")
+    require_beats_baseline: bool = Field(
+        True, description="quality gate: refuse a model below the best zero-shot search"
+    )
     drain_seconds: float = Field(1.0, ge=0.0, description="on SIGTERM, answer 503 this long before closing")
     shutdown_grace_seconds: float = Field(10.0, gt=0.0, description="then wait this long for in-flight requests")
     log_level: str = "info"

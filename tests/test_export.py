@@ -11,16 +11,19 @@ import pytest
 
 from index.runtime.exported_model import RANKER_INPUTS, ExportedModel
 from index.runtime.files import ArtifactError, sha256_file
+from index.runtime.hybrid import PRIORS
 from training import export as export_module
 from training.export import ParityError, run_export
+from training.zero_shot import SOURCE_OPTIONS, ZERO_SHOT_SYSTEMS
 
 from .conftest import TinyPipeline
 
 
 def test_model_card_holds_schema_settings_metrics_parity_and_checksums(tiny: TinyPipeline) -> None:
     card = json.loads((tiny.model / "model_card.json").read_text())
-    for system in ("fusion", "text_cosine", "lambdamart", "two_tower"):
-        assert set(card["metrics"]["test"][system]) >= {"ndcg@10", "compliance@1", "mrr"}
+    systems = ("fusion", "text_cosine", "lambdamart", "two_tower", "prior", *ZERO_SHOT_SYSTEMS)
+    for system in systems:
+        assert set(card["metrics"]["test"][system]) >= {"ndcg@10", "ndcg@10_e2e", "compliance@1", "mrr"}
     assert card["parity"]["max_abs_diff"] <= 1e-4 and card["parity"]["retrieval_max_abs_diff"] <= 1e-4
     assert card["parity"]["text_only_max_abs_diff"] <= 1e-4  # the masked path (plain-string documents)
     assert card["onnx"]["ranker_inputs"] == list(RANKER_INPUTS) and "cand_mask" in RANKER_INPUTS
@@ -29,7 +32,11 @@ def test_model_card_holds_schema_settings_metrics_parity_and_checksums(tiny: Tin
     assert card["parity"]["top10_identical"] == card["parity"]["queries"] > 0
     assert set(card["files"]) == {"candidate_encoder.onnx", "query_tower.onnx", "ranker.onnx", "canaries.npz"}
     assert card["retriever_config"]["dim"] == 32
-    assert set(card["metrics"]["candidates"]["test_recall"]) == {"text", "learned"}
+    options = {"+".join(sources) for sources in SOURCE_OPTIONS}
+    assert (
+        set(card["metrics"]["candidates"]["test_recall"]) == set(card["metrics"]["candidates"]["val_recall"]) == options
+    )
+    assert "+".join(card["candidates"]["sources"]) in options and card["candidates"]["prior"] in PRIORS
     assert card["feature_schema"]["text_dim"] == 384 and card["feature_schema"]["image_dim"] == 512
     assert card["training"]["loss"] == "hybrid"
     assert card["dataset"]["synthetic"] is True
@@ -62,8 +69,9 @@ def test_dynamic_axes_and_batching_across_queries(tiny: TinyPipeline) -> None:
     queries = rng.normal(size=(3, schema.text_dim)).astype(np.float32)
     assert ranker.project_queries(queries).shape == (3, 32)
     similarity = rng.normal(size=n).astype(np.float32)
+    evidence = rng.random(size=(n, 2)).astype(np.float32)
     owner = np.repeat(np.arange(3), 100)
-    together = ranker.score(queries, kv, text, mask, similarity, owner)
+    together = ranker.score(queries, kv, text, mask, similarity, evidence, owner)
     alone = np.concatenate(
         [
             ranker.score(
@@ -72,13 +80,14 @@ def test_dynamic_axes_and_batching_across_queries(tiny: TinyPipeline) -> None:
                 text[owner == q],
                 mask[owner == q],
                 similarity[owner == q],
+                evidence[owner == q],
                 owner[:100] * 0,
             )
             for q in range(3)
         ]
     )
     np.testing.assert_allclose(together, alone, atol=1e-5)
-    one = ranker.score(queries[:1], kv[:1], text[:1], mask[:1], similarity[:1], np.zeros(1, np.int64))
+    one = ranker.score(queries[:1], kv[:1], text[:1], mask[:1], similarity[:1], evidence[:1], np.zeros(1, np.int64))
     assert one.shape == (1,) and np.isfinite(together).all()
 
 
@@ -92,9 +101,10 @@ def test_onnx_ranker_ignores_what_the_mask_hides(tiny: TinyPipeline) -> None:
     mask = np.tile(np.array([0, 1, 0], np.float32), (n, 1))  # a plain-string document: text only
     query = rng.normal(size=(1, ranker.card.schema.text_dim)).astype(np.float32)
     similarity, owner = rng.normal(size=n).astype(np.float32), np.zeros(n, np.int64)
-    before = ranker.score(query, kv, text, mask, similarity, owner)
+    evidence = rng.random(size=(n, 2)).astype(np.float32)
+    before = ranker.score(query, kv, text, mask, similarity, evidence, owner)
     kv[:, :, [0, 2]] = rng.normal(size=(n, 2, 2, dim)) * 10
-    np.testing.assert_allclose(ranker.score(query, kv, text, mask, similarity, owner), before, atol=1e-6)
+    np.testing.assert_allclose(ranker.score(query, kv, text, mask, similarity, evidence, owner), before, atol=1e-6)
 
 
 def test_export_fails_when_onnx_disagrees(tiny_copy: TinyPipeline, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,9 +45,10 @@ def _unmasked_score(
     cand_kv: torch.Tensor,
     cand_text: torch.Tensor,
     retrieval_score: torch.Tensor,
+    evidence: torch.Tensor,
     query_index: torch.Tensor,
 ) -> torch.Tensor:
-    """FusionRanker.score as it was before masks (a verbatim copy): the reference an all-ones mask must equal."""
+    """FusionRanker.score without masks (its arithmetic written out): the reference an all-ones mask must equal."""
     h, dh = model.cfg.heads, model.cfg.dim // model.cfg.heads
     q_tok = model.query_proj(query)
     q_heads = model.query_heads(q_tok)[query_index].unflatten(-1, (h, dh))
@@ -59,9 +60,9 @@ def _unmasked_score(
     q_cand = q_tok[query_index]
     per_token = (q_cand.unsqueeze(1) * cand_kv[:, 1]).flatten(1)
     cosine = (F.normalize(query, dim=-1)[query_index] * F.normalize(cand_text, dim=-1)).sum(-1, keepdim=True)
-    interactions = [cosine, retrieval_score.unsqueeze(-1), logits.flatten(1)]
+    interactions = [cosine, retrieval_score.unsqueeze(-1), evidence, logits.flatten(1)]
     features = torch.cat([fused, fused * q_cand, per_token, *interactions], dim=-1)
-    return model.head(features).squeeze(-1)
+    return model.prior_weight * evidence[:, 0] + model.head(features).squeeze(-1)
 
 
 @dataclass
@@ -71,18 +72,21 @@ class _Inputs:
     image: torch.Tensor
     attrs: torch.Tensor
     retrieval: torch.Tensor
+    evidence: torch.Tensor
     owner: torch.Tensor
 
 
 def _ranker_and_inputs(seed: int = 0, m: int = 24) -> tuple[FusionRanker, _Inputs]:
     torch.manual_seed(seed)
     model = FusionRanker(FusionConfig(text_dim=12, image_dim=10, attr_dim=7, dim=16, heads=4, hidden=32))
+    torch.nn.init.normal_(model.head[-1].weight)  # as if trained: the residual starts at zero, which hides too much
     inputs = _Inputs(
         query=torch.randn(3, 12),
         text=torch.randn(m, 12),
         image=torch.randn(m, 10),
         attrs=torch.randn(m, 7),
         retrieval=torch.randn(m),
+        evidence=torch.rand(m, 2),
         owner=torch.arange(m) % 3,
     )
     return model, inputs
@@ -97,10 +101,12 @@ def test_an_all_ones_mask_is_exactly_the_unmasked_ranker_forward_and_backward() 
     model.train(), reference.train()
 
     torch.manual_seed(11)  # the same dropout draws for both: masking draws no random numbers
-    masked = model.score(x.query, model.encode_candidates(x.text, x.image, x.attrs), x.text, ones, x.retrieval, x.owner)
+    masked = model.score(
+        x.query, model.encode_candidates(x.text, x.image, x.attrs), x.text, ones, x.retrieval, x.evidence, x.owner
+    )
     torch.manual_seed(11)
     kv = reference.encode_candidates(x.text, x.image, x.attrs)
-    plain = _unmasked_score(reference, x.query, kv, x.text, x.retrieval, x.owner)
+    plain = _unmasked_score(reference, x.query, kv, x.text, x.retrieval, x.evidence, x.owner)
     assert torch.equal(masked, plain)
     masked.square().sum().backward()
     plain.square().sum().backward()
@@ -119,13 +125,13 @@ def test_a_masked_token_is_left_out_of_the_softmax_and_of_every_feature() -> Non
         mask = torch.ones(len(x.text), 3)
         mask[::2, missing] = 0.0  # every other candidate lacks them
         with torch.inference_mode():
-            before = model.score(x.query, kv, x.text, mask, x.retrieval, x.owner)
+            before = model.score(x.query, kv, x.text, mask, x.retrieval, x.evidence, x.owner)
             scrambled = kv.clone()
             scrambled[::2, :, missing] = torch.randn(scrambled[::2, :, missing].shape, generator=generator) * 10
             text = x.text.clone()
             if TEXT in missing:
                 text[::2] = torch.randn(text[::2].shape, generator=generator)
-            after = model.score(x.query, scrambled, text, mask, x.retrieval, x.owner)
+            after = model.score(x.query, scrambled, text, mask, x.retrieval, x.evidence, x.owner)
         assert torch.allclose(before, after, atol=1e-6), missing
         assert torch.isfinite(before).all()
 
@@ -169,6 +175,8 @@ class _StubEncoder:
 
     name = "stub"
     dim = 384
+    variant = "fp32"
+    info: dict[str, object] = {}
 
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(self.dim) for t in texts])

@@ -168,6 +168,7 @@ def test_candidate_recall_counts_relevant_items_that_were_retrieved() -> None:
         query_emb=np.zeros((3, 4), np.float32),
         query_vectors=np.zeros((3, 4), np.float32),
         candidates=np.zeros((3, 3), np.int64),
+        evidence=np.zeros((3, 3, 2), np.float32),
         grades=np.array([[3, 2, 1], [1, 0, 0], [0, 0, 0]]),
         compliant=np.zeros((3, 3), bool),
         ideal_grades=np.zeros((3, 10), np.int64),

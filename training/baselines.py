@@ -1,12 +1,12 @@
 """Baselines scored on the same candidate lists as the fusion ranker.
 
-- text_cosine: MiniLM cosine of query and item title.
+- text_cosine: MiniLM cosine of query and item text (title and text).
 - two_tower: the candidate generator's own score, i.e. no second stage at all (the ranker must beat it to be
   worth its milliseconds).
-- lambdamart: LightGBM LambdaMART on the same inputs as the fusion ranker, as flat features: the query/title
-  cosine, the candidate generator's score, the encoded attributes, and PCA-reduced query, title and image
-  embeddings. A modality some items lack is fitted on the items that have it, reads 0 where missing, and adds its
-  mask as a feature; one no item has is left out.
+- lambdamart: LightGBM LambdaMART on the same inputs as the fusion ranker, as flat features: the query/text
+  cosine, the candidate generator's score, the zero-shot evidence (prior, lexical), the encoded attributes, and
+  PCA-reduced query, text and image embeddings. A modality some items lack is fitted on the items that have it,
+  reads 0 where missing, and adds its mask as a feature; one no item has is left out.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def text_cosine_scores(features: CandidateFeatures, lists: RankingLists) -> np.ndarray:
-    """(Q, K) cosine of each query with each candidate's title embedding (both unit norm)."""
+    """(Q, K) cosine of each query with each candidate's text embedding (both unit norm)."""
     return np.einsum("qkd,qd->qk", features.text[lists.candidates], lists.query_emb)
 
 
@@ -66,6 +66,7 @@ class LambdaMART:
         parts = [
             text_cosine_scores(features, lists).reshape(-1, 1),
             retrieval_scores(dataset, lists).reshape(-1, 1),
+            lists.evidence.reshape(-1, 2),
             features.attrs[cand],
             *self._reduced("query", query, np.ones(len(query), dtype=bool)),
             *self._reduced("text", features.text[cand], mask[:, TEXT] > 0),

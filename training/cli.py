@@ -29,6 +29,7 @@ from training.export import ParityError, run_export
 from training.metrics import NDCG_CONVENTION, RELEVANT_GRADE, RankingMetrics, evaluate_scores
 from training.retrieval import learned_space, train_retriever
 from training.train import FeatureTensors, TrainConfig, score_lists, select_device, train
+from training.zero_shot import SOURCE_OPTIONS, Choice, choose_candidates, lists_for, zero_shot_metrics
 
 log = logging.getLogger("training")
 
@@ -59,14 +60,23 @@ def metrics_table(results: dict[str, RankingMetrics], title: str) -> str:
         f"({any_metrics.queries} queries, {any_metrics.queries_without_relevant} without a relevant candidate; "
         f"{NDCG_CONVENTION}; e2e = ideal over all judged items, including those retrieval missed; "
         "fusion_text_only = the same lists given as plain-string /rerank documents: text only, image and attributes "
-        "masked)"
+        "masked; prior = the lists ordered by the ranker's zero-shot prior alone; zero_shot_* = each zero-shot "
+        "search over the whole catalog, its own top-K: read their e2e column)"
     )
     return "\n".join(lines)
 
 
-def candidates_table(recall: dict[str, float], k: int) -> str:
-    lines = [f"Candidate generation, recall@{k} of relevant items (grade >= 2) on the test split:"]
-    lines += [f"  {name:<8} {value:.4f}" for name, value in recall.items()]
+def candidates_table(recall: dict[str, float], k: int, choice: Choice) -> str:
+    chosen = "+".join(choice.candidates.sources)
+    lines = [
+        f"Candidate generation (RRF of the sources), recall@{k} of relevant items (grade >= 2); served: {chosen} "
+        f"(best on val), prior: {choice.candidates.prior}",
+        f"  {'sources':<22} {'val':>7} {'test':>7}",
+    ]
+    lines += [
+        f"  {name:<22} {choice.recall[name]:>7.4f} {value:>7.4f}{'  *' if name == chosen else ''}"
+        for name, value in recall.items()
+    ]
     return "\n".join(lines)
 
 
@@ -94,7 +104,9 @@ def evaluate_systems(
 def run_train(cfg: TrainConfig) -> int:
     started = time.perf_counter()
     require_data_dir(cfg.data_dir)  # the user's likeliest mistake, so it is the first thing checked
-    dataset = load_dataset(cfg.data_dir, TextEncoder(cfg.encoder_dir), num_candidates=cfg.num_candidates)
+    dataset = load_dataset(
+        cfg.data_dir, TextEncoder(cfg.encoder_dir), num_candidates=cfg.num_candidates, holdout=cfg.holdout
+    )
     synthetic = "SYNTHETIC " if "synthetic" in dataset.name else ""
     log.info(
         "dataset %s%s: %d items (with each modality: %s), %s",
@@ -113,12 +125,16 @@ def run_train(cfg: TrainConfig) -> int:
         retriever.epochs_run,
         retriever.seconds,
     )
-    text_recall = dataset.splits["test"].candidate_recall()
-    dataset = dataset.with_candidates(
-        learned_space(retriever.model, dataset.features, select_device(cfg.device)), cfg.num_candidates
-    )
-    candidate_recall = {"text": text_recall, "learned": dataset.splits["test"].candidate_recall()}
-    print(candidates_table(candidate_recall, cfg.num_candidates))
+    learned = learned_space(retriever.model, dataset.features, select_device(cfg.device))
+    choice = choose_candidates(dataset, learned, cfg.num_candidates)
+    candidate_recall = {
+        "+".join(sources): lists_for(
+            dataset, "test", dataclasses.replace(choice.candidates, sources=sources), cfg.num_candidates
+        ).candidate_recall()
+        for sources in SOURCE_OPTIONS
+    }
+    dataset = dataset.with_candidates(choice.candidates, cfg.num_candidates)
+    print(candidates_table(candidate_recall, cfg.num_candidates, choice))
 
     result = train(cfg, dataset)
     log.info(
@@ -142,8 +158,10 @@ def run_train(cfg: TrainConfig) -> int:
             "two_tower": retrieval_scores(dataset, test),
             "text_cosine": text_cosine_scores(dataset.features, test),
             "fusion_text_only": text_only_scores(dataset, retriever.model, result.model, torch.device(result.device)),
+            "prior": test.evidence[..., 0],
         },
     )
+    results.update(zero_shot_metrics(dataset, "test", cfg.num_candidates))
     print(metrics_table(results, f"Test split of {synthetic}dataset '{dataset.name}', learned candidates:"))
 
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,6 +172,7 @@ def run_train(cfg: TrainConfig) -> int:
             "model_config": dataclasses.asdict(result.model_config),
             "retriever": retriever.model.state_dict(),
             "retriever_config": dataclasses.asdict(retriever.config),
+            "candidates": {"sources": list(choice.candidates.sources), "prior": choice.candidates.prior},
             "schema": dataset.schema.to_dict(),
             "train_config": cfg.to_dict(),
             "step": result.steps,
@@ -173,6 +192,10 @@ def run_train(cfg: TrainConfig) -> int:
             "candidates": {
                 "k": cfg.num_candidates,
                 "relevant_grade": RELEVANT_GRADE,
+                "sources": list(choice.candidates.sources),
+                "prior": choice.candidates.prior,
+                "val_recall": {name: round(value, 4) for name, value in choice.recall.items()},
+                "val_prior_ndcg@10": {name: round(value, 4) for name, value in choice.prior_ndcg.items()},
                 "test_recall": {name: round(value, 4) for name, value in candidate_recall.items()},
             },
             "training": {

@@ -1,9 +1,10 @@
 """Queries, judgments and the per-query candidate lists that training and evaluation work on.
 
-A list holds the candidates the service's retriever would give for the query (top-K by exact search in a
-`CandidateSpace`), with their grades: the ranker learns and is evaluated on exactly what it will see when serving.
-Lists start in the title-text space (MiniLM query vs title); once the two-tower retriever is trained,
-`Dataset.with_candidates` rebuilds them in its learned space.
+A list holds the candidates the service would give for the query (the RRF of the sources in `Candidates.sources`:
+the learned space, MiniLM dense search, BM25; `index.runtime.hybrid`), with their grades and zero-shot evidence:
+the ranker learns and is evaluated on exactly what it will see when serving. Lists start zero-shot (dense and
+BM25); once the two-tower retriever is trained, `Dataset.with_candidates` rebuilds them with the sources and the
+prior chosen on the validation queries.
 
 Any dataset in the user data format (docs/data.md) is read here: JSONL or Parquet files, judgments as JSONL/Parquet or
 TREC qrels, items with precomputed vectors or with image paths (encoded with the ONNX CLIP image encoder). The
@@ -25,6 +26,8 @@ from index.data.records import SPLITS, DataError, Item, Judgment
 from index.offline.featurize import featurize, schema_from_items
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index
 from index.runtime.features import CandidateFeatures
+from index.runtime.hybrid import ZERO_SHOT_PRIOR, ZERO_SHOT_SOURCES, candidate_rows, evidence, ranker_evidence
+from index.runtime.lexical import LexicalIndex
 from index.runtime.text_encoder import TextEncoder
 from model.schema import FeatureSchema
 from training.metrics import RELEVANT_GRADE
@@ -42,8 +45,9 @@ class RankingLists:
     query_ids: list[str]
     query_texts: list[str]
     query_emb: np.ndarray  # (Q, text_dim)
-    query_vectors: np.ndarray  # (Q, D) the queries in the space the candidates were retrieved from
+    query_vectors: np.ndarray  # (Q, D) the queries in the space of the ranker's retrieval_score input
     candidates: np.ndarray  # (Q, K) int64 item rows
+    evidence: np.ndarray  # (Q, K, 2) float32 the ranker's evidence input (prior, lexical) for each candidate
     grades: np.ndarray  # (Q, K) int64, 0 where unjudged
     compliant: np.ndarray  # (Q, K) bool
     ideal_grades: np.ndarray  # (Q, IDEAL_DEPTH) best judged grades over the whole catalog, descending
@@ -67,7 +71,7 @@ Judged = dict[str, dict[int, tuple[int, bool]]]  # query id -> item row -> (grad
 
 @dataclass(frozen=True)
 class CandidateSpace:
-    """Where candidate generation searches: unit item vectors, and the map of a query embedding into their space."""
+    """A vector space to search: unit item vectors, and the map of a query embedding into their space."""
 
     name: str
     items: np.ndarray  # (N, D)
@@ -75,8 +79,59 @@ class CandidateSpace:
 
 
 def text_space(features: CandidateFeatures) -> CandidateSpace:
-    """The title-only space: MiniLM query against MiniLM title (also the text-cosine baseline's order)."""
+    """MiniLM query against MiniLM item text (title and text): the dense source, and the zero-shot cosine."""
     return CandidateSpace("text", features.text, lambda query: query)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """How candidate lists are made, exactly as the service makes them: the RRF of `sources` (each searched to the
+    list's depth over the whole catalog, filled up from dense search when they find fewer), with `prior` as the
+    ranker's prior. `space` is the learned space (None before the retriever exists); it also gives the ranker's
+    retrieval_score input (the text space stands in before then)."""
+
+    text: CandidateSpace
+    lexical: LexicalIndex
+    space: CandidateSpace | None = None
+    sources: tuple[str, ...] = ZERO_SHOT_SOURCES
+    prior: str = ZERO_SHOT_PRIOR
+
+    @property
+    def scoring_space(self) -> CandidateSpace:
+        return self.space or self.text
+
+    def rows(self, query_texts: list[str], query_emb: np.ndarray, depth: int) -> np.ndarray:
+        """(Q, depth) candidate rows per query (depth capped at the catalog's size)."""
+        depth = min(depth, len(self.text.items))
+        ranked: dict[str, list[np.ndarray]] = {"dense": list(exact_search(self.text, query_emb, depth))}
+        if "bm25" in self.sources:
+            ranked["bm25"] = [self.lexical.search(text, depth)[1] for text in query_texts]
+        if "learned" in self.sources:
+            if self.space is None:
+                raise ValueError("the learned source needs the trained retriever's space")
+            ranked["learned"] = list(exact_search(self.space, query_emb, depth))
+        return np.stack(
+            [
+                candidate_rows({name: lists[q] for name, lists in ranked.items()}, self.sources, depth)
+                for q in range(len(query_texts))
+            ]
+        )
+
+
+def rows_recall(rows: np.ndarray, query_ids: list[str], judged: Judged) -> float:
+    """`RankingLists.candidate_recall` for bare candidate rows (Q, K): cheap enough to run every epoch."""
+    shares = []
+    for query_id, found in zip(query_ids, rows, strict=True):
+        relevant = {row for row, (grade, _) in judged.get(query_id, {}).items() if grade >= RELEVANT_GRADE}
+        if relevant:
+            shares.append(len(relevant.intersection(found.tolist())) / len(relevant))
+    return float(np.mean(shares)) if shares else float("nan")
+
+
+def exact_search(space: CandidateSpace, query_emb: np.ndarray, depth: int) -> np.ndarray:
+    """(Q, depth) rows of the best items in `space` by exact inner-product search."""
+    index = build_index(space.items, IndexParams(IndexKind.EXACT))
+    return FaissIndex(index, IndexParams(IndexKind.EXACT)).search(space.project(query_emb), depth)[1]
 
 
 @dataclass
@@ -89,16 +144,26 @@ class Dataset:
     splits: dict[str, RankingLists]
     name: str
     judged: Judged
-    item_vectors: np.ndarray  # (N, D) the items in the space the candidates were retrieved from
-    space: str = "text"  # that CandidateSpace's name
+    candidates: Candidates  # how the lists were made
 
-    def with_candidates(self, space: CandidateSpace, num_candidates: int) -> Dataset:
-        """The same queries and labels with every split's candidate lists retrieved again from `space`."""
+    @property
+    def item_vectors(self) -> np.ndarray:
+        """(N, D) the items in the space of the ranker's retrieval_score input."""
+        return self.candidates.scoring_space.items
+
+    @property
+    def space(self) -> str:
+        return self.candidates.scoring_space.name
+
+    def with_candidates(self, candidates: Candidates, num_candidates: int) -> Dataset:
+        """The same queries and labels with every split's candidate lists made again by `candidates`."""
         splits = {
-            name: build_lists(lists.query_ids, lists.query_texts, lists.query_emb, self.judged, space, num_candidates)
+            name: build_lists(
+                lists.query_ids, lists.query_texts, lists.query_emb, self.judged, candidates, num_candidates
+            )
             for name, lists in self.splits.items()
         }
-        return dataclasses.replace(self, splits=splits, item_vectors=space.items, space=space.name)
+        return dataclasses.replace(self, splits=splits, candidates=candidates)
 
 
 def judged_by_row(judgments: list[Judgment], item_rows: dict[str, int]) -> Judged:
@@ -147,13 +212,15 @@ def build_lists(
     query_texts: list[str],
     query_emb: np.ndarray,
     judged: Judged,
-    space: CandidateSpace,
+    candidates: Candidates,
     num_candidates: int,
 ) -> RankingLists:
-    """Retrieve each query's top `num_candidates` from `space` by exact search and label them."""
-    query_vectors = space.project(query_emb)
-    index = build_index(space.items, IndexParams(IndexKind.EXACT))
-    _, rows = FaissIndex(index, IndexParams(IndexKind.EXACT)).search(query_vectors, num_candidates)
+    """Make each query's list of `num_candidates` with `candidates`, with its evidence and labels."""
+    rows = candidates.rows(query_texts, query_emb, num_candidates)
+    text = candidates.text.items
+    dense = np.einsum("qkd,qd->qk", text[rows], query_emb)
+    bm25 = np.stack([candidates.lexical.scores(t)[r] for t, r in zip(query_texts, rows)])
+    found = evidence(dense.reshape(-1), bm25.reshape(-1), [rows.shape[1]] * len(rows))
     grades = np.zeros(rows.shape, dtype=np.int64)
     compliant = np.zeros(rows.shape, dtype=bool)
     ideal = np.zeros((len(query_ids), IDEAL_DEPTH), dtype=np.int64)
@@ -169,8 +236,9 @@ def build_lists(
         query_ids=query_ids,
         query_texts=query_texts,
         query_emb=query_emb,
-        query_vectors=query_vectors,
+        query_vectors=candidates.scoring_space.project(query_emb),
         candidates=rows.astype(np.int64),
+        evidence=ranker_evidence(found, candidates.prior).reshape(*rows.shape, 2),
         grades=grades,
         compliant=compliant,
         ideal_grades=ideal,
@@ -191,11 +259,13 @@ def load_dataset(
     image_dim: int | None = None,
     schema: FeatureSchema | None = None,
     image_encoder_dir: Path | None = None,
+    holdout: tuple[int, int] | None = None,
 ) -> Dataset:
     """Read items/queries/judgments from data_dir, encode them and build the per-split candidate lists.
 
     Items that give an image path instead of an image_embedding are encoded with the ONNX image encoder at
-    image_encoder_dir (default: artifacts/encoders/clip).
+    image_encoder_dir (default: artifacts/encoders/clip). `holdout` = (fold, folds) splits the queries for K-fold
+    cross-validation instead of as the data says (`index.data.records.fold_split`).
     """
     require_data_dir(data_dir)
     source = items_path(data_dir)
@@ -204,7 +274,7 @@ def load_dataset(
         for item in read_items(source)
     ]
     items = encode_item_images(items, image_encoder_dir)
-    queries = read_queries(find_data_file(data_dir, "queries") or data_dir / "queries.jsonl")
+    queries = read_queries(find_data_file(data_dir, "queries") or data_dir / "queries.jsonl", holdout)
     rows = {item.id: i for i, item in enumerate(items)}
     judgments = read_judgments(find_judgments(data_dir), query_ids={q.id for q in queries}, item_ids=set(rows))
     judged = judged_by_row(judgments, rows)
@@ -214,16 +284,16 @@ def load_dataset(
         # that the stored features stay small and every graph keeps a non-empty image input.
         dim = image_dim or (len(first) if first is not None else 1)
         schema = schema_from_items(items, text_dim=encoder.dim, image_dim=dim, text_encoder=encoder.name)
-    log.info("encoding %d item titles and %d queries with %s", len(items), len(queries), encoder.name)
+    log.info("encoding %d items' text and %d queries with %s", len(items), len(queries), encoder.name)
     features = featurize(items, schema, encoder)
-    space = text_space(features)
+    candidates = Candidates(text_space(features), LexicalIndex.build([item.full_text for item in items]))
     splits = {}
     for split in SPLITS:
         chosen = [q for q in queries if q.split == split]
         if not chosen:
             raise DataError(f"{data_dir}: no queries in split {split!r}")
         ids, texts = [q.id for q in chosen], [q.text for q in chosen]
-        splits[split] = build_lists(ids, texts, encoder.encode(texts), judged, space, num_candidates)
+        splits[split] = build_lists(ids, texts, encoder.encode(texts), judged, candidates, num_candidates)
     return Dataset(
         items=items,
         schema=schema,
@@ -231,5 +301,5 @@ def load_dataset(
         splits=splits,
         name=data_dir.name,
         judged=judged,
-        item_vectors=space.items,
+        candidates=candidates,
     )

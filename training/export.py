@@ -42,6 +42,7 @@ from index.runtime.exported_model import (
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index
 from index.runtime.features import CandidateFeatures, text_only_features
 from index.runtime.files import read_json, sha256_file, write_json
+from index.runtime.hybrid import RRF_K
 from index.runtime.text_encoder import TextEncoder
 from model.fusion import FusionConfig, FusionRanker
 from model.retrieval import RetrievalConfig, TwoTowerRetriever
@@ -129,17 +130,18 @@ class _Scorer(nn.Module):
         cand_text: torch.Tensor,
         cand_mask: torch.Tensor,
         retrieval_score: torch.Tensor,
+        evidence: torch.Tensor,
         query_index: torch.Tensor,
     ) -> torch.Tensor:
-        return self.model.score(query, cand_kv, cand_text, cand_mask, retrieval_score, query_index)
+        return self.model.score(query, cand_kv, cand_text, cand_mask, retrieval_score, evidence, query_index)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; run `make train` first")
     raw = torch.load(path, map_location="cpu", weights_only=False)
-    if "retriever" not in raw:
-        raise ValueError(f"checkpoint {path} has no candidate generator (made by an older version): run `make train`")
+    if "retriever" not in raw or "candidates" not in raw:
+        raise ValueError(f"checkpoint {path} was made by an older version: run `make train`")
     ranker = FusionRanker(FusionConfig(**raw["model_config"]))
     ranker.load_state_dict(raw["model"])
     retriever = TwoTowerRetriever(RetrievalConfig(**raw["retriever_config"]))
@@ -148,16 +150,23 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 
 def served_dataset(checkpoint: Checkpoint, data_dir: Path | None = None, encoder_dir: Path | None = None) -> Dataset:
-    """The checkpoint's dataset with the candidate lists its retriever gives: what the exported model serves."""
+    """The checkpoint's dataset with the candidate lists the model serves: its sources (its retriever's space among
+    them) and its prior."""
     cfg = checkpoint.train_config
     dataset = load_dataset(
         data_dir or cfg.data_dir,
         TextEncoder(encoder_dir or cfg.encoder_dir),
         num_candidates=cfg.num_candidates,
         schema=checkpoint.schema,
+        holdout=cfg.holdout,
     )
-    space = learned_space(checkpoint.retriever, dataset.features, torch.device("cpu"))
-    return dataset.with_candidates(space, cfg.num_candidates)
+    served = dataclasses.replace(
+        dataset.candidates,
+        space=learned_space(checkpoint.retriever, dataset.features, torch.device("cpu")),
+        sources=tuple(checkpoint.raw["candidates"]["sources"]),
+        prior=str(checkpoint.raw["candidates"]["prior"]),
+    )
+    return dataset.with_candidates(served, cfg.num_candidates)
 
 
 def _export(
@@ -209,7 +218,7 @@ def export_onnx(model: FusionRanker, retriever: TwoTowerRetriever, out_dir: Path
     query_index = torch.tensor([0, 0, 0, 1, 1, 1, 1])
     _export(
         _Scorer(model).eval(),
-        (torch.randn(b, cfg.text_dim), cand_kv, text, mask, torch.randn(m), query_index),
+        (torch.randn(b, cfg.text_dim), cand_kv, text, mask, torch.randn(m), torch.rand(m, 2), query_index),
         list(RANKER_INPUTS),
         {
             "query": {0: queries},
@@ -217,6 +226,7 @@ def export_onnx(model: FusionRanker, retriever: TwoTowerRetriever, out_dir: Path
             "cand_text": {0: candidates},
             "cand_mask": {0: candidates},
             "retrieval_score": {0: candidates},
+            "evidence": {0: candidates},
             "query_index": {0: candidates},
         },
         out_dir / RANKER_FILE,
@@ -234,7 +244,8 @@ def onnx_scores(
         query = lists.query_emb[q : q + 1]
         index = np.zeros(len(rows), dtype=np.int64)
         similarity = retrieval_scores(ranker.project_queries(query), encoded.retrieval[rows], index)
-        out[q] = ranker.score(query, encoded.kv[rows], features.text[rows], features.mask[rows], similarity, index)
+        kv, text, mask = encoded.kv[rows], features.text[rows], features.mask[rows]
+        out[q] = ranker.score(query, kv, text, mask, similarity, lists.evidence[q], index)
     return out
 
 
@@ -268,6 +279,7 @@ def save_canaries(
         query=query,
         **items,
         query_index=np.repeat(np.arange(len(cand)), k).astype(np.int64),
+        evidence=lists.evidence[:queries, :k].reshape(-1, 2),
         expected=reference[:queries, :k].reshape(-1),
         expected_query_vectors=retriever.encode_queries(torch.from_numpy(query)).numpy(),
         expected_item_vectors=retriever.encode_items(*(torch.from_numpy(a) for a in items.values())).numpy(),
@@ -343,6 +355,7 @@ def run_export(out_dir: Path) -> int:
         "feature_schema": schema.to_dict(),
         "model_config": raw["model_config"],
         "retriever_config": raw["retriever_config"],
+        "candidates": {**raw["candidates"], "fusion": "rrf", "rrf_k": RRF_K},
         "training": {**raw["train_config"], **metrics["training"]},
         "metrics": {"convention": NDCG_CONVENTION, "test": metrics["test"], "candidates": metrics["candidates"]},
         "files": files,

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from index.runtime.features import CandidateFeatures
 from model.retrieval import RetrievalConfig, TwoTowerRetriever
-from training.dataset import CandidateSpace, Dataset, RankingLists, build_lists
+from training.dataset import CandidateSpace, Dataset, RankingLists, exact_search, rows_recall
 from training.losses import ListwiseSoftmaxLoss
 from training.metrics import RELEVANT_GRADE
 from training.train import TrainConfig, seed_everything, select_device
@@ -146,10 +146,8 @@ def train_retriever(cfg: TrainConfig, dataset: Dataset) -> RetrieverResult:
             loss.backward()
             optimizer.step()
         epochs_run = epoch + 1
-        space = learned_space(model, dataset.features, device)
-        recall = build_lists(
-            val_lists.query_ids, val_lists.query_texts, val_lists.query_emb, dataset.judged, space, cfg.num_candidates
-        ).candidate_recall()
+        found = exact_search(learned_space(model, dataset.features, device), val_lists.query_emb, cfg.num_candidates)
+        recall = rows_recall(found, val_lists.query_ids, dataset.judged)
         improved = recall > best[0]
         if improved:
             best = (recall, epochs_run, copy.deepcopy(model.state_dict()))

@@ -56,6 +56,13 @@ class TrainConfig:
     retrieval_hidden: int = 256
     retrieval_epochs: int = 40
     retrieval_items_per_step: int = 8192
+    folds: int = 0  # K-fold cross-validation by query: 0 keeps the data's splits; K >= 3 holds out fold `fold`
+    fold: int = 0
+
+    @property
+    def holdout(self) -> tuple[int, int] | None:
+        """(fold, folds) when cross-validating, for `read_queries`."""
+        return (self.fold, self.folds) if self.folds else None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -66,6 +73,11 @@ class TrainConfig:
         for name in (*positive, "retrieval_dim", "retrieval_hidden", "retrieval_epochs", "retrieval_items_per_step"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.folds and (self.folds < 3 or not 0 <= self.fold < self.folds):
+            raise ValueError(
+                f"--folds needs K >= 3 and 0 <= --fold < K (test, validation and training folds), got "
+                f"folds={self.folds} fold={self.fold}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -132,8 +144,8 @@ class FeatureTensors:
         return cls(dataset.features, dataset.item_vectors, device)
 
     def batch(self, lists: RankingLists, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """(query, text, image, attrs, mask, retrieval_score, query_index) for the lists at `rows` (the arguments of
-        `FusionRanker.forward`), candidates flattened to M = B*K."""
+        """(query, text, image, attrs, mask, retrieval_score, evidence, query_index) for the lists at `rows` (the
+        arguments of `FusionRanker.forward`), candidates flattened to M = B*K."""
         cand = torch.from_numpy(lists.candidates[rows]).to(self.device)  # (B, K)
         flat = cand.flatten()
         query_index = torch.arange(len(rows), device=self.device).repeat_interleave(cand.shape[1])
@@ -141,7 +153,8 @@ class FeatureTensors:
         query_vectors = torch.from_numpy(lists.query_vectors[rows]).to(self.device)
         retrieval_score = (query_vectors[query_index] * self.item_vectors[flat]).sum(-1)  # (M,)
         candidate = (self.text[flat], self.image[flat], self.attrs[flat], self.mask[flat])
-        return query, *candidate, retrieval_score, query_index
+        evidence = torch.from_numpy(lists.evidence[rows].reshape(-1, 2)).to(self.device)
+        return query, *candidate, retrieval_score, evidence, query_index
 
 
 @torch.inference_mode()
@@ -193,8 +206,14 @@ def train(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
         cfg.loss,
         NDCG_CONVENTION,
     )
-    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
-    history: list[dict[str, float]] = []
+    # Epoch 0 is the untrained ranker, which orders every list by its prior (see model.fusion): early stopping may
+    # keep it, so training never ships a ranker below the prior on the validation queries.
+    prior = evaluate_scores(
+        score_lists(model, tensors, val_lists), val_lists.grades, val_lists.compliant, val_lists.ideal_grades
+    )
+    tqdm.write(f"epoch   0  (the prior alone)  val nDCG@10 {prior.ndcg_at_10:.4f}")
+    best = (prior.ndcg_at_10, 0, copy.deepcopy(model.state_dict()))
+    history: list[dict[str, float]] = [{"epoch": 0, "val_ndcg@10": prior.ndcg_at_10}]
     step, started = 0, time.perf_counter()
     bar = tqdm(range(cfg.epochs), desc="epochs", unit="epoch", leave=False, disable=None)
     for epoch in bar:
@@ -237,9 +256,9 @@ def train(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
         model_config=model_cfg,
         best_val_ndcg=best[0],
         best_epoch=best[1],
-        epochs_run=len(history),
+        epochs_run=len(history) - 1,
         seconds=seconds,
-        seconds_per_epoch=seconds / max(1, len(history)),
+        seconds_per_epoch=seconds / max(1, len(history) - 1),
         device=str(device),
         steps=step,
         optimizer_state=optimizer.state_dict(),

@@ -22,7 +22,12 @@ log = logging.getLogger("index.offline.build")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m index.offline.build", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data/synthetic"), help="catalog dir or items.jsonl")
-    parser.add_argument("--model", type=Path, default=Path("artifacts"), help="directory with the exported ranker")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=Path("artifacts"),
+        help="directory with the exported ranker; one without model_card.json (e.g. `none`) builds a zero-shot bundle",
+    )
     parser.add_argument("--encoder", type=Path, default=Path("artifacts/encoders/minilm"))
     parser.add_argument("--out", type=Path, default=Path("artifacts/bundle"))
     parser.add_argument("--index", choices=["auto", *(k.value for k in IndexKind)], default="auto")
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle.version,
         bundle.size,
         bundle.path,
-        bundle.manifest["model_version"],
+        bundle.model_version or "none: zero-shot",
     )
     return 0
 

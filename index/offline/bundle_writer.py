@@ -1,14 +1,18 @@
 """Write an index bundle from a catalog and an exported model (CLI: `python -m index.offline.build`, `make index`).
 
-Encodes item texts (ONNX MiniLM), encodes attributes with the model's feature schema, records which modalities each
-item has (the mask: text, image and attributes are each optional, but not all three), runs the model's candidate
-encoder (the ranker's keys/values and each item's retrieval vector), builds the FAISS index over the retrieval
-vectors (exact below 50k items, HNSW above, with its recall@100 against exact search measured on probe queries), and
-writes the bundle with checksums.
+Encodes item texts (ONNX MiniLM; how many were cut at the encoder's limit goes into the manifest), encodes
+attributes with the model's feature schema, records which modalities each item has (the mask: text, image and
+attributes are each optional, but not all three), builds the BM25 index over the items' text fields and the dense
+FAISS index over their text embeddings, runs the model's candidate encoder (the ranker's keys/values and each item's
+retrieval vector) and builds the learned FAISS index over the retrieval vectors (each FAISS index exact below 50k
+items, HNSW above, with its recall@100 against exact search measured on probe queries), and writes the bundle with
+checksums. Without a model (no `model_card.json` in --model) the bundle is zero-shot: everything but the model's
+part, with a feature schema inferred from the catalog.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -24,12 +28,23 @@ import numpy as np
 
 from index.data.readers import items_path, read_items
 from index.data.records import DataError, Item
-from index.offline.featurize import CandidateFeatures, featurize
-from index.runtime.bundle import ARRAYS, BUNDLE_FORMAT, MANIFEST_FILE, Bundle
-from index.runtime.exported_model import ExportedModel
+from index.offline.featurize import CandidateFeatures, featurize, schema_from_items, text_truncation
+from index.runtime.bundle import (
+    BUNDLE_FORMAT,
+    FEATURE_ARRAYS,
+    LEARNED_INDEX_FILE,
+    LEXICAL_DIR,
+    MANIFEST_FILE,
+    MODEL_ARRAYS,
+    TEXT_INDEX_FILE,
+    Bundle,
+)
+from index.runtime.exported_model import MODEL_CARD_FILE, ExportedModel
 from index.runtime.faiss_index import IndexKind, IndexParams, build_index, recall_at_k
 from index.runtime.files import ArtifactError, sha256_file, write_json
+from index.runtime.lexical import LexicalIndex
 from index.runtime.text_encoder import TextEncoder
+from model.schema import FeatureSchema
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +64,17 @@ def measure_recall(index: faiss.Index, vectors: np.ndarray, k: int = RECALL_K, p
     return recall_at_k(index.search(queries, k)[1], exact.search(queries, k)[1])
 
 
-def write_index(out: Path, vectors: np.ndarray, params: IndexParams) -> dict[str, Any]:
-    """Build and save the FAISS index over the retrieval vectors; returns its manifest section."""
+def write_index(
+    out: Path, vectors: np.ndarray, params: IndexParams, name: str = LEARNED_INDEX_FILE, space: str = "learned"
+) -> dict[str, Any]:
+    """Build and save a FAISS index over unit vectors; returns its manifest section."""
     started = time.perf_counter()
     index = build_index(vectors, params)
-    faiss.write_index(index, str(out / "index.faiss"))
+    faiss.write_index(index, str(out / name))
     recall = 1.0 if params.kind is IndexKind.EXACT else measure_recall(index, vectors)
     log.info(
-        "%s index over %d items in %.1fs, recall@%d vs exact %.4f",
+        "%s %s index over %d items in %.1fs, recall@%d vs exact %.4f",
+        space,
         params.kind.value,
         len(vectors),
         time.perf_counter() - started,
@@ -66,7 +84,7 @@ def write_index(out: Path, vectors: np.ndarray, params: IndexParams) -> dict[str
     return {
         "params": {**asdict(params), "kind": params.kind.value},
         "metric": "inner_product",
-        "space": "learned",
+        "space": space,
         "dim": int(vectors.shape[1]),
         f"recall@{RECALL_K}": round(recall, 4),
         "recall_probes": 0 if params.kind is IndexKind.EXACT else RECALL_PROBES,
@@ -77,49 +95,82 @@ def write_bundle(
     out: Path,
     items: list[Item],
     features: CandidateFeatures,
-    ranker: ExportedModel,
+    ranker: ExportedModel | None,
     params: IndexParams,
     extra: dict[str, Any] | None = None,
+    schema: FeatureSchema | None = None,
 ) -> Path:
-    """Write the bundle files and manifest; `extra` adds manifest sections (e.g. the image encoder that was used)."""
+    """Write the bundle files and manifest; `extra` adds manifest sections (e.g. the image encoder that was used).
+    Without a ranker the bundle is zero-shot and `schema` (the features' schema) is required."""
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    encoded = ranker.encode_candidates(features.text, features.image, features.attrs, features.mask)
-    log.info("candidate encoder over %d items in %.1fs", len(items), time.perf_counter() - started)
-    arrays = {
-        "text": features.text,
-        "image": features.image,
-        "attrs": features.attrs,
-        "mask": features.mask,
-        "cand_kv": encoded.kv,
-        "retrieval": encoded.retrieval,
-    }
+    arrays = {"text": features.text, "image": features.image, "attrs": features.attrs, "mask": features.mask}
+    sections: dict[str, Any] = {}
+    if ranker is not None:
+        started = time.perf_counter()
+        encoded = ranker.encode_candidates(features.text, features.image, features.attrs, features.mask)
+        log.info("candidate encoder over %d items in %.1fs", len(items), time.perf_counter() - started)
+        arrays.update(cand_kv=encoded.kv, retrieval=encoded.retrieval)
+        sections["index"] = write_index(out, encoded.retrieval, params)
     for name, array in arrays.items():
         np.save(out / f"{name}.npy", np.ascontiguousarray(array, dtype=np.float32))
     with open(out / "items.jsonl", "w", encoding="utf-8") as handle:
         for item in items:
             handle.write(json.dumps({"id": item.id, "title": item.display_title, "attributes": item.attributes}) + "\n")
+    sections["text_index"] = write_index(out, features.text, params, TEXT_INDEX_FILE, "text")
+    sections["lexical"] = write_lexical(out, items)
     extra = {"modalities": features.coverage(), **(extra or {})}  # items with each modality, for the reader
-    write_manifest(out, ranker, len(items), write_index(out, encoded.retrieval, params), extra)
+    write_manifest(out, ranker, len(items), sections, extra, schema)
     return out
 
 
+def write_lexical(out: Path, items: list[Item]) -> dict[str, Any]:
+    """Build and save the BM25 index over the items' text fields; returns its manifest section."""
+    started = time.perf_counter()
+    lexical = LexicalIndex.build([item.full_text for item in items])
+    shutil.rmtree(out / LEXICAL_DIR, ignore_errors=True)
+    files = lexical.save(out / LEXICAL_DIR)
+    log.info("BM25 index over %d items in %.1fs", len(items), time.perf_counter() - started)
+    return {
+        "library": "bm25s",
+        **dataclasses.asdict(lexical.params),
+        "fields": ["title", "text"],
+        "tokenizer": "lowercase runs of letters and digits",
+        "files": [f"{LEXICAL_DIR}/{name}" for name in files],
+    }
+
+
 def write_manifest(
-    out: Path, ranker: ExportedModel, items: int, index_info: dict[str, Any], extra: dict[str, Any] | None = None
+    out: Path,
+    ranker: ExportedModel | None,
+    items: int,
+    sections: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    schema: FeatureSchema | None = None,
 ) -> None:
-    """Checksum every bundle file and write manifest.json; the bundle version is a digest of the checksums."""
-    names = [*(f"{name}.npy" for name in ARRAYS), "items.jsonl", "index.faiss"]
+    """Checksum every bundle file and write manifest.json; the bundle version is a digest of the checksums.
+    `sections` holds the indexes' manifest sections (text_index, lexical and, with a model, index)."""
+    model_files = [*(f"{name}.npy" for name in MODEL_ARRAYS), LEARNED_INDEX_FILE] if ranker else []
+    names = [
+        *(f"{name}.npy" for name in FEATURE_ARRAYS),
+        "items.jsonl",
+        TEXT_INDEX_FILE,
+        *sections["lexical"]["files"],
+        *model_files,
+    ]
     files = {name: sha256_file(out / name) for name in names}
+    schema = ranker.card.schema if ranker is not None else schema
+    if schema is None:
+        raise ValueError("a zero-shot bundle needs the feature schema")
     manifest: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "version": hashlib.sha256("".join(files[n] for n in names).encode()).hexdigest()[:12],
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "items": items,
-        "model_version": ranker.version,
-        "model_dim": ranker.card.dim,
-        "feature_schema": ranker.card.schema.to_dict(),
-        "text_encoder": ranker.card.schema.text_encoder,
-        "index": index_info,
+        "model_version": ranker.version if ranker is not None else None,
+        "model_dim": ranker.card.dim if ranker is not None else None,
+        "feature_schema": schema.to_dict(),
+        "text_encoder": schema.text_encoder,
+        **sections,
         "files": files,
     }
     for key, value in (extra or {}).items():
@@ -129,10 +180,10 @@ def write_manifest(
 
 def reproject_bundle(source: Path, model_dir: Path, out: Path) -> Bundle:
     """New model, same catalog: recompute only what the model makes (the ranker's candidate keys/values and the
-    index over its retrieval vectors) from an existing bundle's features.
+    learned index over its retrieval vectors) from an existing bundle's features (a zero-shot bundle's too).
 
-    Titles and images are not re-encoded; the new bundle is written beside the target and moved into place, so
-    `out` may be `source`."""
+    Texts and images are not re-encoded, the dense and BM25 indexes are kept; the new bundle is written beside the
+    target and moved into place, so `out` may be `source`."""
     ranker = ExportedModel(model_dir)
     old = Bundle.load(source)
     differences = ranker.card.schema.differences(old.schema)
@@ -143,14 +194,20 @@ def reproject_bundle(source: Path, model_dir: Path, out: Path) -> Bundle:
         )
     staging = out.with_name(f".{out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
-    made_by_model = ("cand_kv.npy", "retrieval.npy", "index.faiss", MANIFEST_FILE)
+    made_by_model = (*(f"{name}.npy" for name in MODEL_ARRAYS), LEARNED_INDEX_FILE, MANIFEST_FILE)
     shutil.copytree(source, staging, ignore=shutil.ignore_patterns(*made_by_model))
     encoded = ranker.encode_candidates(old.text, old.image, old.attrs, old.mask)
     np.save(staging / "cand_kv.npy", encoded.kv)
     np.save(staging / "retrieval.npy", encoded.retrieval)
-    params = old.retriever.params
-    kept = {k: v for k, v in old.manifest.items() if k not in ("format", "version", "created", "files", "index")}
-    write_manifest(staging, ranker, old.size, write_index(staging, encoded.retrieval, params), kept)
+    params = old.dense.params
+    sections = {
+        "index": write_index(staging, encoded.retrieval, params),
+        "text_index": old.manifest["text_index"],
+        "lexical": old.manifest["lexical"],
+    }
+    derived = ("format", "version", "created", "files", "model_version", "model_dim", *sections)
+    kept = {k: v for k, v in old.manifest.items() if k not in derived}
+    write_manifest(staging, ranker, old.size, sections, kept)
     if out.exists():
         retired = out.with_name(f".{out.name}.retired")
         shutil.rmtree(retired, ignore_errors=True)
@@ -165,10 +222,11 @@ def reproject_bundle(source: Path, model_dir: Path, out: Path) -> Bundle:
 
 
 def build_bundle(data: Path, model_dir: Path, encoder_dir: Path, out: Path, kind: str = "auto") -> Bundle:
-    """Featurize the catalog at data/items.jsonl and write a verified bundle to out."""
-    ranker = ExportedModel(model_dir)
+    """Featurize the catalog at data/items.jsonl and write a verified bundle to out; zero-shot when model_dir holds
+    no exported model."""
+    ranker = ExportedModel(model_dir) if (model_dir / MODEL_CARD_FILE).exists() else None
     encoder = TextEncoder(encoder_dir)
-    if encoder.name != ranker.card.schema.text_encoder:
+    if ranker is not None and encoder.name != ranker.card.schema.text_encoder:
         raise ArtifactError(f"text encoder {encoder.name} is not the model's {ranker.card.schema.text_encoder}")
     items = read_items(items_path(data))
     needs_images = [item.id for item in items if item.image_embedding is None and item.image]
@@ -177,16 +235,31 @@ def build_bundle(data: Path, model_dir: Path, encoder_dir: Path, out: Path, kind
             f"{len(needs_images)} items (e.g. {needs_images[0]!r}) have an image path but no image_embedding: "
             "build with `make ingest`, which encodes images"
         )
+    if ranker is None:
+        log.warning(
+            "no exported model in %s: building a ZERO-SHOT bundle (MiniLM dense + BM25 search, no trained ranker)",
+            model_dir,
+        )
+        first = next((i.image_embedding for i in items if i.image_embedding is not None), None)
+        schema = schema_from_items(
+            items, text_dim=encoder.dim, image_dim=len(first) if first is not None else 1, text_encoder=encoder.name
+        )
+    else:
+        schema = ranker.card.schema
     started = time.perf_counter()
-    features = featurize(items, ranker.card.schema, encoder)
+    features = featurize(items, schema, encoder)
+    text_info = text_truncation(items, encoder)
     log.info(
-        "featurized %d items in %.1fs; items with each modality: %s",
+        "featurized %d items in %.1fs; items with each modality: %s; %d of %d texts cut at %d word pieces",
         len(items),
         time.perf_counter() - started,
         features.coverage(),
+        text_info["truncated"],
+        text_info["encoded"],
+        text_info["max_tokens"],
     )
     params = IndexParams.for_size(len(items)) if kind == "auto" else IndexParams(IndexKind(kind))
-    write_bundle(out, items, features, ranker, params)
+    write_bundle(out, items, features, ranker, params, {"text": text_info}, schema)
     bundle = Bundle.load(out)
-    bundle.check_compatible(ranker.card)
+    bundle.check_compatible(ranker.card if ranker is not None else None)
     return bundle

@@ -9,13 +9,18 @@
       attrs.npy        (N, attr_dim) encoded attributes
       mask.npy         (N, 3) float32 modality mask, 1 = present, in token order image, text, attributes: what the
                        candidate encoder and the ranker leave out of an item that lacks a modality
+      text.faiss       dense search: the text embeddings, searched with the query's MiniLM embedding
+      lexical/         BM25 over each item's title and text (index.runtime.lexical)
       cand_kv.npy      (N, 2, 3, dim) the ranker's query-independent keys/values, made by `model_version`
       retrieval.npy    (N, retrieval_dim) unit retrieval vectors, made by `model_version` (the ranker's
                        `retrieval_score` input is their inner product with the query's)
-      index.faiss      the candidate generator: the model's retrieval vector per item, searched with the query tower's
+      index.faiss      the learned candidate source: the model's retrieval vector per item, searched with the query
+                       tower's
 
-A bundle is loaded only if every checksum matches, and served only with the model whose feature schema and
-version it was built for (`check_compatible`).
+A zero-shot bundle (built without a trained model, `model_version` null) has no cand_kv.npy, retrieval.npy or
+index.faiss: it is served by dense and BM25 search alone. A bundle is loaded only if every checksum matches, and
+served only with the model whose feature schema and version it was built for (`check_compatible`), or, when
+zero-shot, with no model.
 """
 
 from __future__ import annotations
@@ -30,11 +35,19 @@ import numpy as np
 from index.runtime.exported_model import ModelCard
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams
 from index.runtime.files import ArtifactError, read_json, verify_files
+from index.runtime.lexical import LexicalIndex
 from model.schema import MODALITIES, FeatureSchema
 
-BUNDLE_FORMAT = 3  # 2: the index holds the model's retrieval vectors, not title embeddings; 3: mask.npy
+# 2: the index holds the model's retrieval vectors, not title embeddings; 3: mask.npy; 4: text.faiss and lexical/,
+# and bundles without a model
+BUNDLE_FORMAT = 4
 MANIFEST_FILE = "manifest.json"
-ARRAYS = ("text", "image", "attrs", "mask", "cand_kv", "retrieval")
+FEATURE_ARRAYS = ("text", "image", "attrs", "mask")  # every bundle
+MODEL_ARRAYS = ("cand_kv", "retrieval")  # made by the model; absent from a zero-shot bundle
+ARRAYS = FEATURE_ARRAYS + MODEL_ARRAYS
+TEXT_INDEX_FILE = "text.faiss"
+LEARNED_INDEX_FILE = "index.faiss"
+LEXICAL_DIR = "lexical"
 
 
 @dataclass
@@ -51,9 +64,11 @@ class Bundle:
     image: np.ndarray
     attrs: np.ndarray
     mask: np.ndarray
-    cand_kv: np.ndarray
-    retrieval: np.ndarray
-    retriever: FaissIndex
+    dense: FaissIndex  # over `text`
+    lexical: LexicalIndex
+    cand_kv: np.ndarray | None  # None in a zero-shot bundle, like the two below
+    retrieval: np.ndarray | None
+    retriever: FaissIndex | None  # the learned source
     row_of: dict[str, int]
 
     @property
@@ -63,6 +78,12 @@ class Bundle:
     @property
     def version(self) -> str:
         return str(self.manifest["version"])
+
+    @property
+    def model_version(self) -> str | None:
+        """The model whose encodings the bundle holds; None for a zero-shot bundle."""
+        value = self.manifest.get("model_version")
+        return None if value is None else str(value)
 
     @classmethod
     def load(cls, path: Path, *, use_gpu: bool = False) -> Bundle:
@@ -74,17 +95,20 @@ class Bundle:
             raise ArtifactError(f"bundle {path}: format {manifest.get('format')!r}, this service reads {BUNDLE_FORMAT}")
         verify_files(path, manifest["files"], f"bundle {path}")
         schema = FeatureSchema.from_dict(manifest["feature_schema"])
-        arrays = {name: np.load(path / f"{name}.npy") for name in ARRAYS}
+        zero_shot = manifest.get("model_version") is None
+        names = FEATURE_ARRAYS if zero_shot else ARRAYS
+        arrays = {name: np.load(path / f"{name}.npy") for name in names}
         rows = [json.loads(line) for line in (path / "items.jsonl").read_text(encoding="utf-8").splitlines()]
         n = int(manifest["items"])
-        expected = {
+        expected: dict[str, tuple[int, ...]] = {
             "text": (n, schema.text_dim),
             "image": (n, schema.image_dim),
             "attrs": (n, schema.attr_dim),
             "mask": (n, len(MODALITIES)),
-            "cand_kv": (n, 2, 3, int(manifest["model_dim"])),
-            "retrieval": (n, int(manifest["index"]["dim"])),
         }
+        if not zero_shot:
+            expected["cand_kv"] = (n, 2, 3, int(manifest["model_dim"]))
+            expected["retrieval"] = (n, int(manifest["index"]["dim"]))
         for name, shape in expected.items():
             if arrays[name].shape != shape:
                 raise ArtifactError(f"bundle {path}: {name}.npy has shape {arrays[name].shape}, manifest says {shape}")
@@ -93,14 +117,11 @@ class Bundle:
             raise ArtifactError(f"bundle {path}: mask.npy must hold 0/1 with at least one modality per item")
         if len(rows) != n:
             raise ArtifactError(f"bundle {path}: items.jsonl has {len(rows)} rows, manifest says {n}")
-        params = IndexParams(**{**manifest["index"]["params"], "kind": IndexKind(manifest["index"]["params"]["kind"])})
-        retriever = FaissIndex.load(path / "index.faiss", params, use_gpu=use_gpu)
-        if retriever.size != n:
-            raise ArtifactError(f"bundle {path}: index.faiss holds {retriever.size} vectors, manifest says {n}")
-        if retriever.dim != int(manifest["index"]["dim"]):
-            raise ArtifactError(
-                f"bundle {path}: index.faiss holds {retriever.dim}-d vectors, manifest says {manifest['index']['dim']}"
-            )
+        dense = _load_index(path, TEXT_INDEX_FILE, manifest["text_index"], n, use_gpu)
+        retriever = None if zero_shot else _load_index(path, LEARNED_INDEX_FILE, manifest["index"], n, use_gpu)
+        lexical = LexicalIndex.load(path / LEXICAL_DIR)
+        if lexical.size != n:
+            raise ArtifactError(f"bundle {path}: the BM25 index holds {lexical.size} items, manifest says {n}")
         ids = [r["id"] for r in rows]
         return cls(
             path=path,
@@ -109,13 +130,33 @@ class Bundle:
             ids=ids,
             titles=[r["title"] for r in rows],
             attributes=[r["attributes"] for r in rows],
+            dense=dense,
+            lexical=lexical,
             retriever=retriever,
             row_of={item_id: i for i, item_id in enumerate(ids)},
-            **arrays,
+            text=arrays["text"],
+            image=arrays["image"],
+            attrs=arrays["attrs"],
+            mask=arrays["mask"],
+            cand_kv=arrays.get("cand_kv"),
+            retrieval=arrays.get("retrieval"),
         )
 
-    def check_compatible(self, card: ModelCard) -> None:
-        """Refuse a model this bundle was not built for, naming the field that differs."""
+    def check_compatible(self, card: ModelCard | None) -> None:
+        """Refuse a model this bundle was not built for (or no model, when the bundle holds a model's encodings),
+        naming the field that differs."""
+        if card is None:
+            if self.model_version is not None:
+                raise ArtifactError(
+                    f"bundle {self.path} was built for model {self.model_version}, which is not there: export it, "
+                    "or build a zero-shot bundle with `make index` and no model"
+                )
+            return
+        if self.retriever is None:
+            raise ArtifactError(
+                f"bundle {self.path} is zero-shot (built without a model); model {card.version} needs a bundle "
+                "built for it: run `make index`"
+            )
         differences = card.schema.differences(self.schema)
         if differences:
             raise ArtifactError(
@@ -126,8 +167,19 @@ class Bundle:
                 f"bundle {self.path} indexes {self.retriever.dim}-d vectors, but model {card.version}'s query tower "
                 f"gives {card.retrieval_dim}-d ones: rebuild the bundle with `make index`"
             )
-        if self.manifest["model_version"] != card.version:
+        if self.model_version != card.version:
             raise ArtifactError(
                 f"bundle {self.path} holds candidate encodings of model {self.manifest['model_version']}, "
                 f"but the model is {card.version}: rebuild the bundle with `make index`"
             )
+
+
+def _load_index(path: Path, name: str, info: dict[str, Any], n: int, use_gpu: bool) -> FaissIndex:
+    """A FAISS index of the bundle, checked against its manifest section (size and dimension)."""
+    params = IndexParams(**{**info["params"], "kind": IndexKind(info["params"]["kind"])})
+    index = FaissIndex.load(path / name, params, use_gpu=use_gpu)
+    if index.size != n:
+        raise ArtifactError(f"bundle {path}: {name} holds {index.size} vectors, manifest says {n}")
+    if index.dim != int(info["dim"]):
+        raise ArtifactError(f"bundle {path}: {name} holds {index.dim}-d vectors, manifest says {info['dim']}")
+    return index

@@ -4,9 +4,13 @@
   built: the ranker's keys/values and the item's vector in the candidate generator's space; `mask` (N, 3) float32
   says which modalities (image, text, attributes) the item has, and a missing one adds nothing to its vector;
 - `query_tower.onnx`: (query) -> the query's vector in that space, run per request before the FAISS search;
-- `ranker.onnx`: (query, cand_kv, cand_text, cand_mask, retrieval_score, query_index) -> scores, run per request
-  (or per micro-batch); `cand_mask` (M, 3) leaves each candidate's missing modalities out of the attention, and
-  `retrieval_score` is the inner product of the query's and the candidate's retrieval vectors.
+- `ranker.onnx`: (query, cand_kv, cand_text, cand_mask, retrieval_score, evidence, query_index) -> scores, run per
+  request (or per micro-batch); `cand_mask` (M, 3) leaves each candidate's missing modalities out of the attention,
+  `retrieval_score` is the inner product of the query's and the candidate's retrieval vectors, and `evidence` (M, 2)
+  the zero-shot prior the score is a residual over and the BM25 score (`index.runtime.hybrid.ranker_evidence`).
+
+The model card also says how candidates are generated for this model (`sources`, fused by RRF) and which zero-shot
+prior it was trained on (`prior`): both were chosen on the validation queries at training time.
 
 Loading checks every file against the checksums in `model_card.json`, and each graph's inputs against what this
 code feeds it, and refuses a mismatch with the reason.
@@ -29,7 +33,7 @@ QUERY_TOWER_FILE = "query_tower.onnx"
 RANKER_FILE = "ranker.onnx"
 MODEL_FILES = (CANDIDATE_ENCODER_FILE, QUERY_TOWER_FILE, RANKER_FILE)
 CANDIDATE_ENCODER_INPUTS = ("text", "image", "attrs", "mask")
-RANKER_INPUTS = ("query", "cand_kv", "cand_text", "cand_mask", "retrieval_score", "query_index")
+RANKER_INPUTS = ("query", "cand_kv", "cand_text", "cand_mask", "retrieval_score", "evidence", "query_index")
 MODEL_CARD_FILE = "model_card.json"
 CANARY_FILE = "canaries.npz"
 CANARY_TOLERANCE = 1e-4
@@ -44,6 +48,8 @@ class ModelCard:
     dim: int  # the ranker's token width (cand_kv's last axis)
     retrieval_dim: int  # the candidate generator's vector width (the FAISS index's)
     files: dict[str, str]
+    sources: tuple[str, ...]  # the candidate generator's sources, fused by RRF (index.runtime.hybrid.SOURCES)
+    prior: str  # the zero-shot prior the ranker's score is a residual over (index.runtime.hybrid.PRIORS)
     raw: dict[str, Any]
 
     @classmethod
@@ -59,6 +65,8 @@ class ModelCard:
                 dim=int(data["model_config"]["dim"]),
                 retrieval_dim=int(data["retriever_config"]["dim"]),
                 files=dict(data["files"]),
+                sources=tuple(data["candidates"]["sources"]),
+                prior=str(data["candidates"]["prior"]),
                 raw=data,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -131,16 +139,16 @@ class ExportedModel:
         if not path.exists():
             raise ArtifactError(f"model: {path} is missing; re-run `make export`")
         with np.load(path) as canary:
-            if "mask" not in canary:
-                raise ArtifactError(
-                    f"model: {path} has no modality mask (made by an older export); re-run `make export`"
-                )
+            if "mask" not in canary or "evidence" not in canary:
+                raise ArtifactError(f"model: {path} was made by an older export; re-run `make export`")
             mask = canary["mask"]
             encoded = self.encode_candidates(canary["text"], canary["image"], canary["attrs"], mask)
             query_vectors = self.project_queries(canary["query"])
             owner = canary["query_index"]
             similarity = retrieval_scores(query_vectors, encoded.retrieval, owner)
-            scores = self.score(canary["query"], encoded.kv, canary["text"], mask, similarity, owner)
+            scores = self.score(
+                canary["query"], encoded.kv, canary["text"], mask, similarity, canary["evidence"], owner
+            )
             diffs = {
                 "ranker scores": np.abs(scores - canary["expected"]).max(),
                 "query vectors": np.abs(query_vectors - canary["expected_query_vectors"]).max(),
@@ -161,9 +169,19 @@ class ExportedModel:
         cand_text: np.ndarray,
         cand_mask: np.ndarray,
         retrieval_score: np.ndarray,
+        evidence: np.ndarray,
         query_index: np.ndarray,
     ) -> np.ndarray:
-        """Scores (M,) for M candidates of B queries; query_index[m] in [0, B) says whose candidate m is, and
-        cand_mask (M, 3) which of its modalities (image, text, attributes) it has."""
-        inputs = (query, cand_kv, cand_text, cand_mask, retrieval_score.astype(np.float32, copy=False), query_index)
+        """Scores (M,) for M candidates of B queries; query_index[m] in [0, B) says whose candidate m is,
+        cand_mask (M, 3) which of its modalities (image, text, attributes) it has, evidence (M, 2) its prior and
+        lexical score."""
+        inputs = (
+            query,
+            cand_kv,
+            cand_text,
+            cand_mask,
+            retrieval_score.astype(np.float32, copy=False),
+            evidence.astype(np.float32, copy=False),
+            query_index,
+        )
         return self.session.run(None, dict(zip(RANKER_INPUTS, inputs, strict=True)))[0]

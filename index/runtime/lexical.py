@@ -1,0 +1,144 @@
+"""Lexical retrieval: Okapi BM25 over each item's text fields (title and text joined), with bm25s.
+
+bm25s stores the BM25 weight of every (term, item) pair as a sparse matrix, so a query's scores over the whole
+catalog are a sum of a few sparse rows: no Python loop over items (`loadtests/bench_lexical.py` measured it against
+tantivy; BENCHMARKS.md). The index lives in the bundle's `lexical/` directory, every file checksummed in the manifest.
+
+Documents that are not in the catalog (a `/rerank` plain string) are scored with the catalog's statistics (document
+frequencies and mean length), so their scores are on the same scale as a catalog item's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from index.runtime.files import ArtifactError
+
+log = logging.getLogger(__name__)
+
+TOKEN = re.compile(r"[^\W_]+")  # runs of letters and digits (any script), after lowercasing
+STATS_FILE = "stats.json"
+DF_FILE = "df.npy"
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercase runs of letters and digits: what BM25 indexes and queries with. No stemming and no stop words, so
+    nothing here assumes one language; BM25's idf already discounts frequent words."""
+    return TOKEN.findall(text.lower())
+
+
+@dataclass(frozen=True)
+class LexicalParams:
+    """BM25's parameters (the usual k1 and b; bm25s's 'lucene' idf: log(1 + (N - n + 0.5) / (n + 0.5)))."""
+
+    k1: float = 1.5
+    b: float = 0.75
+    method: str = "lucene"
+
+
+class LexicalIndex:
+    """BM25 over a catalog's texts; row i is item i."""
+
+    def __init__(self, bm25: object, df: np.ndarray, avg_length: float, params: LexicalParams) -> None:
+        self._bm25 = bm25
+        self._vocab: dict[str, int] = bm25.vocab_dict  # type: ignore[attr-defined]
+        self._df = df
+        self.size = int(bm25.scores["num_docs"])  # type: ignore[attr-defined]
+        self.avg_length = avg_length
+        self.params = params
+
+    @classmethod
+    def build(cls, texts: Sequence[str], params: LexicalParams | None = None) -> LexicalIndex:
+        import bm25s
+
+        params = params or LexicalParams()
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
+        tokens = [tokenize(text) for text in texts]
+        bm25 = bm25s.BM25(k1=params.k1, b=params.b, method=params.method)
+        bm25.index(tokens, show_progress=False)
+        df = np.zeros(len(bm25.vocab_dict), dtype=np.int32)
+        for doc in tokens:
+            for token in set(doc):
+                df[bm25.vocab_dict[token]] += 1
+        avg_length = float(np.mean([len(doc) for doc in tokens])) if tokens else 0.0
+        return cls(bm25, df, avg_length, params)
+
+    def save(self, directory: Path) -> list[str]:
+        """Write the index into `directory`; returns the file names (for the manifest's checksums)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self._bm25.save(str(directory), show_progress=False)  # type: ignore[attr-defined]
+        np.save(directory / DF_FILE, self._df)
+        stats = {"items": self.size, "avg_length": self.avg_length, **asdict(self.params)}
+        (directory / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        return sorted(p.name for p in directory.iterdir() if p.is_file())
+
+    @classmethod
+    def load(cls, directory: Path) -> LexicalIndex:
+        import bm25s
+
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
+        try:
+            stats = json.loads((directory / STATS_FILE).read_text())
+            bm25 = bm25s.BM25.load(str(directory), show_progress=False, verbosity=0)
+            df = np.load(directory / DF_FILE)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ArtifactError(f"cannot read the BM25 index at {directory}: {exc}") from None
+        params = LexicalParams(float(stats["k1"]), float(stats["b"]), str(stats["method"]))
+        index = cls(bm25, df, float(stats["avg_length"]), params)
+        if index.size != int(stats["items"]) or len(df) != len(index._vocab):
+            raise ArtifactError(f"the BM25 index at {directory} does not match its {STATS_FILE}")
+        return index
+
+    def _term_ids(self, query: str) -> list[int]:
+        return [self._vocab[t] for t in dict.fromkeys(tokenize(query)) if t in self._vocab]
+
+    def scores(self, query: str) -> np.ndarray:
+        """(N,) float32 BM25 score of every item for the query (0 where no query term occurs)."""
+        ids = self._term_ids(query)
+        if not ids:
+            return np.zeros(self.size, dtype=np.float32)
+        return np.asarray(self._bm25.get_scores_from_ids(ids), dtype=np.float32)  # type: ignore[attr-defined]
+
+    def search(self, query: str, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The best `k` rows with a positive score (fewer when fewer items share a term with the query), best first,
+        as (scores, rows); `allowed` (N,) bool keeps only those rows."""
+        return self.top(self.scores(query), k, allowed)
+
+    @staticmethod
+    def top(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`search` over scores already computed (the service reuses them as the candidates' lexical evidence)."""
+        if allowed is not None:
+            scores = np.where(allowed, scores, 0.0)
+        positive = int(np.count_nonzero(scores))
+        k = min(k, positive)
+        if k == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.lexsort((top, -scores[top]))][:k]  # by score, ties by row: deterministic
+        return scores[top], top.astype(np.int64)
+
+    def score_texts(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        """(D,) BM25 scores of documents that are not in the catalog, with the catalog's document frequencies and
+        mean length (the same formula bm25s uses for catalog items)."""
+        ids = self._term_ids(query)
+        out = np.zeros(len(texts), dtype=np.float32)
+        if not ids:
+            return out
+        n, k1, b = self.size, self.params.k1, self.params.b
+        idf = {t: math.log(1.0 + (n - self._df[t] + 0.5) / (self._df[t] + 0.5)) for t in ids}
+        vocab = self._vocab
+        for i, text in enumerate(texts):
+            tokens = tokenize(text)
+            counts = Counter(vocab[t] for t in tokens if t in vocab)
+            norm = k1 * (1.0 - b + b * len(tokens) / max(self.avg_length, 1e-9))
+            out[i] = sum(idf[t] * counts[t] / (counts[t] + norm) for t in ids if counts[t])
+        return out
