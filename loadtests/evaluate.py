@@ -14,7 +14,8 @@ every query). Systems:
   POST /rank. Top-K is 100 (the service's max_top_k) and num_candidates the service's default unless given.
 - minilm: zero-shot MiniLM cosine (the project's ONNX all-MiniLM-L6-v2) of the query and each item's full text
   (title and text joined), exact search over the WHOLE catalog.
-- bm25: Okapi BM25 (bm25s; k1 1.5, b 0.75, lowercase alphanumeric tokens) over the whole catalog's full texts.
+- bm25: Okapi BM25 (the service's own, index.runtime.lexical: bm25s, k1 1.5, b 0.75, lowercase alphanumeric
+  tokens) over the whole catalog's full texts.
 - rrf: reciprocal-rank fusion of the minilm and bm25 rankings (k = 60; each list taken to --rrf-depth).
 
 Metrics are label-based with the project's pinned definitions (training.metrics): nDCG@10 (gain 2^g-1, log2
@@ -28,12 +29,10 @@ K; queries without one excluded). One table is printed and a JSON report with pe
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import logging
 import math
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -48,8 +47,10 @@ from tqdm import tqdm
 
 from index.cli_logging import configure_cli_logging
 from index.data.readers import find_data_file, find_judgments, read_items, read_judgments, read_queries
-from index.data.records import DataError, Item, Query
+from index.data.records import DataError, Item, Query, fold_of
+from index.offline.text_cache import encode_texts as cached_embeddings
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index
+from index.runtime.lexical import TOKEN, LexicalIndex, LexicalParams
 from index.runtime.text_encoder import TextEncoder
 from training.metrics import NDCG_CONVENTION, RELEVANT_GRADE, ndcg_at_k, reciprocal_rank
 
@@ -66,7 +67,6 @@ BM25_METHOD = "lucene"  # bm25s's default: Okapi term weighting, idf log(1 + (N 
 RRF_K = 60  # Cormack, Clarke and Buettcher (SIGIR 2009): the constant everyone uses
 RRF_DEPTH = 1000
 ENCODE_BATCH = 64
-TOKEN = re.compile(r"[^\W_]+")  # runs of letters and digits (Unicode), after lowercasing
 
 
 class EvaluateError(RuntimeError):
@@ -179,16 +179,11 @@ def encode_texts(encoder: TextEncoder, texts: list[str], desc: str) -> np.ndarra
 
 def minilm_rankings(encoder: TextEncoder, items: list[Item], query_texts: list[str], depth: int) -> list[Ranking]:
     """Zero-shot MiniLM cosine of each query with every item's full text (title and text), exact search."""
-    catalog = encode_texts(encoder, [item.full_text for item in items], "MiniLM: catalog")
+    catalog = cached_embeddings(encoder, [item.full_text for item in items])
     queries = encode_texts(encoder, query_texts, "MiniLM: queries")
     params = IndexParams(IndexKind.EXACT)
     scores, rows = FaissIndex(build_index(catalog, params), params).search(queries, min(depth, len(items)))
     return _rankings(scores, rows, [item.id for item in items])
-
-
-def tokenize(text: str) -> list[str]:
-    """Lowercase alphanumeric tokens: what BM25 indexes and queries with."""
-    return TOKEN.findall(text.lower())
 
 
 def bm25_rankings(
@@ -201,19 +196,14 @@ def bm25_rankings(
     b: float = BM25_B,
     method: str = BM25_METHOD,
 ) -> list[Ranking]:
-    """Okapi BM25 (bm25s) of each query against every document; `ids` names the documents."""
-    import bm25s
-
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
-    retriever = bm25s.BM25(k1=k1, b=b, method=method)
-    retriever.index([tokenize(doc) for doc in documents], show_progress=False)
-    depth = min(depth, len(documents))
-    # bm25s turns a list of token lists into ids itself (unknown tokens dropped); a query with no known token scores
-    # every document 0, which the metrics read as one big tie.
-    rows, scores = retriever.retrieve(
-        [tokenize(text) or [""] for text in query_texts], k=depth, show_progress=sys.stderr.isatty()
-    )
-    return _rankings(np.asarray(scores), np.asarray(rows), ids)
+    """Okapi BM25 of each query against every document, with the service's own BM25 (index.runtime.lexical); `ids`
+    names the documents. A query that shares no term with a document ranks nothing."""
+    index = LexicalIndex.build(documents, LexicalParams(k1, b, method))
+    rankings = []
+    for text in _bar(query_texts, "BM25", unit="query"):
+        scores, rows = index.search(text, depth)
+        rankings.append(Ranking([ids[r] for r in rows.tolist()], scores.tolist()))
+    return rankings
 
 
 def rrf(rankings: Sequence[Ranking], k: int = RRF_K, top: int = DEFAULT_TOP_K) -> Ranking:
@@ -250,11 +240,11 @@ class InProcessServed:
         self._request = RankRequest
         self.engine = engine
         self.top_k, self.num_candidates = top_k, num_candidates
-        self.model_version: str = engine.model.version
-        self.synthetic_model = bool(engine.model.card.raw.get("dataset", {}).get("synthetic", False))
+        self.model_version: str = engine.model_version
+        self.synthetic_model: bool = engine.synthetic
         candidates = num_candidates or engine.settings.default_candidates
         self.description = (
-            f"in process: model {engine.model.version}, bundle {engine.bundle.version} ({engine.bundle.size} items), "
+            f"in process: model {engine.model_version}, bundle {engine.bundle.version} ({engine.bundle.size} items), "
             f"top {top_k} of {candidates} candidates"
         )
         self.catalog: set[str] | None = set(engine.bundle.ids)
@@ -278,14 +268,21 @@ def load_in_process(
     encoder: Path | None,
     top_k: int = DEFAULT_TOP_K,
     num_candidates: int | None = None,
+    gate: bool | None = None,
 ) -> InProcessServed:
     """Build the engine as the service does at start-up (checksums, canaries, quality gate, warm-up), from the
-    given paths and otherwise the RANK_* environment; EvaluateError when the artifacts do not load."""
+    given paths and otherwise the RANK_* environment; EvaluateError when the artifacts do not load. `gate` False
+    turns the zero-shot part of the quality gate off (to measure a model the service would refuse)."""
     from service.loading import load_engine
     from service.metrics import Metrics
     from service.settings import Settings
 
-    paths = {"bundle_dir": bundle, "model_dir": model, "encoder_dir": encoder}
+    paths: dict[str, Any] = {
+        "bundle_dir": bundle,
+        "model_dir": model,
+        "encoder_dir": encoder,
+        "require_beats_baseline": gate,
+    }
     try:
         settings = Settings(**{k: v for k, v in paths.items() if v is not None})
     except ValueError as exc:
@@ -458,11 +455,6 @@ def summarize(per_query: Sequence[QueryMetrics]) -> Summary:
         queries=len(per_query),
         queries_without_relevant=int(np.isnan(np.asarray(ndcg, dtype=np.float64)).sum()),
     )
-
-
-def fold_of(query_id: str, folds: int) -> int:
-    """The query's fold: a hash of its id mod `folds` (stable across runs, machines and added queries)."""
-    return int.from_bytes(hashlib.sha256(query_id.encode()).digest()[:8], "big") % folds
 
 
 def _round(value: float, digits: int = 4) -> float | None:

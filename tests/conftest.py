@@ -10,6 +10,7 @@ their own files. `make test-fast` runs the rest: unit tests, under a minute.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from index.export.text_encoder import export_text_encoder
 from index.offline.bundle_writer import build_bundle
+from index.offline.text_cache import CACHE_ENV
 from service.settings import Settings
 from training.cli import run_train
 from training.export import run_export
@@ -31,6 +33,13 @@ ARTIFACT_FIXTURES = frozenset({"encoder_dir", "tiny", "tiny_copy", "tiny_clip"})
 
 # Tests without those fixtures that still take seconds a call: each runs a CLI that imports torch (and exports) in a
 # subprocess. (file, test function); better marked `integration` in their own files, which then drop out of here.
+@pytest.fixture(scope="session", autouse=True)
+def _embedding_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Text embeddings cached by offline commands (index.offline.text_cache) go to the session's temporary
+    directory, not the checkout's build/cache; subprocesses inherit it."""
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("embedding-cache"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if ARTIFACT_FIXTURES.intersection(getattr(item, "fixturenames", ())):

@@ -31,6 +31,7 @@ from index.data.records import (
     Record,
     Severity,
     VectorDims,
+    fold_split,
     hash_split,
     is_number,
     parse_image_row,
@@ -345,10 +346,13 @@ def read_items(path: Path) -> list[Item]:
     return items
 
 
-def read_queries(path: Path) -> list[Query]:
-    """Queries of queries.jsonl or .parquet. When no query names a split, every query is split by `hash_split`;
-    when some do, the others are training queries."""
+def read_queries(path: Path, fold: tuple[int, int] | None = None) -> list[Query]:
+    """Queries of queries.jsonl or .parquet. With `fold` = (f, K), splits are K-fold cross-validation's for fold f
+    (`fold_split`), whatever the data says; otherwise, when no query names a split, every query is split by
+    `hash_split`; when some do, the others are training queries."""
     queries = scan_queries(path, RaiseOnError()).records
+    if fold is not None:
+        return [dataclasses.replace(q, split=fold_split(q.id, *fold)) for q in queries]
     named = any(q.split is not None for q in queries)
     return [dataclasses.replace(q, split=q.split or ("train" if named else hash_split(q.id))) for q in queries]
 

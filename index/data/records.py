@@ -227,6 +227,21 @@ def hash_split(query_id: str) -> str:
     return next(name for name, upper in HASH_SPLIT if fraction < upper)
 
 
+def fold_of(query_id: str, folds: int) -> int:
+    """The query's fold for K-fold cross-validation: a hash of its id mod `folds` (stable across runs, machines and
+    added queries)."""
+    return int.from_bytes(hashlib.sha256(query_id.encode()).digest()[:8], "big") % folds
+
+
+def fold_split(query_id: str, fold: int, folds: int) -> str:
+    """The split of a query when fold `fold` of `folds` is held out: that fold is the test split, the next one the
+    validation split (early stopping, model choices), the rest train."""
+    own = fold_of(query_id, folds)
+    if own == fold:
+        return "test"
+    return "val" if own == (fold + 1) % folds else "train"
+
+
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

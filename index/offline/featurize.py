@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from index.data.records import DataError, Item, Modality
+from index.offline.text_cache import encode_texts
 from index.runtime.features import CandidateFeatures, modality_mask
-from index.runtime.text_encoder import TextEncoder
+from index.runtime.text_encoder import MAX_TOKENS, TextEncoder
 from model.schema import CategoricalField, FeatureSchema, NumericField
 
 MAX_CATEGORICAL_VALUES = 64  # more distinct values than this is an id-like field, not a category
@@ -45,6 +46,13 @@ def schema_from_items(items: Sequence[Item], text_dim: int, image_dim: int, text
 def item_text(item: Item) -> str:
     """The text that is embedded for an item (and searched by the candidate generator): every text field."""
     return item.full_text
+
+
+def text_truncation(items: Sequence[Item], encoder: TextEncoder) -> dict[str, int]:
+    """How many of the texts the encoder embeds are longer than its limit (and embedded from their start only): for
+    the bundle manifest and the ingest report, so that truncation is never silent. BM25 indexes every word."""
+    texts = [item_text(item) for item in items if item.text_embedding is None and has_text(item)]
+    return {"encoded": len(texts), "truncated": encoder.count_truncated(texts), "max_tokens": MAX_TOKENS}
 
 
 def has_text(item: Item) -> bool:
@@ -86,7 +94,7 @@ def featurize(items: Sequence[Item], schema: FeatureSchema, encoder: TextEncoder
     text = np.zeros((len(items), schema.text_dim), dtype=np.float32)
     to_encode = [i for i, item in enumerate(items) if item.text_embedding is None and has_text(item)]
     if to_encode:
-        text[to_encode] = encoder.encode([item_text(items[i]) for i in to_encode])
+        text[to_encode] = encode_texts(encoder, [item_text(items[i]) for i in to_encode])
     image = np.zeros((len(items), schema.image_dim), dtype=np.float32)
     has_image = np.zeros(len(items), dtype=bool)
     for i, item in enumerate(items):

@@ -36,7 +36,7 @@ from index.cli_logging import configure_cli_logging
 from index.data.readers import find_data_file, items_path, read_image_manifest, read_items
 from index.data.records import IMAGE_MANIFEST, DataError, Item
 from index.offline.bundle_writer import write_bundle
-from index.offline.featurize import features_from_arrays, has_text, item_text
+from index.offline.featurize import features_from_arrays, has_text, item_text, text_truncation
 from index.offline.image_encoder import ImageEncoder
 from index.offline.images import ClipPreprocessing, ImageError, load_image, near_duplicate_pairs, perceptual_hash
 from index.runtime.bundle import Bundle
@@ -102,6 +102,7 @@ class IngestReport:
     seconds: float
     image_seconds: float
     images_per_second: float
+    text: dict[str, int]  # texts embedded, how many were cut at the encoder's limit, and the limit (word pieces)
 
     @property
     def skipped_by_problem(self) -> dict[str, int]:
@@ -419,7 +420,9 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
         kept, schema, np.concatenate([c.text for c in chunks])[ok], np.concatenate([c.image for c in chunks])[ok]
     )
     params = IndexParams.for_size(len(kept)) if cfg.index_kind == "auto" else IndexParams(IndexKind(cfg.index_kind))
+    text_info = text_truncation(kept, encoders.text)
     extra = {
+        "text": text_info,
         "image_encoder": None if encoders.image is None else encoders.image.describe(),
         "ingest": {"format": INGEST_FORMAT, "items_read": len(items), "skipped": len(skipped)},
     }
@@ -444,6 +447,7 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
         seconds=round(time.perf_counter() - started, 3),
         image_seconds=round(image_seconds, 3),
         images_per_second=round(images_encoded / image_seconds, 2) if image_seconds > 0 else 0.0,
+        text=text_info,
     )
     write_json(cfg.out / REPORT_FILE, report.to_dict())
     if not cfg.keep_work:
