@@ -103,6 +103,8 @@ class FeatureSchema:
             for cat in self.categorical:
                 base = self._offsets[cat.name]
                 value = attrs.get(cat.name)
+                if isinstance(value, bool):
+                    value = str(value)  # the vocabulary holds booleans as "True"/"False" (schema_from_items)
                 slot = cat.values.index(value) if value in cat.values else len(cat.values)
                 out[row, base + slot] = 1.0
             for num in self.numeric:

@@ -64,6 +64,8 @@ def test_bm25_finds_items_that_share_a_term_and_filters() -> None:
     assert 0 not in index.search("lime gin", 10, allowed)[1]
     assert index.search("whisky", 10)[1].size == 0  # no shared term: nothing, not the catalog in row order
     assert tokenize("Gin-and-Tonic, 2 cl!") == ["gin", "and", "tonic", "2", "cl"]
+    # a word the query says twice weighs twice (query term frequency, as bm25s's own retrieve and Lucene count it)
+    np.testing.assert_allclose(index.scores("gin gin lime"), 2 * index.scores("gin") + index.scores("lime"), rtol=1e-6)
 
 
 def test_bm25_scores_new_documents_like_catalog_items(tmp_path) -> None:

@@ -114,3 +114,20 @@ def test_parquet_null_attributes_are_no_attributes(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "items.parquet")
     items = read_items(tmp_path / "items.parquet")
     assert [i.modalities for i in items] == [{TEXT, ATTRIBUTES}, {TEXT}]
+
+
+def test_boolean_attributes_are_encoded_not_read_as_missing() -> None:
+    """schema_from_items keeps booleans as the strings "True"/"False"; encoding a True must find that slot."""
+    from index.offline.featurize import schema_from_items
+    from model.schema import FeatureSchema
+
+    raws = [
+        {"id": "a", "title": "x", "attributes": {"iced": True}},
+        {"id": "b", "title": "y", "attributes": {"iced": False}},
+    ]
+    items = [record for record in (parse_item(raw).record for raw in raws) if record is not None]
+    schema: FeatureSchema = schema_from_items(items, text_dim=4, image_dim=1, text_encoder="t")
+    encoded = schema.encode_attributes([i.attributes for i in items])
+    assert schema.categorical[0].values == ("False", "True")
+    assert encoded[0].tolist() == [0.0, 1.0, 0.0] and encoded[1].tolist() == [1.0, 0.0, 0.0]
+    assert schema.attributes_present(encoded).all()
