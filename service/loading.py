@@ -60,8 +60,8 @@ def check_quality_gate(card: ModelCard, min_ndcg: float, require_beats_baseline:
     if fusion["ndcg@10_e2e"] < baselines[best]:
         raise ArtifactError(
             f"model {card.version}: end-to-end test nDCG@10 {fusion['ndcg@10_e2e']} is below zero-shot {best} "
-            f"{baselines[best]} on the same queries; serve zero-shot instead (build the bundle with no model: "
-            "`make index` without artifacts/model_card.json), or set RANK_REQUIRE_BEATS_BASELINE=false"
+            f"{baselines[best]} on the same queries; serve zero-shot instead (`make index MODEL=none` and "
+            "`make serve MODEL=none`), or set RANK_REQUIRE_BEATS_BASELINE=false"
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,18 +11,22 @@ import pytest
 from index.runtime.bundle import Bundle
 from index.runtime.exported_model import ExportedModel, ModelCard
 from index.runtime.files import ArtifactError, sha256_file
+from index.runtime.lexical import LexicalIndex
 
 from .conftest import TinyPipeline
 
 
-def test_manifest_describes_the_bundle(tiny: TinyPipeline) -> None:
+def test_manifest_describes_the_bundle(tiny: TinyPipeline, tmp_path: Path) -> None:
     bundle = Bundle.load(tiny.bundle)
     m = bundle.manifest
     assert m["items"] == bundle.size == 400
     assert m["index"]["params"]["kind"] == "exact" and m["index"]["recall@100"] == 1.0
     assert m["text_encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
     files = {"text.npy", "image.npy", "attrs.npy", "mask.npy", "cand_kv.npy", "retrieval.npy"}
-    assert set(m["files"]) == files | {"items.jsonl", "index.faiss"}
+    lexical = {f"lexical/{name}" for name in LexicalIndex.build(["a"]).save(tmp_path)}  # what bm25s writes
+    assert set(m["files"]) == files | {"items.jsonl", "index.faiss", "text.faiss"} | lexical
+    assert m["lexical"]["library"] == "bm25s" and m["text_index"]["space"] == "text"
+    assert m["text"] == {"encoded": 400, "truncated": 0, "max_tokens": 256}
     assert bundle.cand_kv.shape == (400, 2, 3, 32)
     # the SYNTHETIC catalog has every modality for every item
     assert bundle.mask.shape == (400, 3) and bundle.mask.dtype == np.float32 and (bundle.mask == 1).all()
@@ -40,13 +45,13 @@ def test_index_searches_the_retrieval_vectors(tiny: TinyPipeline) -> None:
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-4)
 
 
-@pytest.mark.parametrize("old", [1, 2])  # 2: the last format without mask.npy
+@pytest.mark.parametrize("old", [1, 2, 3])  # 3: the last format without text.faiss and lexical/
 def test_bundle_of_an_older_format_is_refused(tiny_copy: TinyPipeline, old: int) -> None:
     path = tiny_copy.bundle / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["format"] = old
     path.write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=f"format {old}, this service reads 3"):
+    with pytest.raises(ArtifactError, match=f"format {old}, this service reads 4"):
         Bundle.load(tiny_copy.bundle)
 
 
@@ -101,3 +106,10 @@ def test_truncated_onnx_is_refused(tiny_copy: TinyPipeline) -> None:
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ArtifactError, match="checksum mismatch for .*ranker.onnx"):
         ExportedModel(tiny_copy.model)
+
+
+def test_a_changed_bm25_file_is_refused(tiny_copy: TinyPipeline) -> None:
+    path = tiny_copy.bundle / "lexical" / "vocab.index.json"
+    path.write_text(path.read_text() + " ")  # still valid JSON; only the checksum can tell
+    with pytest.raises(ArtifactError, match="checksum mismatch for .*vocab.index.json"):
+        Bundle.load(tiny_copy.bundle)

@@ -63,12 +63,17 @@ class LexicalIndex:
         params = params or LexicalParams()
         logging.getLogger("bm25s").setLevel(logging.WARNING)
         tokens = [tokenize(text) for text in texts]
+        # The vocabulary is made here, sorted, so that the same catalog writes the same files in any process
+        # (bm25s's own comes from a set, whose order changes with Python's hash seed); "" is bm25s's empty token,
+        # which lets it index a catalog where no item has text.
+        vocab = {token: i for i, token in enumerate(sorted({t for doc in tokens for t in doc} | {""}))}
+        ids = [[vocab[t] for t in doc] for doc in tokens]
         bm25 = bm25s.BM25(k1=params.k1, b=params.b, method=params.method)
-        bm25.index(tokens, show_progress=False)
-        df = np.zeros(len(bm25.vocab_dict), dtype=np.int32)
-        for doc in tokens:
-            for token in set(doc):
-                df[bm25.vocab_dict[token]] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):  # a catalog without text has mean length 0
+            bm25.index((ids, vocab), show_progress=False)
+        df = np.zeros(len(vocab), dtype=np.int32)
+        for doc in ids:
+            df[list(set(doc))] += 1
         avg_length = float(np.mean([len(doc) for doc in tokens])) if tokens else 0.0
         return cls(bm25, df, avg_length, params)
 
