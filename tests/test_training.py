@@ -3,6 +3,7 @@ with one sentence."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from training.metrics import evaluate_scores
 from training.retrieval import _labels, _sample_items, learned_space, train_retriever
 from training.synthetic import SyntheticConfig, write_dataset
 from training.train import FeatureTensors, TrainConfig, lr_at, score_lists, train
+from training.zero_shot import SOURCE_OPTIONS, ZERO_SHOT_SYSTEMS
 
 from .conftest import TinyPipeline
 
@@ -48,7 +50,8 @@ def test_training_learns_beyond_the_text_baseline(tiny: TinyPipeline, toy_datase
     tensors = FeatureTensors.of(toy_dataset, torch.device("cpu"))
     learned = evaluate_scores(score_lists(result.model, tensors, val), val.grades, val.compliant, val.ideal_grades)
     cosine = evaluate_scores(text_cosine_scores(toy_dataset.features, val), val.grades, val.compliant, val.ideal_grades)
-    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.history[0]["epoch"] == 0 and "loss" not in result.history[0]  # epoch 0: the prior, untrained
+    assert result.history[-1]["loss"] < result.history[1]["loss"]
     assert learned.ndcg_at_10 > cosine.ndcg_at_10 + 0.05
 
 
@@ -70,8 +73,9 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 
 def test_train_writes_checkpoint_and_baseline_metrics(tiny: TinyPipeline) -> None:
     metrics = json.loads((tiny.model / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"fusion", "lambdamart", "two_tower", "text_cosine", "fusion_text_only"}
-    assert set(metrics["candidates"]["test_recall"]) == {"text", "learned"}
+    baselines = {"lambdamart", "two_tower", "text_cosine", "fusion_text_only", "prior", *ZERO_SHOT_SYSTEMS}
+    assert set(metrics["test"]) == {"fusion", *baselines}
+    assert set(metrics["candidates"]["test_recall"]) == {"+".join(sources) for sources in SOURCE_OPTIONS}
     assert metrics["synthetic"] is True
     checkpoint = torch.load(tiny.model / "checkpoint.pt", weights_only=False)
     expected = {"model", "optimizer", "model_config", "schema", "train_config", "step", "best_val_ndcg"}
@@ -129,11 +133,14 @@ def test_scores_are_finite(tiny: TinyPipeline, tiny_dataset) -> None:
 def test_retriever_finds_what_title_search_misses(tiny: TinyPipeline, toy_dataset) -> None:
     cfg = _small_cfg(tiny, retrieval_epochs=15, retrieval_dim=64, num_candidates=50, patience=15)
     result = train_retriever(cfg, toy_dataset)
-    relisted = toy_dataset.with_candidates(learned_space(result.model, toy_dataset.features, torch.device("cpu")), 50)
-    title_only = toy_dataset.splits["val"].candidate_recall()
+    space = learned_space(result.model, toy_dataset.features, torch.device("cpu"))
+    relisted = toy_dataset.with_candidates(
+        dataclasses.replace(toy_dataset.candidates, space=space, sources=("learned",)), 50
+    )
+    zero_shot = toy_dataset.splits["val"].candidate_recall()  # dense + BM25 over the titles
     learned = relisted.splits["val"].candidate_recall()
     assert learned == pytest.approx(result.best_val_recall)
-    assert learned > title_only + 0.2
+    assert learned > zero_shot + 0.2
     assert relisted.space == "learned" and relisted.item_vectors.shape == (1500, 64)
 
 
