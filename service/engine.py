@@ -313,7 +313,9 @@ class RankingEngine:
         """Candidate rows per job (rerank jobs bring their own; rank jobs fuse the engine's sources) and the BM25
         score of each candidate (0 for a rerank text document: `_gather` scores those)."""
         b = self.bundle
-        ranked: dict[str, dict[int, np.ndarray]] = {"dense": self._search(b.dense, jobs, vectors)}
+        ranked: dict[str, dict[int, np.ndarray]] = {}
+        if "dense" in self.sources:
+            ranked["dense"] = self._search(b.dense, jobs, vectors)
         if "learned" in self.sources and b.retriever is not None:
             ranked["learned"] = self._search(b.retriever, jobs, projected)
         stages.lap("retrieve")
@@ -329,7 +331,12 @@ class RankingEngine:
                 rows.append(job.rows)
             else:
                 lists = {name: found[i] for name, found in ranked.items() if i in found}
-                rows.append(candidate_rows(lists, self.sources, job.num_candidates))
+                fused = candidate_rows(lists, self.sources, job.num_candidates)
+                if len(fused) < job.num_candidates and "dense" not in lists:
+                    # Too few (only BM25 can find fewer than asked): fill from dense search, as training does.
+                    lists["dense"] = self._search(b.dense, [job], vectors).get(0, np.zeros(0, np.int64))
+                    fused = candidate_rows(lists, self.sources, job.num_candidates)
+                rows.append(fused)
         return rows, [lexical[job.query][job_rows] for job, job_rows in zip(jobs, rows, strict=True)]
 
     def _gather(self, jobs: list[Job], rows: list[np.ndarray], bm25: list[np.ndarray]) -> _Gathered:
