@@ -320,10 +320,12 @@ class RankingEngine:
             ranked["learned"] = self._search(b.retriever, jobs, projected)
         stages.lap("retrieve")
         lexical = {query: b.lexical.scores(query) for query in dict.fromkeys(job.query for job in jobs)}
-        ranked["bm25"] = {}
-        for i, job in enumerate(jobs):
-            if isinstance(job, RankJob) and "bm25" in self.sources:
-                ranked["bm25"][i] = b.lexical.top(lexical[job.query], job.num_candidates, job.allowed)[1]
+        if "bm25" in self.sources:
+            ranked["bm25"] = {
+                i: b.lexical.top(lexical[job.query], job.num_candidates, job.allowed)[1]
+                for i, job in enumerate(jobs)
+                if isinstance(job, RankJob)
+            }
         stages.lap("lexical")
         rows = []  # fused here: the caller's "fuse" lap
         for i, job in enumerate(jobs):
