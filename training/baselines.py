@@ -29,11 +29,6 @@ def text_cosine_scores(features: CandidateFeatures, lists: RankingLists) -> np.n
     return np.einsum("qkd,qd->qk", features.text[lists.candidates], lists.query_emb)
 
 
-def retrieval_scores(dataset: Dataset, lists: RankingLists) -> np.ndarray:
-    """(Q, K) inner product of each query with each candidate in the space the candidates were retrieved from."""
-    return np.einsum("qkd,qd->qk", dataset.item_vectors[lists.candidates], lists.query_vectors)
-
-
 class LambdaMART:
     """LightGBM lambdarank over flat (query, candidate) features; early-stopped on validation nDCG@10."""
 
@@ -65,7 +60,7 @@ class LambdaMART:
         mask = features.mask[cand]
         parts = [
             text_cosine_scores(features, lists).reshape(-1, 1),
-            retrieval_scores(dataset, lists).reshape(-1, 1),
+            lists.retrieval.reshape(-1, 1),
             lists.evidence.reshape(-1, 2),
             features.attrs[cand],
             *self._reduced("query", query, np.ones(len(query), dtype=bool)),

@@ -23,11 +23,11 @@ from index.runtime.files import write_json
 from index.runtime.text_encoder import TextEncoder
 from model.fusion import FusionRanker
 from model.retrieval import TwoTowerRetriever
-from training.baselines import LambdaMART, retrieval_scores, text_cosine_scores
-from training.dataset import Dataset, load_dataset, require_data_dir
+from training.baselines import LambdaMART, text_cosine_scores
+from training.dataset import Dataset, OutOfFold, exact_search, load_dataset, require_data_dir, rows_recall
 from training.export import ParityError, run_export
 from training.metrics import NDCG_CONVENTION, RELEVANT_GRADE, RankingMetrics, evaluate_scores
-from training.retrieval import learned_space, train_retriever
+from training.retrieval import RetrieverResult, learned_space, out_of_fold_spaces, train_retriever
 from training.train import FeatureTensors, TrainConfig, score_lists, select_device, train
 from training.zero_shot import SOURCE_OPTIONS, Choice, choose_candidates, lists_for, zero_shot_metrics
 
@@ -87,8 +87,33 @@ def text_only_scores(
     service's own definition): the text only, image and attributes masked, with the retrieval score from the item
     tower over those same inputs."""
     blind = text_only_features(dataset.features.text, dataset.schema)
-    item_vectors = learned_space(retriever, blind, device).items
-    return score_lists(model, FeatureTensors(blind, item_vectors, device), dataset.splits["test"])
+    test = dataset.splits["test"].rescored(learned_space(retriever, blind, device))
+    return score_lists(model, FeatureTensors(blind, device), test)
+
+
+def crossfit(cfg: TrainConfig, dataset: Dataset, retriever: RetrieverResult) -> list[OutOfFold] | None:
+    """The out-of-fold learned spaces for the ranker's training lists (`out_of_fold_spaces`), or None when
+    cross-fitting is off or there are too few training queries to split."""
+    train_queries = len(dataset.splits["train"])
+    if not cfg.crossfit or train_queries < 2 * cfg.crossfit:
+        log.info("cross-fitting off (--crossfit %d, %d training queries)", cfg.crossfit, train_queries)
+        return None
+    parts = out_of_fold_spaces(cfg, dataset, max(1, retriever.best_epoch))
+    train = dataset.splits["train"]
+    in_sample = exact_search(
+        learned_space(retriever.model, dataset.features, torch.device("cpu")), train.query_emb, cfg.num_candidates
+    )
+    held_out = np.empty_like(in_sample)
+    for part in parts:
+        held_out[part.rows] = exact_search(part.space, train.query_emb[part.rows], cfg.num_candidates)
+    log.info(
+        "training queries' learned recall@%d: %.4f from the retriever trained on them, %.4f out of fold "
+        "(the ranker trains on the out-of-fold lists)",
+        cfg.num_candidates,
+        rows_recall(in_sample, train.query_ids, dataset.judged),
+        rows_recall(held_out, train.query_ids, dataset.judged),
+    )
+    return parts
 
 
 def evaluate_systems(
@@ -133,7 +158,8 @@ def run_train(cfg: TrainConfig) -> int:
         ).candidate_recall()
         for sources in SOURCE_OPTIONS
     }
-    dataset = dataset.with_candidates(choice.candidates, cfg.num_candidates)
+    out_of_fold = crossfit(cfg, dataset, retriever)
+    dataset = dataset.with_candidates(choice.candidates, cfg.num_candidates, out_of_fold)
     print(candidates_table(candidate_recall, cfg.num_candidates, choice))
 
     result = train(cfg, dataset)
@@ -155,7 +181,7 @@ def run_train(cfg: TrainConfig) -> int:
         {
             "fusion": score_lists(result.model, tensors, test),
             "lambdamart": lambdamart.scores(dataset, test),
-            "two_tower": retrieval_scores(dataset, test),
+            "two_tower": test.retrieval,
             "text_cosine": text_cosine_scores(dataset.features, test),
             "fusion_text_only": text_only_scores(dataset, retriever.model, result.model, torch.device(result.device)),
             "prior": test.evidence[..., 0],
@@ -208,6 +234,7 @@ def run_train(cfg: TrainConfig) -> int:
                 "retriever_epochs_run": retriever.epochs_run,
                 "retriever_seconds": round(retriever.seconds, 2),
                 "retriever_best_val_recall": round(retriever.best_val_recall, 4),
+                "crossfit_parts": len(out_of_fold) if out_of_fold else 0,
             },
         },
     )

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +46,8 @@ class RankingLists:
     query_ids: list[str]
     query_texts: list[str]
     query_emb: np.ndarray  # (Q, text_dim)
-    query_vectors: np.ndarray  # (Q, D) the queries in the space of the ranker's retrieval_score input
     candidates: np.ndarray  # (Q, K) int64 item rows
+    retrieval: np.ndarray  # (Q, K) float32 the ranker's retrieval_score input: query . candidate in the scoring space
     evidence: np.ndarray  # (Q, K, 2) float32 the ranker's evidence input (prior, lexical) for each candidate
     grades: np.ndarray  # (Q, K) int64, 0 where unjudged
     compliant: np.ndarray  # (Q, K) bool
@@ -55,6 +56,27 @@ class RankingLists:
 
     def __len__(self) -> int:
         return len(self.query_ids)
+
+    def take(self, rows: np.ndarray) -> RankingLists:
+        """The lists at `rows`, in that order."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values[f.name] = [value[r] for r in rows] if isinstance(value, list) else value[rows]
+        return RankingLists(**values)
+
+    @staticmethod
+    def concat(parts: list[RankingLists]) -> RankingLists:
+        """One RankingLists holding `parts`' lists one after another."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(RankingLists):
+            pieces = [getattr(p, f.name) for p in parts]
+            values[f.name] = sum(pieces, []) if isinstance(pieces[0], list) else np.concatenate(pieces)
+        return RankingLists(**values)
+
+    def rescored(self, space: CandidateSpace) -> RankingLists:
+        """The same lists with the retrieval score taken in `space` (e.g. the item tower over masked inputs)."""
+        return dataclasses.replace(self, retrieval=retrieval_matrix(space, self.candidates, self.query_emb))
 
     def candidate_recall(self) -> float:
         """Mean share of each query's relevant items that made its candidate list (queries with none excluded):
@@ -76,6 +98,11 @@ class CandidateSpace:
     name: str
     items: np.ndarray  # (N, D)
     project: Callable[[np.ndarray], np.ndarray]  # (Q, text_dim) MiniLM query embeddings -> (Q, D)
+
+
+def retrieval_matrix(space: CandidateSpace, rows: np.ndarray, query_emb: np.ndarray) -> np.ndarray:
+    """(Q, K) inner product of each query with each of its candidates in `space`."""
+    return np.einsum("qkd,qd->qk", space.items[rows], space.project(query_emb)).astype(np.float32)
 
 
 def text_space(features: CandidateFeatures) -> CandidateSpace:
@@ -155,15 +182,40 @@ class Dataset:
     def space(self) -> str:
         return self.candidates.scoring_space.name
 
-    def with_candidates(self, candidates: Candidates, num_candidates: int) -> Dataset:
-        """The same queries and labels with every split's candidate lists made again by `candidates`."""
+    def with_candidates(
+        self, candidates: Candidates, num_candidates: int, out_of_fold: list[OutOfFold] | None = None
+    ) -> Dataset:
+        """The same queries and labels with every split's candidate lists made again by `candidates`. With
+        `out_of_fold`, each training query's list is made with the learned space of a retriever that never saw
+        it (cross-fitting): the ranker then learns on lists like those of queries the service has never seen,
+        not on ones whose retrieval score is overfit to its own training queries."""
         splits = {
-            name: build_lists(
-                lists.query_ids, lists.query_texts, lists.query_emb, self.judged, candidates, num_candidates
-            )
+            name: self._relist(lists, candidates, num_candidates)
             for name, lists in self.splits.items()
+            if not (out_of_fold and name == "train")
         }
+        if out_of_fold:
+            train = self.splits["train"]
+            parts = [
+                self._relist(train.take(fold.rows), dataclasses.replace(candidates, space=fold.space), num_candidates)
+                for fold in out_of_fold
+            ]
+            order = np.concatenate([fold.rows for fold in out_of_fold])
+            if sorted(order.tolist()) != list(range(len(train))):
+                raise ValueError("the out-of-fold parts must cover every training query exactly once")
+            splits["train"] = RankingLists.concat(parts).take(np.argsort(order))
         return dataclasses.replace(self, splits=splits, candidates=candidates)
+
+    def _relist(self, lists: RankingLists, candidates: Candidates, num_candidates: int) -> RankingLists:
+        return build_lists(lists.query_ids, lists.query_texts, lists.query_emb, self.judged, candidates, num_candidates)
+
+
+@dataclass(frozen=True)
+class OutOfFold:
+    """Training queries (rows of the train split) and the learned space of a retriever trained without them."""
+
+    rows: np.ndarray
+    space: CandidateSpace
 
 
 def judged_by_row(judgments: list[Judgment], item_rows: dict[str, int]) -> Judged:
@@ -236,8 +288,8 @@ def build_lists(
         query_ids=query_ids,
         query_texts=query_texts,
         query_emb=query_emb,
-        query_vectors=candidates.scoring_space.project(query_emb),
         candidates=rows.astype(np.int64),
+        retrieval=retrieval_matrix(candidates.scoring_space, rows, query_emb),
         evidence=ranker_evidence(found, candidates.prior).reshape(*rows.shape, 2),
         grades=grades,
         compliant=compliant,

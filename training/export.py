@@ -328,7 +328,7 @@ def text_only_parity(
     even on a catalog where every item has every modality."""
     blind = text_only_features(features.text, checkpoint.schema)
     space = learned_space(checkpoint.retriever, blind, torch.device("cpu"))
-    reference = score_lists(checkpoint.ranker, FeatureTensors(blind, space.items, torch.device("cpu")), lists)
+    reference = score_lists(checkpoint.ranker, FeatureTensors(blind, torch.device("cpu")), lists.rescored(space))
     encoded = ranker.encode_candidates(blind.text, blind.image, blind.attrs, blind.mask)
     exported = onnx_scores(ranker, encoded, blind, lists)
     return float(np.abs(reference - exported).max())

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from index.runtime.features import CandidateFeatures
 from model.retrieval import RetrievalConfig, TwoTowerRetriever
-from training.dataset import CandidateSpace, Dataset, RankingLists, exact_search, rows_recall
+from training.dataset import CandidateSpace, Dataset, OutOfFold, RankingLists, exact_search, rows_recall
 from training.losses import ListwiseSoftmaxLoss
 from training.metrics import RELEVANT_GRADE
 from training.train import TrainConfig, seed_everything, select_device
@@ -99,8 +99,11 @@ def _labels(batch: list[tuple[np.ndarray, np.ndarray]], sample: np.ndarray) -> n
     return labels
 
 
-def train_retriever(cfg: TrainConfig, dataset: Dataset) -> RetrieverResult:
-    """Train a TwoTowerRetriever on the train split's judgments, keeping the epoch with the best val recall."""
+def train_retriever(
+    cfg: TrainConfig, dataset: Dataset, train_rows: np.ndarray | None = None, epochs: int | None = None
+) -> RetrieverResult:
+    """Train a TwoTowerRetriever on the train split's judgments, keeping the epoch with the best val recall; or,
+    with `epochs`, train exactly that many epochs on the training queries at `train_rows` (cross-fitting)."""
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     schema = dataset.schema
@@ -116,6 +119,8 @@ def train_retriever(cfg: TrainConfig, dataset: Dataset) -> RetrieverResult:
     loss_fn = ListwiseSoftmaxLoss()
     text, image, attrs, mask = catalog_tensors(dataset.features, device)
     train_lists, val_lists = dataset.splits["train"], dataset.splits["val"]
+    if train_rows is not None:
+        train_lists = train_lists.take(train_rows)
     judged = _relevant_rows(train_lists, dataset)
     n_items = len(dataset.items)
     rng = np.random.default_rng(cfg.seed)
@@ -132,7 +137,7 @@ def train_retriever(cfg: TrainConfig, dataset: Dataset) -> RetrieverResult:
     )
     best = (-1.0, 0, copy.deepcopy(model.state_dict()))
     epochs_run, started = 0, time.perf_counter()
-    for epoch in tqdm(range(cfg.retrieval_epochs), desc="retriever", unit="epoch", leave=False, disable=None):
+    for epoch in tqdm(range(epochs or cfg.retrieval_epochs), desc="retriever", unit="epoch", leave=False, disable=None):
         model.train()
         for rows in np.array_split(rng.permutation(len(train_lists)), steps_per_epoch):
             batch = [judged[r] for r in rows]
@@ -146,6 +151,9 @@ def train_retriever(cfg: TrainConfig, dataset: Dataset) -> RetrieverResult:
             loss.backward()
             optimizer.step()
         epochs_run = epoch + 1
+        if epochs is not None:
+            best = (float("nan"), epochs_run, model.state_dict())
+            continue
         found = exact_search(learned_space(model, dataset.features, device), val_lists.query_emb, cfg.num_candidates)
         recall = rows_recall(found, val_lists.query_ids, dataset.judged)
         improved = recall > best[0]
@@ -168,3 +176,29 @@ def train_retriever(cfg: TrainConfig, dataset: Dataset) -> RetrieverResult:
         epochs_run=epochs_run,
         seconds=time.perf_counter() - started,
     )
+
+
+def out_of_fold_spaces(cfg: TrainConfig, dataset: Dataset, epochs: int) -> list[OutOfFold]:
+    """Cross-fitting: the training queries split into `cfg.crossfit` parts; for each, the learned space of a
+    retriever trained on the other parts for `epochs` (the full retriever's best epoch). The ranker's training lists
+    are made from these, so the retrieval score it learns to weigh is one measured on queries the retriever did not
+    see, as every served query is."""
+    n = len(dataset.splits["train"])
+    parts = np.array_split(np.random.default_rng(cfg.seed).permutation(n), cfg.crossfit)
+    device = select_device(cfg.device)
+    out = []
+    for i, held in enumerate(parts):
+        started = time.perf_counter()
+        rest = np.setdiff1d(np.arange(n), held)
+        model = train_retriever(cfg, dataset, train_rows=rest, epochs=epochs).model
+        out.append(OutOfFold(np.sort(held), learned_space(model, dataset.features, device)))
+        log.info(
+            "cross-fitting %d/%d: retriever on %d training queries for the other %d, %d epochs in %.1fs",
+            i + 1,
+            cfg.crossfit,
+            len(rest),
+            len(held),
+            epochs,
+            time.perf_counter() - started,
+        )
+    return out

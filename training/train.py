@@ -56,6 +56,9 @@ class TrainConfig:
     retrieval_hidden: int = 256
     retrieval_epochs: int = 40
     retrieval_items_per_step: int = 8192
+    crossfit: int = (
+        0  # K >= 2: the ranker trains on out-of-fold lists from K retrievers, each without 1/K of the queries
+    )
     folds: int = 0  # K-fold cross-validation by query: 0 keeps the data's splits; K >= 3 holds out fold `fold`
     fold: int = 0
 
@@ -73,6 +76,8 @@ class TrainConfig:
         for name in (*positive, "retrieval_dim", "retrieval_hidden", "retrieval_epochs", "retrieval_items_per_step"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.crossfit == 1 or self.crossfit < 0:
+            raise ValueError(f"--crossfit needs 0 (off) or K >= 2 parts, got {self.crossfit}")
         if self.folds and (self.folds < 3 or not 0 <= self.fold < self.folds):
             raise ValueError(
                 f"--folds needs K >= 3 and 0 <= --fold < K (test, validation and training folds), got "
@@ -129,19 +134,18 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 
 class FeatureTensors:
-    """Catalog features and candidate-space vectors on the training device, gathered per batch of lists."""
+    """Catalog features on the training device, gathered per batch of lists."""
 
-    def __init__(self, features: CandidateFeatures, item_vectors: np.ndarray, device: torch.device) -> None:
+    def __init__(self, features: CandidateFeatures, device: torch.device) -> None:
         self.text = torch.from_numpy(features.text).to(device)
         self.image = torch.from_numpy(features.image).to(device)
         self.attrs = torch.from_numpy(features.attrs).to(device)
         self.mask = torch.from_numpy(features.mask).to(device)
-        self.item_vectors = torch.from_numpy(item_vectors).to(device)
         self.device = device
 
     @classmethod
     def of(cls, dataset: Dataset, device: torch.device) -> FeatureTensors:
-        return cls(dataset.features, dataset.item_vectors, device)
+        return cls(dataset.features, device)
 
     def batch(self, lists: RankingLists, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
         """(query, text, image, attrs, mask, retrieval_score, evidence, query_index) for the lists at `rows` (the
@@ -150,8 +154,7 @@ class FeatureTensors:
         flat = cand.flatten()
         query_index = torch.arange(len(rows), device=self.device).repeat_interleave(cand.shape[1])
         query = torch.from_numpy(lists.query_emb[rows]).to(self.device)
-        query_vectors = torch.from_numpy(lists.query_vectors[rows]).to(self.device)
-        retrieval_score = (query_vectors[query_index] * self.item_vectors[flat]).sum(-1)  # (M,)
+        retrieval_score = torch.from_numpy(lists.retrieval[rows].reshape(-1)).to(self.device)
         candidate = (self.text[flat], self.image[flat], self.attrs[flat], self.mask[flat])
         evidence = torch.from_numpy(lists.evidence[rows].reshape(-1, 2)).to(self.device)
         return query, *candidate, retrieval_score, evidence, query_index
