@@ -8,8 +8,9 @@ ranker's cost grows with candidates. A single item larger than `max_size` still 
 (`QueueFull` when it is full), and an item whose deadline has passed while queued is dropped before inference
 (`DeadlineExceeded`).
 
-There is exactly one worker thread, so whatever `process_batch` touches (the FAISS index, the query cache) has one
-owner: GPU FAISS indexes are not thread-safe.
+There is exactly one worker thread per batcher, so whatever its `process_batch` touches has one owner: the service's
+ranking batcher is the only user of the FAISS indexes (GPU FAISS indexes are not thread-safe), and its encode
+batcher the only user of the MiniLM session.
 """
 
 from __future__ import annotations
@@ -74,13 +75,14 @@ class MicroBatcher(Generic[Item, Result]):
     max_size: int = 4096  # in size_of units
     max_delay_us: int = 0
     max_queue: int = 512
+    name: str = "batcher"  # the worker thread's name
     _queue: deque[_Pending[Item]] = field(default_factory=deque, init=False)
     _cond: threading.Condition = field(default_factory=threading.Condition, init=False)
     _closed: bool = field(default=False, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     @property

@@ -17,12 +17,13 @@ business (service/routes.py), so nothing here knows the wire format.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -40,6 +41,16 @@ from service.settings import Settings
 
 
 @dataclass(frozen=True)
+class Embedded:
+    """A job's MiniLM embeddings, made before it reaches the ranking worker (`RankingEngine.embed`): the query's,
+    and for /rerank the text documents' in `RerankJob.texts` order; `timing` is the encode stage's, in ms."""
+
+    query: np.ndarray  # (text_dim,)
+    documents: np.ndarray | None = None  # (T, text_dim)
+    timing: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RankJob:
     """A validated /rank request."""
 
@@ -47,6 +58,7 @@ class RankJob:
     top_k: int
     num_candidates: int
     allowed: np.ndarray | None = None  # (N,) bool filter mask
+    embedded: Embedded | None = None
 
     @property
     def size(self) -> int:
@@ -63,6 +75,7 @@ class RerankJob:
     texts: dict[int, str]  # document index -> normalised text
     top_n: int
     return_documents: bool
+    embedded: Embedded | None = None
 
     @property
     def size(self) -> int:
@@ -70,6 +83,7 @@ class RerankJob:
 
 
 Job = RankJob | RerankJob
+R = TypeVar("R")
 
 # Outcomes hold their hits as parallel columns, best first, not as a record per hit: the routes zip them straight
 # into the response body. A record per hit (even a NamedTuple) built first nearly doubled the time to write a
@@ -87,7 +101,7 @@ class RankOutcome:
     attributes: list[dict[str, Any]]
     model_version: str
     bundle_version: str
-    timing: Mapping[str, float]  # ms per stage: queue, encode, retrieve, gather, rank (the caller adds total)
+    timing: Mapping[str, float]  # ms per stage (service.metrics.STAGES; the caller adds total)
 
 
 class RerankDocument(NamedTuple):
@@ -126,18 +140,30 @@ class Work:
         return self.job.size
 
 
-def process_work(batch: list[Batched[Work]]) -> list[Outcome | Exception]:
-    """Serve a micro-batch; items prepared by different engines (only around a swap) go to their own engine."""
-    results: list[Outcome | Exception] = [RuntimeError("not processed")] * len(batch)
+def _per_engine(
+    batch: list[Batched[Work]], run: Callable[[RankingEngine, list[Batched[Job]]], Sequence[R]]
+) -> list[R | Exception]:
+    """`run` each engine's share of a batch (work prepared by different engines meets only around a swap)."""
+    results: list[R | Exception] = [RuntimeError("not processed")] * len(batch)
     groups: dict[int, list[int]] = {}
     for i, b in enumerate(batch):
         groups.setdefault(id(b.item.engine), []).append(i)
     for members in groups.values():
         engine = batch[members[0]].item.engine
-        served = engine.process_batch([Batched(batch[i].item.job, batch[i].queue_seconds) for i in members])
+        served = run(engine, [Batched(batch[i].item.job, batch[i].queue_seconds) for i in members])
         for i, result in zip(members, served, strict=True):
             results[i] = result
     return results
+
+
+def process_work(batch: list[Batched[Work]]) -> list[Outcome | Exception]:
+    """The ranking stage: serve a micro-batch (`RankingEngine.process_batch`)."""
+    return _per_engine(batch, RankingEngine.process_batch)
+
+
+def process_encode_work(batch: list[Batched[Work]]) -> list[Embedded | Exception]:
+    """The encode stage: MiniLM for a micro-batch of jobs that need it (`RankingEngine.encode_batch`)."""
+    return _per_engine(batch, RankingEngine.encode_batch)
 
 
 def normalize_query(text: str, max_chars: int, field_name: str = "query") -> str:
@@ -268,25 +294,57 @@ class RankingEngine:
 
     # -- serving, on the batcher's worker thread ---------------------------------------------------------------
 
-    def _encode_queries(self, texts: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """MiniLM embeddings of distinct texts (cache hits first, all misses in one encoder call), and the same
-        queries in the retrieval space (one query-tower call; none without a model)."""
+    def needs_encoding(self, job: Job) -> bool:
+        """Whether `job` has text to run through MiniLM: a query not in the cache, or /rerank text documents."""
+        return (isinstance(job, RerankJob) and bool(job.texts)) or self.encoder.cached(job.query) is None
+
+    def embed(self, jobs: list[Job]) -> list[Embedded]:
+        """MiniLM embeddings for each job: its query (from the cache, or encoded and remembered) and its /rerank
+        text documents (encoded, not cached), with every text the jobs need encoded in one encoder call."""
+        queries = list(dict.fromkeys(job.query for job in jobs))
         found: dict[str, np.ndarray] = {}
-        for text in texts:
+        for text in queries:
             vector = self.encoder.cached(text)
             if vector is not None:
                 found[text] = vector
-        misses = [t for t in texts if t not in found]
+        misses = [t for t in queries if t not in found]
+        documents = [list(job.texts.values()) if isinstance(job, RerankJob) else [] for job in jobs]
         self.metrics.cache.labels("hit").inc(len(found))
-        if misses:
-            self.metrics.cache.labels("miss").inc(len(misses))
-            for text, vector in zip(misses, self.encoder.encode(misses), strict=True):
-                self.encoder.remember(text, vector)
-                found[text] = vector
+        self.metrics.cache.labels("miss").inc(len(misses))
+        texts = misses + [text for docs in documents for text in docs]
+        vectors = self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32)
+        for text, vector in zip(misses, vectors, strict=False):
+            self.encoder.remember(text, vector)
+            found[text] = vector
+        out, start = [], len(misses)
+        for job, docs in zip(jobs, documents, strict=True):
+            out.append(Embedded(found[job.query], vectors[start : start + len(docs)] if docs else None))
+            start += len(docs)
+        return out
+
+    def encode_batch(self, batch: list[Batched[Job]]) -> list[Embedded]:
+        """`embed` for the encode stage's thread: each Embedded carries the stage's times (the job's wait for the
+        thread, and the batch's encoding)."""
+        started = time.perf_counter()
+        made = self.embed([b.item for b in batch])
+        encode_ms = (time.perf_counter() - started) * 1000.0
+        return [
+            dataclasses.replace(e, timing={"encode_queue": b.queue_seconds * 1000.0, "encode": encode_ms})
+            for b, e in zip(batch, made, strict=True)
+        ]
+
+    def _embedded(self, jobs: list[Job], stages: _Stages) -> tuple[list[Embedded], dict[str, np.ndarray]]:
+        """Each job's embeddings (made here, in an `encode` lap, for jobs that come without them), and each
+        distinct query in the retrieval space (one query-tower call, the `project` lap; none without a model)."""
+        missing = [i for i, job in enumerate(jobs) if job.embedded is None]
+        made = dict(zip(missing, self.embed([jobs[i] for i in missing]), strict=True)) if missing else {}
+        embedded = [job.embedded or made[i] for i, job in enumerate(jobs)]
+        stages.lap("encode")
         if self.model is None:
-            return found, {}
-        projected = self.model.project_queries(np.stack([found[t] for t in texts]))
-        return found, dict(zip(texts, projected, strict=True))
+            return embedded, {}
+        vectors = {job.query: e.query for job, e in zip(jobs, embedded, strict=True)}
+        projected = self.model.project_queries(np.stack(list(vectors.values())))
+        return embedded, dict(zip(vectors, projected, strict=True))
 
     @staticmethod
     def _search(index: FaissIndex, jobs: list[Job], vectors: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
@@ -341,21 +399,24 @@ class RankingEngine:
                 rows.append(fused)
         return rows, [lexical[job.query][job_rows] for job, job_rows in zip(jobs, rows, strict=True)]
 
-    def _gather(self, jobs: list[Job], rows: list[np.ndarray], bm25: list[np.ndarray]) -> _Gathered:
+    def _gather(
+        self, jobs: list[Job], embedded: list[Embedded], rows: list[np.ndarray], bm25: list[np.ndarray]
+    ) -> _Gathered:
         """cand_kv, text, modality mask and retrieval vectors for every candidate of every job, concatenated in job
         order; rerank documents given as text go through the candidate encoder here, as `text_only_features` makes
-        them (the text present, the image and the attributes masked), and get their BM25 scores (in `bm25`)."""
+        them from their MiniLM embeddings (the text present, the image and the attributes masked), and get their
+        BM25 scores (in `bm25`)."""
         flat = np.concatenate(rows)
         b = self.bundle
         kv = b.cand_kv[flat] if b.cand_kv is not None else None
         retrieval = b.retrieval[flat] if b.retrieval is not None else None
         gathered = _Gathered(kv, b.text[flat], b.mask[flat], retrieval)
         start = 0
-        for job, job_rows, job_bm25 in zip(jobs, rows, bm25, strict=True):
-            if isinstance(job, RerankJob) and job.texts:
+        for job, job_embedded, job_rows, job_bm25 in zip(jobs, embedded, rows, bm25, strict=True):
+            if isinstance(job, RerankJob) and job.texts and job_embedded.documents is not None:
                 order = list(job.texts)
                 texts = [job.texts[i] for i in order]
-                docs = text_only_features(self.encoder.encode(texts), b.schema)
+                docs = text_only_features(job_embedded.documents, b.schema)
                 at = [start + i for i in order]
                 gathered.text[at], gathered.mask[at] = docs.text, docs.mask
                 job_bm25[order] = b.lexical.score_texts(job.query, texts)
@@ -369,12 +430,13 @@ class RankingEngine:
         """Serve a batch of jobs; returns one outcome (timing without 'total') per job, in order."""
         jobs = [b.item for b in batch]
         stages = _Stages()
-        vectors, projected = self._encode_queries(list(dict.fromkeys(job.query for job in jobs)))
-        stages.lap("encode")
+        embedded, projected = self._embedded(jobs, stages)
+        stages.lap("project")
+        vectors = {job.query: e.query for job, e in zip(jobs, embedded, strict=True)}
         rows, bm25 = self._retrieve(jobs, vectors, projected, stages)
         stages.lap("fuse")
-        cand = self._gather(jobs, rows, bm25)
-        queries = np.stack([vectors[job.query] for job in jobs])
+        cand = self._gather(jobs, embedded, rows, bm25)
+        queries = np.stack([e.query for e in embedded])
         lengths = [len(r) for r in rows]
         query_index = np.repeat(np.arange(len(jobs)), lengths)
         dense = np.einsum("md,md->m", cand.text, queries[query_index])
@@ -394,11 +456,12 @@ class RankingEngine:
 
         out: list[Outcome | Exception] = []
         start = 0
-        for b, job, job_rows in zip(batch, jobs, rows, strict=True):
+        for b, job, job_embedded, job_rows in zip(batch, jobs, embedded, rows, strict=True):
             job_scores = np.asarray(scores[start : start + len(job_rows)], dtype=np.float32)
             start += len(job_rows)
             self.metrics.candidates.observe(len(job_rows))
-            timing = {"queue": b.queue_seconds * 1000.0, **stages.ms}
+            # A job embedded on the encode stage reports that stage's times, not the (then empty) encode lap here.
+            timing = {"encode_queue": 0.0, "queue": b.queue_seconds * 1000.0, **stages.ms, **job_embedded.timing}
             if isinstance(job, RankJob):
                 out.append(self._rank_outcome(job, job_rows, job_scores, timing))
             else:

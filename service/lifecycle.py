@@ -9,6 +9,7 @@ in one assignment; work already queued finishes on the engine that validated it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import time
@@ -22,6 +23,7 @@ from prometheus_client import Gauge
 from index.runtime.files import ArtifactError
 from service.batcher import MicroBatcher
 from service.engine import (
+    Embedded,
     Job,
     Outcome,
     RankingEngine,
@@ -30,6 +32,7 @@ from service.engine import (
     RerankJob,
     RerankOutcome,
     Work,
+    process_encode_work,
     process_work,
 )
 from service.errors import NotReady
@@ -92,7 +95,8 @@ class AppState:
     settings: Settings
     metrics: Metrics
     engine: RankingEngine | None = None
-    batcher: MicroBatcher[Work, Outcome] | None = None
+    batcher: MicroBatcher[Work, Outcome] | None = None  # the ranking stage
+    encode_batcher: MicroBatcher[Work, Embedded] | None = None  # the encode stage, for jobs that need MiniLM
     lifecycle: Lifecycle = field(init=False)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -113,18 +117,33 @@ class AppState:
                 max_size=s.max_batch_candidates,
                 max_delay_us=s.max_delay_us,
                 max_queue=s.max_queue,
+                name="rank-stage",
             )
             batcher.start()
             self.metrics.queue_depth.set_function(lambda: batcher.depth)
             self.batcher = batcher
+        if s.batching and s.encode_thread:
+            # Cache misses are encoded here, on a thread of their own, so that a never-seen query's MiniLM time
+            # never holds up the ranking of requests whose embeddings are cached (ONNX Runtime releases the GIL).
+            encoder: MicroBatcher[Work, Embedded] = MicroBatcher(
+                process_encode_work,
+                lambda work: 1,
+                max_size=s.max_encode_batch,
+                max_queue=s.max_queue,
+                name="encode-stage",
+            )
+            encoder.start()
+            self.metrics.encode_queue_depth.set_function(lambda: encoder.depth)
+            self.encode_batcher = encoder
         _install_sighup(self)
         self.lifecycle.become_ready()
 
     def stop(self) -> None:
-        """Drain, then let the batcher finish what is queued."""
+        """Drain, then let the batchers finish what is queued."""
         self.lifecycle.begin_drain()
-        if self.batcher is not None:
-            self.batcher.close()
+        for batcher in (self.encode_batcher, self.batcher):
+            if batcher is not None:
+                batcher.close()
 
     # -- the serving engine ------------------------------------------------------------------------------------
 
@@ -188,11 +207,14 @@ class AppState:
     async def serve(
         self, engine: RankingEngine, job: Job, timeout_ms: int | None, route: str
     ) -> tuple[Outcome, dict[str, float]]:
-        """Run a job through the batcher (or inline when batching is off) and time it. Returns the outcome and its
-        stage timing in ms with `total` added, rounded to 4 decimals; each stage is observed (unrounded) in the
-        `rank_stage_seconds` histogram under `route`."""
+        """Run a job through the encode stage when it needs MiniLM, then the ranking batcher (or all inline when
+        batching is off), and time it. Returns the outcome and its stage timing in ms with `total` added, rounded to
+        4 decimals; each stage is observed (unrounded) in the `rank_stage_seconds` histogram under `route`."""
         started = time.perf_counter()
         deadline = started + timeout_ms / 1000.0 if timeout_ms else None
+        if self.encode_batcher is not None and engine.needs_encoding(job):
+            embedded = await self.encode_batcher.submit(Work(engine, job), deadline)
+            job = dataclasses.replace(job, embedded=embedded)
         if self.batcher is not None:
             outcome = await self.batcher.submit(Work(engine, job), deadline)
         else:

@@ -39,7 +39,9 @@ LATENCY_BUCKETS = (
     0.5,
     1.0,
 )
-STAGES = ("queue", "encode", "retrieve", "lexical", "fuse", "gather", "rank", "total")
+# The order a request meets them in: the wait for the encode thread and MiniLM there (both ~0 for a cached query,
+# which skips the encode stage), the wait for the ranking thread, then its laps (`RankingEngine.process_batch`).
+STAGES = ("encode_queue", "encode", "queue", "project", "retrieve", "lexical", "fuse", "gather", "rank", "total")
 ROUTES = ("/rank", "/rerank", "/admin/reload", "/health/live", "/health/ready", "/metrics")
 
 
@@ -89,7 +91,10 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
-        self.queue_depth = Gauge("rank_queue_depth", "Requests waiting for the batcher.", registry=self.registry)
+        self.queue_depth = Gauge("rank_queue_depth", "Requests waiting for the ranking thread.", registry=self.registry)
+        self.encode_queue_depth = Gauge(
+            "rank_encode_queue_depth", "Requests waiting for the encode thread (cache misses).", registry=self.registry
+        )
         self.rejections = Counter(
             "rank_rejections_total",
             "Requests refused before queueing (429), by reason.",

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     batching: bool = True
     max_batch_candidates: int = Field(4096, ge=1, description="flush a micro-batch at this many candidates")
     max_batch: int | None = Field(None, ge=1, description="deprecated: use max_batch_candidates")
+    encode_thread: bool = Field(True, description="encode cache misses on a thread of their own (with batching)")
+    max_encode_batch: int = Field(32, ge=1, description="most requests whose texts the encode thread embeds at once")
     max_delay_us: int = Field(0, ge=0, le=100_000, description="or when the oldest request has waited this long")
     max_queue: int = Field(512, ge=1, description="requests waiting beyond this get 429")
     max_body_bytes: int = Field(1_000_000, ge=1_000, description="larger request bodies get 413")

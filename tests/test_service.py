@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import threading
+import uuid
 from collections.abc import Iterator
 
 import numpy as np
@@ -112,6 +114,56 @@ def test_rerank_in_cohere_shape(tiny: TinyPipeline, client: TestClient) -> None:
             assert x["document"]["id"] == doc["id"]
     plain = client.post("/rerank", json={"query": "green drink", "documents": ["a", "b"]}).json()
     assert len(plain["results"]) == 2 and "document" not in plain["results"][0]
+
+
+def test_cache_misses_are_encoded_off_the_ranking_thread(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MiniLM runs on the encode thread only, for queries and /rerank texts alike, and ranks as the inline path."""
+    engine = client.app.state.rank.engine
+    threads: list[str] = []
+    encode = engine.encoder.encode
+
+    def spy(texts: list[str], *args: object, **kwargs: object) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return encode(texts)
+
+    monkeypatch.setattr(engine.encoder, "encode", spy)
+    fresh = f"a never seen query {uuid.uuid4()}"
+    body = client.post("/rank", json={"query": fresh, "top_k": 5}).json()
+    assert client.post("/rerank", json={"query": "gin", "documents": ["a mint drink", "rum"]}).status_code == 200
+    assert threads == ["encode-stage", "encode-stage"]
+    assert body["timing_ms"]["encode"] > 0
+    inline = engine.serve_one(engine.prepare_rank(RankRequest(query=fresh, top_k=5)))
+    assert [x["id"] for x in body["results"]] == inline.ids
+
+
+def test_a_query_being_encoded_does_not_hold_up_cached_ones(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No head-of-line blocking: while a never-seen query is stuck in MiniLM, a cached one is answered."""
+    engine = client.app.state.rank.engine
+    client.post("/rank", json={"query": "a cached gin", "top_k": 3})
+    release, entered = threading.Event(), threading.Event()
+    encode = engine.encoder.encode
+
+    def stuck(texts: list[str], *args: object, **kwargs: object) -> np.ndarray:
+        entered.set()
+        release.wait(30)
+        return encode(texts)
+
+    monkeypatch.setattr(engine.encoder, "encode", stuck)
+    statuses: list[int] = []
+    miss = threading.Thread(
+        target=lambda: statuses.append(client.post("/rank", json={"query": f"new {uuid.uuid4()}"}).status_code)
+    )
+    miss.start()
+    try:
+        assert entered.wait(30)
+        assert client.post("/rank", json={"query": "a cached gin", "top_k": 3}).status_code == 200
+        assert not statuses  # the miss is still being encoded
+    finally:
+        release.set()
+        miss.join(30)
+    assert statuses == [200]
 
 
 def _keys(shape: type) -> set[str]:

@@ -11,6 +11,7 @@ so that the index build can record it.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -71,6 +72,7 @@ class TextEncoder:
         self.session: ort.InferenceSession = make_session(model_dir / model_name, providers=providers)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_lock = threading.Lock()  # the service reads the cache on three threads (see `cached`)
 
     def _model_file(self, variant: str, check_cosine: bool) -> str:
         if variant == "fp32":
@@ -108,18 +110,19 @@ class TextEncoder:
         return int((self.token_counts(texts) > MAX_TOKENS).sum())
 
     def cached(self, text: str) -> np.ndarray | None:
-        """The embedding of `text` if it is in the LRU cache (and mark it recently used), else None."""
-        vector = self._cache.get(text)
-        if vector is not None:
-            self._cache.move_to_end(text)
-        return vector
+        """The embedding of `text` if it is in the LRU cache (and mark it recently used), else None. Thread-safe:
+        the service looks up on the event loop and the ranking thread, and remembers on the encode thread."""
+        with self._cache_lock:
+            vector = self._cache.get(text)
+            if vector is not None:
+                self._cache.move_to_end(text)
+            return vector
 
     def remember(self, text: str, vector: np.ndarray) -> None:
-        """Put an embedding in the LRU cache, evicting the least recently used beyond `cache_size`.
-
-        Not thread-safe: the service calls it from its one batcher thread only."""
+        """Put an embedding in the LRU cache, evicting the least recently used beyond `cache_size` (thread-safe)."""
         if self._cache_size <= 0:
             return
-        self._cache[text] = vector
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            self._cache[text] = vector
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
