@@ -96,7 +96,8 @@ class AppState:
     metrics: Metrics
     engine: RankingEngine | None = None
     batcher: MicroBatcher[Work, Outcome] | None = None  # the ranking stage
-    encode_batcher: MicroBatcher[Work, Embedded] | None = None  # the encode stage, for jobs that need MiniLM
+    encode_batcher: MicroBatcher[Work, Embedded] | None = None  # the encode stage, for queries not in the cache
+    document_batcher: MicroBatcher[Work, Embedded] | None = None  # the same, for /rerank jobs with text documents
     lifecycle: Lifecycle = field(init=False)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -123,25 +124,32 @@ class AppState:
             self.metrics.queue_depth.set_function(lambda: batcher.depth)
             self.batcher = batcher
         if s.batching and s.encode_thread:
-            # Cache misses are encoded here, on a thread of their own, so that a never-seen query's MiniLM time
-            # never holds up the ranking of requests whose embeddings are cached (ONNX Runtime releases the GIL).
-            encoder: MicroBatcher[Work, Embedded] = MicroBatcher(
-                process_encode_work,
-                lambda work: 1,
-                max_size=s.max_encode_batch,
-                max_queue=s.max_queue,
-                name="encode-stage",
-            )
-            encoder.start()
-            self.metrics.encode_queue_depth.set_function(lambda: encoder.depth)
-            self.encode_batcher = encoder
+            # Cache misses are encoded on threads of their own, so that a never-seen query's MiniLM time never holds
+            # up the ranking of requests whose embeddings are cached (ONNX Runtime releases the GIL). /rerank text
+            # documents (up to max_documents texts a request) get their own thread, so a never-seen /rank query
+            # never waits behind them either.
+            self.encode_batcher = self._encode_stage("encode-stage")
+            self.document_batcher = self._encode_stage("document-stage")
+            queries, documents = self.encode_batcher, self.document_batcher
+            self.metrics.encode_queue_depth.set_function(lambda: queries.depth + documents.depth)
         _install_sighup(self)
         self.lifecycle.become_ready()
+
+    def _encode_stage(self, name: str) -> MicroBatcher[Work, Embedded]:
+        stage: MicroBatcher[Work, Embedded] = MicroBatcher(
+            process_encode_work,
+            lambda work: 1,
+            max_size=self.settings.max_encode_batch,
+            max_queue=self.settings.max_queue,
+            name=name,
+        )
+        stage.start()
+        return stage
 
     def stop(self) -> None:
         """Drain, then let the batchers finish what is queued."""
         self.lifecycle.begin_drain()
-        for batcher in (self.encode_batcher, self.batcher):
+        for batcher in (self.encode_batcher, self.document_batcher, self.batcher):
             if batcher is not None:
                 batcher.close()
 
@@ -212,8 +220,9 @@ class AppState:
         4 decimals; each stage is observed (unrounded) in the `rank_stage_seconds` histogram under `route`."""
         started = time.perf_counter()
         deadline = started + timeout_ms / 1000.0 if timeout_ms else None
-        if self.encode_batcher is not None and engine.needs_encoding(job):
-            embedded = await self.encode_batcher.submit(Work(engine, job), deadline)
+        encode = self.document_batcher if isinstance(job, RerankJob) and job.texts else self.encode_batcher
+        if encode is not None and engine.needs_encoding(job):
+            embedded = await encode.submit(Work(engine, job), deadline)
             job = dataclasses.replace(job, embedded=embedded)
         if self.batcher is not None:
             outcome = await self.batcher.submit(Work(engine, job), deadline)

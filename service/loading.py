@@ -90,6 +90,7 @@ def load_engine(
         cache_size=settings.query_cache_size,
         providers=providers,
         variant=settings.query_encoder.value,
+        threads=settings.encoder_threads,
     )
     if encoder.name != bundle.schema.text_encoder:
         raise ArtifactError(f"text encoder {encoder.name} is not the bundle's {bundle.schema.text_encoder}")

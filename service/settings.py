@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     device: Device = Device.AUTO
     allow_cpu_fallback: bool = True
-    ort_threads: int = Field(1, ge=1, le=64)
+    ort_threads: int = Field(1, ge=1, le=64, description="intra-op threads of the ranker's ONNX graphs")
+    encoder_threads: int = Field(1, ge=1, le=64, description="intra-op threads of the MiniLM query encoder")
     faiss_threads: int = Field(1, ge=1, le=64, description="OpenMP threads for FAISS searches on the worker")
     query_cache_size: int = Field(10_000, ge=0)
     query_encoder: EncoderVariant = EncoderVariant.FP32

@@ -117,7 +117,8 @@ def test_rerank_in_cohere_shape(tiny: TinyPipeline, client: TestClient) -> None:
 
 
 def test_cache_misses_are_encoded_off_the_ranking_thread(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    """MiniLM runs on the encode thread only, for queries and /rerank texts alike, and ranks as the inline path."""
+    """MiniLM runs on the encode threads only (queries on one, /rerank texts on another), and ranks as the inline
+    path does."""
     engine = client.app.state.rank.engine
     threads: list[str] = []
     encode = engine.encoder.encode
@@ -130,7 +131,7 @@ def test_cache_misses_are_encoded_off_the_ranking_thread(client: TestClient, mon
     fresh = f"a never seen query {uuid.uuid4()}"
     body = client.post("/rank", json={"query": fresh, "top_k": 5}).json()
     assert client.post("/rerank", json={"query": "gin", "documents": ["a mint drink", "rum"]}).status_code == 200
-    assert threads == ["encode-stage", "encode-stage"]
+    assert threads == ["encode-stage", "document-stage"]
     assert body["timing_ms"]["encode"] > 0
     inline = engine.serve_one(engine.prepare_rank(RankRequest(query=fresh, top_k=5)))
     assert [x["id"] for x in body["results"]] == inline.ids

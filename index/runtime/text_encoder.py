@@ -47,6 +47,7 @@ class TextEncoder:
         providers: list[str] | None = None,
         variant: str = "fp32",
         check_cosine: bool = True,
+        threads: int = 1,
     ) -> None:
         model_dir = Path(model_dir)
         info_path = model_dir / "encoder.json"
@@ -69,7 +70,7 @@ class TextEncoder:
         self._measuring = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._measuring.no_truncation()
         self._measuring.no_padding()
-        self.session: ort.InferenceSession = make_session(model_dir / model_name, providers=providers)
+        self.session: ort.InferenceSession = make_session(model_dir / model_name, providers=providers, threads=threads)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()  # the service reads the cache on three threads (see `cached`)

@@ -1,0 +1,65 @@
+"""MiniLM query-encoder benchmark: `.venv/bin/python -m loadtests.bench_encoder`.
+
+Encodes never-seen queries one per call, as the service's encode thread does for a lone cache miss (texts of
+data/synthetic/queries.jsonl, each made unique with a counter), with the fp32 and the fused int8 graph, at 1 and 2
+ONNX Runtime intra-op threads. Reports p50/p99 ms per query over `--queries` calls after a warm-up, measured side by
+side in one run (time.perf_counter), and the tokens per query. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from index.runtime.text_encoder import TextEncoder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timings(encoder: TextEncoder, texts: list[str], warmup: int) -> list[float]:
+    """ms per single-text encode call, after `warmup` calls that are not counted."""
+    for text in texts[:warmup]:
+        encoder.encode([text])
+    out = []
+    for text in texts[warmup:]:
+        started = time.perf_counter()
+        encoder.encode([text])
+        out.append((time.perf_counter() - started) * 1000.0)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_encoder", description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder", type=Path, default=ROOT / "artifacts/encoders/minilm")
+    parser.add_argument("--queries", type=Path, default=ROOT / "data/synthetic/queries.jsonl")
+    parser.add_argument("--count", type=int, default=500, help="timed calls per configuration (default 500)")
+    parser.add_argument("--warmup", type=int, default=50)
+    args = parser.parse_args(argv)
+    base = [json.loads(line)["text"] for line in args.queries.read_text().splitlines() if line.strip()]
+    n = args.count + args.warmup
+    configs = [(variant, threads) for variant in ("fp32", "int8") for threads in (1, 2)]
+    encoders = {c: TextEncoder(args.encoder, variant=c[0], threads=c[1]) for c in configs}
+    results: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
+    # Interleaved rounds, each configuration on fresh texts, so machine drift hits all of them alike.
+    for r in range(5):
+        for c in configs:
+            texts = [f"{base[i % len(base)]} {r} {c[0]} {c[1]} {i}" for i in range(n // 5)]
+            results[c] += timings(encoders[c], texts, args.warmup // 5)
+    tokens = encoders[configs[0]].token_counts(base[:n])
+    print(f"MiniLM query encoding, one never-seen query per call; median {int(np.median(tokens))} word pieces")
+    print("| graph | intra-op threads | p50 ms | p99 ms |")
+    print("| --- | --- | --- | --- |")
+    for c in configs:
+        ms = sorted(results[c])
+        p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
+        print(f"| {c[0]} | {c[1]} | {statistics.median(ms):.3f} | {p99:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
