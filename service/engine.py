@@ -118,6 +118,7 @@ class RerankOutcome:
     """A served /rerank job: the best `top_n` documents, best first."""
 
     indices: list[int]  # positions in the request's documents
+    scores: list[float]  # the ranker's raw scores (zero-shot: the prior), descending
     relevance: list[float]  # the ranker's scores through a logistic, in (0, 1): order-preserving, not calibrated
     documents: list[RerankDocument] | None  # None unless return_documents
     model_version: str
@@ -486,10 +487,11 @@ class RankingEngine:
 
     def _rerank_outcome(self, job: RerankJob, scores: np.ndarray, timing: dict[str, float]) -> RerankOutcome:
         top = np.argsort(-scores, kind="stable")[: job.top_n]
-        indices = top.tolist()
+        indices, raw = top.tolist(), scores[top].tolist()
         return RerankOutcome(
             indices=indices,
-            relevance=[_sigmoid(score) for score in scores[top].tolist()],
+            scores=raw,
+            relevance=[_sigmoid(score) for score in raw],
             documents=[self._document(job.documents[t]) for t in indices] if job.return_documents else None,
             model_version=self.model_version,
             timing=timing,

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 
 from service.batcher import DeadlineExceeded, QueueFull, ShuttingDown
 from service.metrics import Metrics
-from service.protocol import JSONBytes
+from service.protocol import SHAPE_TAGS, JSONBytes
 
 log = logging.getLogger("service")
 
@@ -25,6 +25,12 @@ class RequestError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+    too_long = False
+
+
+class UnknownModel(LookupError):
+    """A request names a model this service does not serve (404, as the Cohere API answers)."""
 
 
 class NotReady(RuntimeError):
@@ -44,12 +50,14 @@ class AdminDenied(PermissionError):
 
 
 def error_response(code: int, message: str, **extra: Any) -> JSONBytes:
-    """The body every error answer has: `{"error": message, **extra}`."""
-    return JSONBytes({"error": message, **extra}, status_code=code)
+    """The body every error answer has: `{"error": message, "message": message, **extra}`. The sentence is under
+    both keys: `error` is TEI's and this service's, `message` is Cohere's and Jina's, so each client's error
+    handling finds it where it looks."""
+    return JSONBytes({"error": message, "message": message, **extra}, status_code=code)
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p != "body"]
+    parts = [str(p) for p in loc if p != "body" and p not in SHAPE_TAGS]
     return ".".join(parts) or "body"
 
 
@@ -68,7 +76,8 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(RequestError)
     async def _bad_request(_: Request, exc: RequestError) -> Response:
-        return error_response(422, str(exc), field=exc.field, errors=[{"field": exc.field, "message": exc.message}])
+        code = 413 if exc.too_long else 422  # a text over the encoder's limit, truncation off: 413, as TEI answers
+        return error_response(code, str(exc), field=exc.field, errors=[{"field": exc.field, "message": exc.message}])
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> Response:
@@ -80,6 +89,10 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, exc: BodyTooLarge) -> Response:
         return error_response(413, str(exc))
+
+    @app.exception_handler(UnknownModel)
+    async def _unknown_model(_: Request, exc: UnknownModel) -> Response:
+        return error_response(404, str(exc), field="model")
 
     @app.exception_handler(NotReady)
     async def _not_ready(_: Request, exc: NotReady) -> Response:

@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_v
 from typing_extensions import TypedDict
 
 FilterValue = StrictStr | list[StrictStr]
+# Tags of the request shapes one route tells apart by their fields (service.rerank_apis.RerankBody); pydantic puts
+# the tag in a validation error's location, and the error handler leaves it out of the field it names.
+SHAPE_TAGS = frozenset({"native", "tei"})
 
 
 class JSONBytes(Response):

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from index.runtime.files import ArtifactError
+from index.runtime.text_encoder import MAX_TOKENS
 from service.engine import RankingEngine, RankOutcome, RerankOutcome
 from service.errors import AdminDenied, NotReady, error_response
 from service.lifecycle import AppState, Phase
@@ -27,9 +28,26 @@ from service.protocol import (
     RankRequest,
     RankResponse,
     ReloadRequest,
-    RerankRequest,
     RerankResponse,
     RerankResult,
+)
+from service.rerank_apis import (
+    COHERE_DEFAULT_MAX_TOKENS,
+    CohereV2Request,
+    CohereV2Response,
+    InputTooLong,
+    RerankBody,
+    TeiRank,
+    TeiRerankRequest,
+    V1RerankRequest,
+    V1Response,
+    check_model,
+    cohere_v2_body,
+    cut_documents,
+    rerank_request,
+    tei_body,
+    v1_body,
+    v1_texts,
 )
 
 router = APIRouter()
@@ -99,7 +117,7 @@ def rerank_body(outcome: RerankOutcome, timing_ms: dict[str, float]) -> RerankRe
     }
 
 
-def _with_server_timing(body: RankResponse | RerankResponse, timing_ms: dict[str, float]) -> Response:
+def _with_server_timing(body: Any, timing_ms: dict[str, float]) -> Response:
     server_timing = ", ".join(f"{stage};dur={ms:.3f}" for stage, ms in timing_ms.items())
     return JSONBytes(body, headers={"Server-Timing": server_timing})
 
@@ -121,12 +139,57 @@ async def rank(body: RankRequest, engine: EngineDep, state: StateDep) -> Respons
 @router.post(
     "/rerank",
     response_model=None,
-    responses={200: {"model": RerankResponse}},
-    summary="Rerank given documents (Cohere/Jina shape)",
+    responses={200: {"model": RerankResponse | list[TeiRank]}},
+    summary="Rerank given documents: this service's shape (`documents`), or TEI's (`texts`, answered as TEI does)",
 )
-async def rerank(body: RerankRequest, engine: EngineDep, state: StateDep) -> Response:
+async def rerank(body: RerankBody, engine: EngineDep, state: StateDep) -> Response:
+    if isinstance(body, TeiRerankRequest):
+        return await _tei_rerank(body, engine, state)
     outcome, timing_ms = await state.serve(engine, engine.prepare_rerank(body), body.timeout_ms, "/rerank")
     return _with_server_timing(rerank_body(outcome, timing_ms), timing_ms)
+
+
+async def _tei_rerank(body: TeiRerankRequest, engine: RankingEngine, state: AppState) -> Response:
+    from_end = body.truncation_direction.lower() == "left"
+    cut = cut_documents(engine.encoder, body.texts, MAX_TOKENS, "texts", from_end)
+    if cut.cut and not body.truncate:
+        at = cut.cut[0]
+        raise InputTooLong(
+            f"texts[{at}]", f"is {cut.counts[at]} word pieces long; the limit is {MAX_TOKENS}: set truncate: true"
+        )
+    job = engine.prepare_rerank(rerank_request(body.query, cut.texts, None, body.timeout_ms))
+    outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/rerank")
+    return _with_server_timing(tei_body(body, outcome), timing_ms)
+
+
+@router.post(
+    "/v2/rerank",
+    response_model=None,
+    responses={200: {"model": CohereV2Response}},
+    summary="Rerank documents in Cohere's v2 API shape (the cohere SDK's ClientV2.rerank)",
+)
+async def cohere_v2_rerank(body: CohereV2Request, engine: EngineDep, state: StateDep) -> Response:
+    check_model(engine, state.settings, body.model)
+    limit = body.max_tokens_per_doc or COHERE_DEFAULT_MAX_TOKENS
+    cut = cut_documents(engine.encoder, body.documents, limit, "documents")
+    job = engine.prepare_rerank(rerank_request(body.query, cut.texts, body.top_n, body.timeout_ms))
+    outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/v2/rerank")
+    return _with_server_timing(cohere_v2_body(outcome, cut.warnings()), timing_ms)
+
+
+@router.post(
+    "/v1/rerank",
+    response_model=None,
+    responses={200: {"model": V1Response}},
+    summary="Rerank documents in Cohere's v1 or Jina's API shape (one answer carries both's fields)",
+)
+async def v1_rerank(body: V1RerankRequest, engine: EngineDep, state: StateDep) -> Response:
+    check_model(engine, state.settings, body.model)
+    cut = cut_documents(engine.encoder, v1_texts(body), COHERE_DEFAULT_MAX_TOKENS, "documents")
+    job = engine.prepare_rerank(rerank_request(body.query, cut.texts, body.top_n, body.timeout_ms))
+    outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/v1/rerank")
+    tokens = cut.tokens + int(engine.encoder.token_counts([body.query])[0])
+    return _with_server_timing(v1_body(body, outcome, cut.texts, tokens, cut.warnings()), timing_ms)
 
 
 @router.post("/admin/reload", summary="Load, validate and warm new artifacts, then switch to them atomically")

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     bundle_dir: Path = Path("artifacts/bundle")
     model_dir: Path = Path("artifacts")
     encoder_dir: Path = Path("artifacts/encoders/minilm")
+    model_alias: str = Field("default", description="a name rerank clients may give as `model`, besides the version")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     device: Device = Device.AUTO

@@ -303,7 +303,11 @@ def test_fuzzed_requests_never_get_5xx(fuzz_server: Server) -> None:
             nonlocal calls
             response = case.call(timeout=30)
             calls += 1
-            assert response.status_code < 500, f"{case.method} {case.path} {case.body!r} -> {response.status_code}"
+            # 504 is the documented answer to a deadline (timeout_ms) that passed before ranking; fuzzing sends 1 ms
+            expired = response.status_code == 504 and isinstance(case.body, dict) and "timeout_ms" in case.body
+            assert response.status_code < 500 or expired, (
+                f"{case.method} {case.path} {case.body!r} -> {response.status_code}"
+            )
 
         check()
     assert calls >= 100
