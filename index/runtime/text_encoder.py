@@ -105,6 +105,28 @@ class TextEncoder:
             out[start : start + len(encodings)] = [len(e.ids) for e in encodings]
         return out
 
+    def cut(self, texts: list[str], max_tokens: int, from_end: bool = False) -> tuple[list[str], np.ndarray]:
+        """Each text cut to at most `max_tokens` word pieces ([CLS] and [SEP] counted, as MAX_TOKENS counts them),
+        keeping its start (or with `from_end`, its end), at a word-piece boundary; and each text's word pieces
+        before the cut. Texts within the limit come back unchanged."""
+        counts = np.empty(len(texts), dtype=np.int64)
+        out = list(texts)
+        keep = max(0, max_tokens - 2)
+        for start in range(0, len(texts), COUNT_BATCH):
+            encodings = self._measuring.encode_batch(texts[start : start + COUNT_BATCH])
+            for i, encoding in enumerate(encodings, start=start):
+                counts[i] = len(encoding.ids)
+                if counts[i] <= max_tokens:
+                    continue
+                spans = encoding.offsets[1:-1]  # the text's own word pieces, without [CLS] and [SEP]
+                if keep == 0:
+                    out[i] = ""
+                elif from_end:
+                    out[i] = texts[i][spans[len(spans) - keep][0] :]
+                else:
+                    out[i] = texts[i][: spans[keep - 1][1]]
+        return out, counts
+
     def count_truncated(self, texts: list[str]) -> int:
         """How many of `texts` are longer than MAX_TOKENS word pieces, so that `encode` embeds only their start.
         Tokenises only (no model run): about as cheap as tokenising for `encode`."""
