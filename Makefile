@@ -13,7 +13,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 
-.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval
+.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval batch
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ URL ?=
 
 evaluate: $(STAMP) ## Served quality beside zero-shot MiniLM, BM25, RRF (DATA=dir URL=http://host:port ARGS=...)
 	$(PY) -m loadtests.evaluate --data $(DATA) $(if $(URL),--url $(URL)) $(ARGS)
+
+batch: $(STAMP) ## Rank a JSONL file of /rank bodies in process, no HTTP (IN=queries.jsonl OUT=results.jsonl)
+	$(PY) -m service.batch --in $(IN) --out $(OUT) $(ARGS)
 
 # K-fold cross-validation by query of the whole pipeline (python -m loadtests.crossval): per fold train, export,
 # index and serve in process, rank the held-out fold; beside zero-shot serving and search. For small judged sets.
