@@ -157,9 +157,22 @@ async def _tei_rerank(body: TeiRerankRequest, engine: RankingEngine, state: AppS
         raise InputTooLong(
             f"texts[{at}]", f"is {cut.counts[at]} word pieces long; the limit is {MAX_TOKENS}: set truncate: true"
         )
-    job = engine.prepare_rerank(rerank_request(body.query, cut.texts, None, body.timeout_ms))
-    outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/rerank")
+    outcome, timing_ms = await _rerank_texts(engine, state, body.query, cut.texts, None, body.timeout_ms, "/rerank")
     return _with_server_timing(tei_body(body, outcome), timing_ms)
+
+
+async def _rerank_texts(
+    engine: RankingEngine,
+    state: AppState,
+    query: str,
+    texts: list[str],
+    top_n: int | None,
+    timeout_ms: int | None,
+    route: str,
+) -> tuple[RerankOutcome, dict[str, float]]:
+    """Serve plain-text documents through the one rerank path, for the other APIs' shapes."""
+    job = engine.prepare_rerank(rerank_request(query, texts, top_n, timeout_ms))
+    return await state.serve(engine, job, timeout_ms, route)
 
 
 @router.post(
@@ -172,8 +185,9 @@ async def cohere_v2_rerank(body: CohereV2Request, engine: EngineDep, state: Stat
     check_model(engine, state.settings, body.model)
     limit = body.max_tokens_per_doc or COHERE_DEFAULT_MAX_TOKENS
     cut = cut_documents(engine.encoder, body.documents, limit, "documents")
-    job = engine.prepare_rerank(rerank_request(body.query, cut.texts, body.top_n, body.timeout_ms))
-    outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/v2/rerank")
+    outcome, timing_ms = await _rerank_texts(
+        engine, state, body.query, cut.texts, body.top_n, body.timeout_ms, "/v2/rerank"
+    )
     return _with_server_timing(cohere_v2_body(outcome, cut.warnings()), timing_ms)
 
 
@@ -186,8 +200,9 @@ async def cohere_v2_rerank(body: CohereV2Request, engine: EngineDep, state: Stat
 async def v1_rerank(body: V1RerankRequest, engine: EngineDep, state: StateDep) -> Response:
     check_model(engine, state.settings, body.model)
     cut = cut_documents(engine.encoder, v1_texts(body), COHERE_DEFAULT_MAX_TOKENS, "documents")
-    job = engine.prepare_rerank(rerank_request(body.query, cut.texts, body.top_n, body.timeout_ms))
-    outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/v1/rerank")
+    outcome, timing_ms = await _rerank_texts(
+        engine, state, body.query, cut.texts, body.top_n, body.timeout_ms, "/v1/rerank"
+    )
     tokens = cut.tokens + int(engine.encoder.token_counts([body.query])[0])
     return _with_server_timing(v1_body(body, outcome, cut.texts, tokens, cut.warnings()), timing_ms)
 
