@@ -13,7 +13,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 
-.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval batch
+.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval batch gpu-check
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -137,6 +137,12 @@ image-encoder: $(STAMP) ## Export a local CLIP checkpoint's image tower to ONNX 
 
 ingest: $(STAMP) $(ENCODER)/encoder.json ## Ingest a catalog (DATA=dir, images or vectors) into BUNDLE, resumable
 	$(PY) -m index.offline.ingest --data $(DATA) --image-encoder $(IMAGE_ENCODER) --out $(BUNDLE) $(ARGS)
+
+# From a bare checkout on a CUDA machine: the gpu extra, then loadtests/gpu_check.py (about 8 minutes).
+# ARGS=--rehearse runs the same steps on the CPU, for trying the script where there is no GPU.
+gpu-check: ## GPU figures on a CUDA machine: GPU tests, CUDA training, CUDA service rows, into BENCHMARKS.md
+	$(MAKE) --no-print-directory setup GPU=$(if $(findstring --rehearse,$(ARGS)),0,1)
+	.venv/bin/python -m loadtests.gpu_check $(ARGS)
 
 bench-images: $(STAMP) ## Image decode + encode throughput, tiny and ViT-B/32 CLIP towers (random weights)
 	$(PY) -m loadtests.bench_images $(ARGS)
