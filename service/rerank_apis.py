@@ -187,7 +187,7 @@ class Cut:
         the start of."""
         out = []
         if self.cut:
-            out.append(f"documents {self.cut} were truncated to max_tokens_per_doc ({self.limit} word pieces)")
+            out.append(f"documents {self.cut} were truncated to {self.limit} word pieces")
         long = [i for i, n in enumerate(self.counts) if min(int(n), self.limit) > MAX_TOKENS]
         if long:
             out.append(
