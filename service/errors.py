@@ -33,6 +33,10 @@ class UnknownModel(LookupError):
     """A request names a model this service does not serve (404, as the Cohere API answers)."""
 
 
+class NothingToRollBack(RuntimeError):
+    """A rollback was asked for before any reload replaced the serving model (409)."""
+
+
 class NotReady(RuntimeError):
     """The service is starting (or draining) and cannot answer ranking requests."""
 
@@ -93,6 +97,10 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(UnknownModel)
     async def _unknown_model(_: Request, exc: UnknownModel) -> Response:
         return error_response(404, str(exc), field="model")
+
+    @app.exception_handler(NothingToRollBack)
+    async def _no_rollback(_: Request, exc: NothingToRollBack) -> Response:
+        return error_response(409, str(exc))
 
     @app.exception_handler(NotReady)
     async def _not_ready(_: Request, exc: NotReady) -> Response:

@@ -35,7 +35,7 @@ from service.engine import (
     process_encode_work,
     process_work,
 )
-from service.errors import NotReady
+from service.errors import NothingToRollBack, NotReady
 from service.loading import load_engine
 from service.metrics import Metrics
 from service.settings import Settings
@@ -95,6 +95,7 @@ class AppState:
     settings: Settings
     metrics: Metrics
     engine: RankingEngine | None = None
+    previous: RankingEngine | None = None  # the engine the last swap replaced, kept in memory for `rollback`
     batcher: MicroBatcher[Work, Outcome] | None = None  # the ranking stage
     encode_batcher: MicroBatcher[Work, Embedded] | None = None  # the encode stage, for queries not in the cache
     document_batcher: MicroBatcher[Work, Embedded] | None = None  # the same, for /rerank jobs with text documents
@@ -184,21 +185,35 @@ class AppState:
             new = await asyncio.to_thread(
                 load_engine, self.settings, self.metrics, model_dir=model_dir, bundle_dir=bundle_dir
             )
-            self.publish(new)
-            log.info(
-                "swapped model %s -> %s, bundle %s -> %s",
-                old.model_version,
-                new.model_version,
-                old.bundle.version,
-                new.bundle.version,
-            )
-            return {
-                "status": "reloaded",
-                "model_version": new.model_version,
-                "bundle_version": new.bundle.version,
-                "previous_model_version": old.model_version,
-                "previous_bundle_version": old.bundle.version,
-            }
+            return self._swap(old, new, "reloaded")
+
+    async def rollback(self) -> dict[str, str]:
+        """Serve the engine the last swap replaced again, from memory (nothing is read from disk), and keep the one
+        it replaces for the next rollback. NothingToRollBack when no swap has happened."""
+        async with self.reload_lock:
+            old = self.current()
+            if self.previous is None:
+                raise NothingToRollBack("nothing to roll back to: no reload has replaced the serving model yet")
+            return self._swap(old, self.previous, "rolled back")
+
+    def _swap(self, old: RankingEngine, new: RankingEngine, status: str) -> dict[str, str]:
+        self.publish(new)
+        self.previous = old
+        log.info(
+            "%s: model %s -> %s, bundle %s -> %s",
+            status,
+            old.model_version,
+            new.model_version,
+            old.bundle.version,
+            new.bundle.version,
+        )
+        return {
+            "status": status,
+            "model_version": new.model_version,
+            "bundle_version": new.bundle.version,
+            "previous_model_version": old.model_version,
+            "previous_bundle_version": old.bundle.version,
+        }
 
     # -- one request -------------------------------------------------------------------------------------------
 

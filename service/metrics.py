@@ -42,7 +42,17 @@ LATENCY_BUCKETS = (
 # The order a request meets them in: the wait for the encode thread and MiniLM there (both ~0 for a cached query,
 # which skips the encode stage), the wait for the ranking thread, then its laps (`RankingEngine.process_batch`).
 STAGES = ("encode_queue", "encode", "queue", "project", "retrieve", "lexical", "fuse", "gather", "rank", "total")
-ROUTES = ("/rank", "/rerank", "/v1/rerank", "/v2/rerank", "/admin/reload", "/health/live", "/health/ready", "/metrics")
+ROUTES = (
+    "/rank",
+    "/rerank",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/admin/reload",
+    "/admin/rollback",
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+)
 
 
 class Metrics:

@@ -222,6 +222,14 @@ async def admin_reload(admin: AdminDep, body: ReloadRequest | None = None) -> Re
         )
 
 
+@router.post(
+    "/admin/rollback",
+    summary="Serve the model and bundle the last swap replaced again, from memory; 409 when there is none",
+)
+async def admin_rollback(admin: AdminDep) -> Response:
+    return JSONBytes(await admin.rollback())
+
+
 @router.get("/health/live", summary="Liveness: the process answers")
 async def live() -> Response:
     return JSONBytes({"status": "alive"})

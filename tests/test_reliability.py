@@ -180,6 +180,36 @@ def test_two_swaps_under_load_fail_no_request(tiny: TinyPipeline, second_model, 
     assert {o.model_version for o in outcomes if o.started > second_swap} == {model_a}
 
 
+def test_rollback_serves_the_replaced_model_from_memory_under_load(
+    tiny: TinyPipeline, second_model, server: Server, tmp_path: Path
+) -> None:
+    """Rollback swaps back to what the last swap replaced, with no failed request, even when that model's files
+    are gone from disk (so it cannot have been read again)."""
+    model_a, model_b = _version(tiny.model), _version(second_model[0])
+    status, body = _post(server.port, "/admin/rollback", {})
+    assert status == 409 and "nothing to roll back" in body["error"]
+    copy = tmp_path / "model-b"
+    shutil.copytree(second_model[0], copy)
+    with LoadGenerator(server.port) as load:
+        time.sleep(0.3)
+        status, _ = _post(server.port, "/admin/reload", {"model_dir": str(copy), "bundle_dir": str(copy / "bundle")})
+        assert status == 200
+        status, _ = _post(server.port, "/admin/reload", {"model_dir": str(tiny.model), "bundle_dir": str(tiny.bundle)})
+        assert status == 200
+        shutil.rmtree(copy)
+        status, body = _post(server.port, "/admin/rollback", {})
+        assert status == 200 and body["status"] == "rolled back", body
+        assert body["model_version"] == model_b and body["previous_model_version"] == model_a
+        rolled_back = time.perf_counter()
+        time.sleep(0.5)
+        status, body = _post(server.port, "/admin/rollback", {})  # and back again
+        assert status == 200 and body["model_version"] == model_a
+    assert _post(server.port, "/admin/rollback", {}, token=None)[0] == 401
+    outcomes = load.outcomes
+    assert len(outcomes) > 30 and [o for o in outcomes if o.status != 200] == []
+    assert model_b in {o.model_version for o in outcomes if o.started > rolled_back}
+
+
 def test_corrupt_reload_is_refused_and_the_old_model_keeps_serving(
     tiny: TinyPipeline, second_model, server: Server, tmp_path: Path
 ) -> None:
