@@ -37,6 +37,10 @@ class NothingToRollBack(RuntimeError):
     """A rollback was asked for before any reload replaced the serving model (409)."""
 
 
+class NoCanary(RuntimeError):
+    """A canary change or promotion was asked for while no canary runs (409)."""
+
+
 class NotReady(RuntimeError):
     """The service is starting (or draining) and cannot answer ranking requests."""
 
@@ -99,7 +103,8 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return error_response(404, str(exc), field="model")
 
     @app.exception_handler(NothingToRollBack)
-    async def _no_rollback(_: Request, exc: NothingToRollBack) -> Response:
+    @app.exception_handler(NoCanary)
+    async def _conflict(_: Request, exc: Exception) -> Response:
         return error_response(409, str(exc))
 
     @app.exception_handler(NotReady)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import signal
 import time
@@ -35,7 +36,7 @@ from service.engine import (
     process_encode_work,
     process_work,
 )
-from service.errors import NothingToRollBack, NotReady
+from service.errors import NoCanary, NothingToRollBack, NotReady
 from service.loading import load_engine
 from service.metrics import Metrics
 from service.settings import Settings
@@ -88,6 +89,19 @@ class Lifecycle:
         return True
 
 
+@dataclass(frozen=True)
+class Canary:
+    """A candidate engine serving `share` percent of requests, picked by a stable hash of each request's key (the
+    X-Request-Key header, else the query text), so that one user keeps meeting one model."""
+
+    engine: RankingEngine
+    share: float  # 0..100
+
+    def takes(self, key: str) -> bool:
+        bucket = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 10_000
+        return bucket < self.share * 100
+
+
 @dataclass
 class AppState:
     """Everything the routes need, typed, on `app.state.rank`."""
@@ -96,6 +110,7 @@ class AppState:
     metrics: Metrics
     engine: RankingEngine | None = None
     previous: RankingEngine | None = None  # the engine the last swap replaced, kept in memory for `rollback`
+    canary: Canary | None = None
     batcher: MicroBatcher[Work, Outcome] | None = None  # the ranking stage
     encode_batcher: MicroBatcher[Work, Embedded] | None = None  # the encode stage, for queries not in the cache
     document_batcher: MicroBatcher[Work, Embedded] | None = None  # the same, for /rerank jobs with text documents
@@ -168,13 +183,17 @@ class AppState:
             }
         )
 
-    def current(self) -> RankingEngine:
-        """The engine for a new request; NotReady unless READY."""
+    def current(self, key: str | None = None) -> RankingEngine:
+        """The engine for a new request (the canary's when one runs and takes the request's `key`); NotReady
+        unless READY."""
         phase = self.lifecycle.phase
         if phase is Phase.DRAINING:
             raise NotReady("the service is shutting down")
         if phase is not Phase.READY or self.engine is None:
             raise NotReady("the service is not ready")
+        canary = self.canary  # read once: a promotion or rollback replaces it in one assignment
+        if canary is not None and key is not None and canary.takes(key):
+            return canary.engine
         return self.engine
 
     async def reload(self, model_dir: Path | None = None, bundle_dir: Path | None = None) -> dict[str, str]:
@@ -187,11 +206,63 @@ class AppState:
             )
             return self._swap(old, new, "reloaded")
 
+    async def start_canary(
+        self, share: float, model_dir: Path | None = None, bundle_dir: Path | None = None
+    ) -> dict[str, object]:
+        """Serve `share` percent of requests with new artifacts (loaded and validated as for a reload), or, without
+        paths, change the share of the running canary (NoCanary, a 409, when none runs)."""
+        async with self.reload_lock:
+            serving = self.current()
+            if model_dir is None and bundle_dir is None:
+                if self.canary is None:
+                    raise NoCanary("no canary is running: give model_dir (and bundle_dir) to start one")
+                engine = self.canary.engine
+            else:
+                engine = await asyncio.to_thread(
+                    load_engine, self.settings, self.metrics, model_dir=model_dir, bundle_dir=bundle_dir
+                )
+            self.canary = Canary(engine, share)
+            log.info("canary: model %s serves %g%% (the rest %s)", engine.model_version, share, serving.model_version)
+            return self.canary_status()
+
+    def canary_status(self) -> dict[str, object]:
+        canary, serving = self.canary, self.current()
+        return {
+            "status": "canary" if canary else "no canary",
+            "model_version": serving.model_version,
+            "bundle_version": serving.bundle.version,
+            "canary_model_version": canary.engine.model_version if canary else None,
+            "canary_bundle_version": canary.engine.bundle.version if canary else None,
+            "share": canary.share if canary else 0.0,
+        }
+
+    async def promote(self) -> dict[str, str]:
+        """The canary becomes the serving engine for all requests, and the canary ends (one swap: the old engine
+        is kept for `rollback`). NoCanary when none runs."""
+        async with self.reload_lock:
+            old, canary = self.current(), self.canary
+            if canary is None:
+                raise NoCanary("no canary is running: nothing to promote")
+            status = self._swap(old, canary.engine, "promoted")
+            self.canary = None
+            return status
+
     async def rollback(self) -> dict[str, str]:
-        """Serve the engine the last swap replaced again, from memory (nothing is read from disk), and keep the one
-        it replaces for the next rollback. NothingToRollBack when no swap has happened."""
+        """During a canary, end it (every request back on the serving engine). Otherwise serve the engine the last
+        swap replaced again, from memory (nothing is read from disk), and keep the one it replaces for the next
+        rollback. NothingToRollBack when neither applies."""
         async with self.reload_lock:
             old = self.current()
+            if self.canary is not None:
+                ended, self.canary = self.canary, None
+                log.info("rolled back: canary %s ended, %s serves all", ended.engine.model_version, old.model_version)
+                return {
+                    "status": "canary ended",
+                    "model_version": old.model_version,
+                    "bundle_version": old.bundle.version,
+                    "previous_model_version": ended.engine.model_version,
+                    "previous_bundle_version": ended.engine.bundle.version,
+                }
             if self.previous is None:
                 raise NothingToRollBack("nothing to roll back to: no reload has replaced the serving model yet")
             return self._swap(old, self.previous, "rolled back")
@@ -245,6 +316,7 @@ class AppState:
             outcome = engine.serve_one(job)
         timing = dict(outcome.timing)
         timing["total"] = (time.perf_counter() - started) * 1000.0
+        self.metrics.model_requests.labels(route, outcome.model_version).inc()
         for stage, ms in timing.items():
             self.metrics.stage_seconds.labels(route, stage).observe(ms / 1000.0)
             timing[stage] = round(ms, 4)

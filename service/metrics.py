@@ -80,6 +80,12 @@ class Metrics:
             ["route", "status"],
             registry=self.registry,
         )
+        self.model_requests = Counter(
+            "rank_model_requests_total",
+            "Requests served, by route and the model version that served them (canary split).",
+            ["route", "model_version"],
+            registry=self.registry,
+        )
         self.candidates = Histogram(
             "rank_candidates",
             "Candidates scored per request.",

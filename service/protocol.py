@@ -99,6 +99,17 @@ class ReloadRequest(BaseModel):
     bundle_dir: Path | None = None
 
 
+class CanaryRequest(BaseModel):
+    """POST /admin/canary: start a canary of new artifacts (as for a reload), or, without paths, change the running
+    canary's share."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    share: float = Field(ge=0.0, le=100.0, description="Percent of requests the canary serves.")
+    model_dir: Path | None = None
+    bundle_dir: Path | None = None
+
+
 # -- responses ---------------------------------------------------------------------------------------------------
 
 TimingMs = Annotated[

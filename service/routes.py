@@ -23,6 +23,7 @@ from service.engine import RankingEngine, RankOutcome, RerankOutcome
 from service.errors import AdminDenied, NotReady, error_response
 from service.lifecycle import AppState, Phase
 from service.protocol import (
+    CanaryRequest,
     JSONBytes,
     RankedItem,
     RankRequest,
@@ -57,8 +58,10 @@ def _state(request: Request) -> AppState:
     return request.app.state.rank
 
 
-def _engine(request: Request) -> RankingEngine:
-    return _state(request).current()
+def _engine_for(request: Request, query: str) -> RankingEngine:
+    """The engine for this request: the canary's when one runs and takes the request's key (the X-Request-Key
+    header, else the query text: one user, or one query, keeps meeting one model)."""
+    return _state(request).current(request.headers.get("x-request-key") or query)
 
 
 def _admin(request: Request) -> AppState:
@@ -73,7 +76,6 @@ def _admin(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(_state)]
-EngineDep = Annotated[RankingEngine, Depends(_engine)]
 AdminDep = Annotated[AppState, Depends(_admin)]
 
 
@@ -131,7 +133,8 @@ def _with_server_timing(body: Any, timing_ms: dict[str, float]) -> Response:
     responses={200: {"model": RankResponse}},
     summary="Rank catalog items for a query",
 )
-async def rank(body: RankRequest, engine: EngineDep, state: StateDep) -> Response:
+async def rank(body: RankRequest, request: Request, state: StateDep) -> Response:
+    engine = _engine_for(request, body.query)
     outcome, timing_ms = await state.serve(engine, engine.prepare_rank(body), body.timeout_ms, "/rank")
     return _with_server_timing(rank_body(outcome, timing_ms), timing_ms)
 
@@ -142,7 +145,8 @@ async def rank(body: RankRequest, engine: EngineDep, state: StateDep) -> Respons
     responses={200: {"model": RerankResponse | list[TeiRank]}},
     summary="Rerank given documents: this service's shape (`documents`), or TEI's (`texts`, answered as TEI does)",
 )
-async def rerank(body: RerankBody, engine: EngineDep, state: StateDep) -> Response:
+async def rerank(body: RerankBody, request: Request, state: StateDep) -> Response:
+    engine = _engine_for(request, body.query)
     if isinstance(body, TeiRerankRequest):
         return await _tei_rerank(body, engine, state)
     outcome, timing_ms = await state.serve(engine, engine.prepare_rerank(body), body.timeout_ms, "/rerank")
@@ -181,7 +185,8 @@ async def _rerank_texts(
     responses={200: {"model": CohereV2Response}},
     summary="Rerank documents in Cohere's v2 API shape (the cohere SDK's ClientV2.rerank)",
 )
-async def cohere_v2_rerank(body: CohereV2Request, engine: EngineDep, state: StateDep) -> Response:
+async def cohere_v2_rerank(body: CohereV2Request, request: Request, state: StateDep) -> Response:
+    engine = _engine_for(request, body.query)
     check_model(engine, state.settings, body.model)
     limit = body.max_tokens_per_doc or COHERE_DEFAULT_MAX_TOKENS
     cut = cut_documents(engine.encoder, body.documents, limit, "documents")
@@ -197,7 +202,8 @@ async def cohere_v2_rerank(body: CohereV2Request, engine: EngineDep, state: Stat
     responses={200: {"model": V1Response}},
     summary="Rerank documents in Cohere's v1 or Jina's API shape (one answer carries both's fields)",
 )
-async def v1_rerank(body: V1RerankRequest, engine: EngineDep, state: StateDep) -> Response:
+async def v1_rerank(body: V1RerankRequest, request: Request, state: StateDep) -> Response:
+    engine = _engine_for(request, body.query)
     check_model(engine, state.settings, body.model)
     cut = cut_documents(engine.encoder, v1_texts(body), COHERE_DEFAULT_MAX_TOKENS, "documents")
     outcome, timing_ms = await _rerank_texts(
@@ -213,13 +219,13 @@ async def admin_reload(admin: AdminDep, body: ReloadRequest | None = None) -> Re
     try:
         return JSONBytes(await admin.reload(request.model_dir, request.bundle_dir))
     except (ArtifactError, FileNotFoundError, ValueError) as exc:
-        serving = admin.current()
-        return error_response(
-            422,
-            f"reload refused, still serving the old model: {exc}",
-            model_version=serving.model_version,
-            bundle_version=serving.bundle.version,
-        )
+        return _refused(admin, f"reload refused, still serving the old model: {exc}")
+
+
+def _refused(admin: AppState, message: str) -> Response:
+    """422 for artifacts that did not load, with the versions still serving."""
+    serving = admin.current()
+    return error_response(422, message, model_version=serving.model_version, bundle_version=serving.bundle.version)
 
 
 @router.post(
@@ -228,6 +234,24 @@ async def admin_reload(admin: AdminDep, body: ReloadRequest | None = None) -> Re
 )
 async def admin_rollback(admin: AdminDep) -> Response:
     return JSONBytes(await admin.rollback())
+
+
+@router.post("/admin/canary", summary="Serve a share of requests with new artifacts, or change the canary's share")
+async def admin_canary(admin: AdminDep, body: CanaryRequest) -> Response:
+    try:
+        return JSONBytes(await admin.start_canary(body.share, body.model_dir, body.bundle_dir))
+    except (ArtifactError, FileNotFoundError, ValueError) as exc:
+        return _refused(admin, f"canary refused, still serving the old model alone: {exc}")
+
+
+@router.get("/admin/canary", summary="The running canary: its versions and share")
+async def admin_canary_status(admin: AdminDep) -> Response:
+    return JSONBytes(admin.canary_status())
+
+
+@router.post("/admin/canary/promote", summary="The canary serves every request; the old model is kept for rollback")
+async def admin_promote(admin: AdminDep) -> Response:
+    return JSONBytes(await admin.promote())
 
 
 @router.get("/health/live", summary="Liveness: the process answers")

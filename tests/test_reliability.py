@@ -125,9 +125,12 @@ def _stop(server: Server) -> None:
     server.process.wait(10)
 
 
-def _post(port: int, path: str, body: dict, token: str | None = TOKEN) -> tuple[int, dict]:
+def _post(
+    port: int, path: str, body: dict, token: str | None = TOKEN, extra: dict[str, str] | None = None
+) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     headers = {"content-type": "application/json", **({"authorization": f"Bearer {token}"} if token else {})}
+    headers.update(extra or {})
     conn.request("POST", path, json.dumps(body), headers)
     response = conn.getresponse()
     return response.status, json.loads(response.read())
@@ -208,6 +211,47 @@ def test_rollback_serves_the_replaced_model_from_memory_under_load(
     outcomes = load.outcomes
     assert len(outcomes) > 30 and [o for o in outcomes if o.status != 200] == []
     assert model_b in {o.model_version for o in outcomes if o.started > rolled_back}
+
+
+def test_canary_splits_by_a_stable_key_then_promotion_and_rollback_end_it(
+    tiny: TinyPipeline, second_model, server: Server
+) -> None:
+    model_a, model_b = _version(tiny.model), _version(second_model[0])
+    port = server.port
+
+    def served(query: str, key: str | None = None) -> str:
+        status, body = _post(port, "/rank", {"query": query, "top_k": 1}, extra={"x-request-key": key} if key else None)
+        assert status == 200, body
+        return body["model_version"]
+
+    assert _post(port, "/admin/canary/promote", {})[0] == 409
+    assert _post(port, "/admin/canary", {"share": 30})[0] == 409  # no canary to change
+    paths = {"model_dir": str(second_model[0]), "bundle_dir": str(second_model[1])}
+    status, body = _post(port, "/admin/canary", {"share": 50, **paths})
+    assert status == 200 and body["canary_model_version"] == model_b and body["model_version"] == model_a
+    queries = [f"a gin drink number {i}" for i in range(40)]
+    first = {q: served(q) for q in queries}
+    assert set(first.values()) == {model_a, model_b}
+    assert {q: served(q) for q in queries} == first  # one query keeps meeting one model
+    by_key = {served(q, key="user-7") for q in queries}
+    assert len(by_key) == 1  # the header, when given, decides instead of the query
+    assert _post(port, "/admin/canary", {"share": 0})[0] == 200 and {served(q) for q in queries} == {model_a}
+    assert _post(port, "/admin/canary", {"share": 100})[0] == 200 and {served(q) for q in queries} == {model_b}
+    _post(port, "/admin/canary", {"share": 50})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/metrics")
+    exposition = conn.getresponse().read().decode()
+    for version in (model_a, model_b):
+        assert f'rank_model_requests_total{{model_version="{version}",route="/rank"}}' in exposition
+    status, body = _post(port, "/admin/canary/promote", {})
+    assert status == 200 and body["status"] == "promoted" and body["model_version"] == model_b
+    assert {served(q) for q in queries} == {model_b}
+    status, body = _post(port, "/admin/canary", {"share": 50, **paths})
+    assert status == 200
+    status, body = _post(port, "/admin/rollback", {})  # during a canary, rollback ends it
+    assert status == 200 and body["status"] == "canary ended" and {served(q) for q in queries} == {model_b}
+    status, body = _post(port, "/admin/rollback", {})  # then it undoes the promotion
+    assert status == 200 and body["model_version"] == model_a and {served(q) for q in queries} == {model_a}
 
 
 def test_corrupt_reload_is_refused_and_the_old_model_keeps_serving(
