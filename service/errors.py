@@ -26,7 +26,7 @@ class RequestError(ValueError):
         self.field = field
         self.message = message
 
-    too_long = False
+    status = 422  # the HTTP status it is answered with; a subclass may say otherwise
 
 
 class UnknownModel(LookupError):
@@ -84,8 +84,9 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(RequestError)
     async def _bad_request(_: Request, exc: RequestError) -> Response:
-        code = 413 if exc.too_long else 422  # a text over the encoder's limit, truncation off: 413, as TEI answers
-        return error_response(code, str(exc), field=exc.field, errors=[{"field": exc.field, "message": exc.message}])
+        return error_response(
+            exc.status, str(exc), field=exc.field, errors=[{"field": exc.field, "message": exc.message}]
+        )
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> Response:

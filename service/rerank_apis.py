@@ -39,7 +39,7 @@ Timeout = Annotated[
 class InputTooLong(RequestError):
     """A text over the encoder's limit with truncation off (413, as TEI answers)."""
 
-    too_long = True
+    status = 413
 
 
 # -- requests ----------------------------------------------------------------------------------------------------
