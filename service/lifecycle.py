@@ -307,7 +307,8 @@ class AppState:
         started = time.perf_counter()
         deadline = started + timeout_ms / 1000.0 if timeout_ms else None
         encode = self.document_batcher if isinstance(job, RerankJob) and job.texts else self.encode_batcher
-        if encode is not None and engine.needs_encoding(job):
+        encoded = engine.needs_encoding(job)
+        if encode is not None and encoded:
             embedded = await encode.submit(Work(engine, job), deadline)
             job = dataclasses.replace(job, embedded=embedded)
         if self.batcher is not None:
@@ -317,6 +318,9 @@ class AppState:
         timing = dict(outcome.timing)
         timing["total"] = (time.perf_counter() - started) * 1000.0
         self.metrics.model_requests.labels(route, outcome.model_version).inc()
+        self.metrics.served_seconds.labels(route, "yes" if encoded else "no", outcome.model_version).observe(
+            timing["total"] / 1000.0
+        )
         for stage, ms in timing.items():
             self.metrics.stage_seconds.labels(route, stage).observe(ms / 1000.0)
             timing[stage] = round(ms, 4)

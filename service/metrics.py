@@ -67,6 +67,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.served_seconds = Histogram(
+            "rank_served_seconds",
+            "Server time of each request served (its Server-Timing total), by route, by whether MiniLM ran for it "
+            "(encoded: a query-cache miss, or /rerank text documents) and by the model version that served it.",
+            ["route", "encoded", "model_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.request_seconds = Histogram(
             "rank_http_request_duration_seconds",
             "Time from request received to response sent, per route.",

@@ -260,6 +260,21 @@ def test_metrics_exposition(client: TestClient) -> None:
     assert "rank_model_info{" in text and 'provider="CPUExecutionProvider"' in text
 
 
+def test_served_time_is_split_by_whether_minilm_ran(client: TestClient) -> None:
+    registry = client.app.state.rank.metrics.registry
+
+    def served(encoded: str) -> float:
+        version = client.app.state.rank.engine.model_version
+        labels = {"route": "/rank", "encoded": encoded, "model_version": version}
+        return registry.get_sample_value("rank_served_seconds_count", labels) or 0.0
+
+    before = served("yes"), served("no")
+    query = "a query no other test sends, so the first call encodes it"
+    assert client.post("/rank", json={"query": query}).status_code == 200
+    assert client.post("/rank", json={"query": query}).status_code == 200
+    assert (served("yes"), served("no")) == (before[0] + 1, before[1] + 1)
+
+
 def test_not_ready_until_started(tiny: TinyPipeline) -> None:
     client = TestClient(create_app(serving_settings(tiny)))  # no context manager: the lifespan has not run
     ready = client.get("/health/ready")
