@@ -17,13 +17,16 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 READY_PATH = "/health/ready"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class NotReady(RuntimeError):
@@ -145,3 +148,36 @@ def stop_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> int:
             pass
     send(signal.SIGKILL)
     return int(process.wait())
+
+
+@dataclass(frozen=True)
+class Service:
+    """`python -m service` on a free 127.0.0.1 port, in its own process group, writing its output to `log`."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def start(cls, log: Path, env: dict[str, str], options: dict[str, object] | None = None) -> Service:
+        """Start it with `--name value` for each of `options` (Settings fields, e.g. `{"bundle_dir": path}`).
+        Returns at once: `wait_ready(service.url, service.process, log=service.log)` waits for it."""
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "service",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
+        for name, value in (options or {}).items():
+            command += [f"--{name.replace('_', '-')}", str(value)]
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return cls(f"http://127.0.0.1:{port}", process, log)

@@ -32,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from loadtests.process import NotReady, free_port, stop_group, wait_ready
+from loadtests.process import NotReady, Service, stop_group, wait_ready
 from loadtests.promstats import series
 from loadtests.report import RunInfo, Scrapes, build_report, write_charts, write_report
 from loadtests.slo import SloError, load_objectives
@@ -58,39 +58,6 @@ def scrape(url: str) -> str:
     if status != 200:
         raise RunError(f"{url}/metrics answered HTTP {status}")
     return body.decode()
-
-
-@dataclass
-class Service:
-    """A service process started by the runner, in its own process group, logging to the report directory."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @classmethod
-    def start(cls, args: argparse.Namespace, run_dir: Path, env: dict[str, str]) -> Service:
-        port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "service",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ]
-        for option in ("bundle_dir", "model_dir", "encoder_dir"):
-            if getattr(args, option):
-                command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
-        log = run_dir / "service.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        return cls(f"http://127.0.0.1:{port}", process, log)
 
 
 def wait_for_service(url: str, seconds: float, service: Service | None) -> dict[str, Any]:
@@ -262,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
         # One OpenMP thread for FAISS, as `make bench` runs it: on 2 cores, spinning OpenMP workers fight the event
         # loop and the load generator, and tail latency multiplies.
         service_env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        service = Service.start(args, run_dir, {**os.environ, **service_env})
+        options = {k: getattr(args, k) for k in ("bundle_dir", "model_dir", "encoder_dir") if getattr(args, k)}
+        service = Service.start(run_dir / "service.log", {**os.environ, **service_env}, options)
     url = (args.host or (service.url if service else "")).rstrip("/")
     clock = time.monotonic()
     try:

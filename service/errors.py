@@ -41,6 +41,10 @@ class NoCanary(RuntimeError):
     """A canary change or promotion was asked for while no canary runs (409)."""
 
 
+class NoShadow(RuntimeError):
+    """A shadow change or stop was asked for while no shadow is loaded (409)."""
+
+
 class NotReady(RuntimeError):
     """The service is starting (or draining) and cannot answer ranking requests."""
 
@@ -105,6 +109,7 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(NothingToRollBack)
     @app.exception_handler(NoCanary)
+    @app.exception_handler(NoShadow)
     async def _conflict(_: Request, exc: Exception) -> Response:
         return error_response(409, str(exc))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import signal
 import time
@@ -22,6 +21,7 @@ from typing import overload
 from prometheus_client import Gauge
 
 from index.runtime.files import ArtifactError
+from service.agreement import agreement
 from service.batcher import MicroBatcher
 from service.engine import (
     Embedded,
@@ -36,10 +36,13 @@ from service.engine import (
     process_encode_work,
     process_work,
 )
-from service.errors import NoCanary, NothingToRollBack, NotReady
+from service.errors import NoCanary, NoShadow, NothingToRollBack, NotReady
 from service.loading import load_engine
 from service.metrics import Metrics
+from service.protocol import RankRequest
 from service.settings import Settings
+from service.shadow import Shadow
+from service.split import in_share
 
 log = logging.getLogger("service")
 
@@ -98,8 +101,7 @@ class Canary:
     share: float  # 0..100
 
     def takes(self, key: str) -> bool:
-        bucket = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 10_000
-        return bucket < self.share * 100
+        return in_share(key, self.share)
 
 
 @dataclass
@@ -111,11 +113,14 @@ class AppState:
     engine: RankingEngine | None = None
     previous: RankingEngine | None = None  # the engine the last swap replaced, kept in memory for `rollback`
     canary: Canary | None = None
+    shadow: Shadow | None = None
     batcher: MicroBatcher[Work, Outcome] | None = None  # the ranking stage
     encode_batcher: MicroBatcher[Work, Embedded] | None = None  # the encode stage, for queries not in the cache
     document_batcher: MicroBatcher[Work, Embedded] | None = None  # the same, for /rerank jobs with text documents
+    shadow_batcher: MicroBatcher[Work, Outcome] | None = None  # the shadow's own ranking thread
     lifecycle: Lifecycle = field(init=False)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _shadow_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.lifecycle = Lifecycle(self.metrics.ready)
@@ -148,6 +153,17 @@ class AppState:
             self.document_batcher = self._encode_stage("document-stage")
             queries, documents = self.encode_batcher, self.document_batcher
             self.metrics.encode_queue_depth.set_function(lambda: queries.depth + documents.depth)
+        if s.batching:
+            # The shadow ranks on a thread of its own: its engine owns its own FAISS indexes, real requests never
+            # queue behind its work, and its queue is not theirs, so it can never cause them a 429.
+            self.shadow_batcher = MicroBatcher(
+                process_work,
+                lambda work: work.size,
+                max_size=s.max_batch_candidates,
+                max_queue=max(1, s.shadow_max_queue),
+                name="shadow-stage",
+            )
+            self.shadow_batcher.start()
         _install_sighup(self)
         self.lifecycle.become_ready()
 
@@ -165,7 +181,7 @@ class AppState:
     def stop(self) -> None:
         """Drain, then let the batchers finish what is queued."""
         self.lifecycle.begin_drain()
-        for batcher in (self.encode_batcher, self.document_batcher, self.batcher):
+        for batcher in (self.encode_batcher, self.document_batcher, self.batcher, self.shadow_batcher):
             if batcher is not None:
                 batcher.close()
 
@@ -210,13 +226,17 @@ class AppState:
         self, share: float, model_dir: Path | None = None, bundle_dir: Path | None = None
     ) -> dict[str, object]:
         """Serve `share` percent of requests with new artifacts (loaded and validated as for a reload), or, without
-        paths, change the share of the running canary (NoCanary, a 409, when none runs)."""
+        paths, change the share of the running canary, or start one with the loaded shadow (which then ends);
+        NoCanary, a 409, when there is neither."""
         async with self.reload_lock:
             serving = self.current()
             if model_dir is None and bundle_dir is None:
-                if self.canary is None:
+                if self.canary is not None:
+                    engine = self.canary.engine
+                elif self.shadow is not None:  # the shadow, already loaded and compared, starts serving
+                    engine, self.shadow = self.shadow.engine, None
+                else:
                     raise NoCanary("no canary is running: give model_dir (and bundle_dir) to start one")
-                engine = self.canary.engine
             else:
                 engine = await asyncio.to_thread(
                     load_engine, self.settings, self.metrics, model_dir=model_dir, bundle_dir=bundle_dir
@@ -266,6 +286,92 @@ class AppState:
             if self.previous is None:
                 raise NothingToRollBack("nothing to roll back to: no reload has replaced the serving model yet")
             return self._swap(old, self.previous, "rolled back")
+
+    # -- the shadow -------------------------------------------------------------------------------------------
+
+    async def start_shadow(
+        self, share: float, model_dir: Path | None = None, bundle_dir: Path | None = None
+    ) -> dict[str, object]:
+        """Load new artifacts (validated as for a reload) as a shadow that ranks `share` percent of /rank requests
+        after their responses are sent, or, without paths, change the loaded shadow's share (NoShadow, a 409, when
+        none is loaded). A new shadow starts its figures from zero."""
+        async with self.reload_lock:
+            serving = self.current()
+            if model_dir is None and bundle_dir is None:
+                if self.shadow is None:
+                    raise NoShadow("no shadow is loaded: give model_dir (and bundle_dir) to load one")
+                self.shadow.share = share
+            else:
+                engine = await asyncio.to_thread(
+                    load_engine, self.settings, self.metrics, model_dir=model_dir, bundle_dir=bundle_dir
+                )
+                self.shadow = Shadow(engine, share)
+            log.info(
+                "shadow: model %s scores %g%% of /rank beside %s",
+                self.shadow.engine.model_version,
+                share,
+                serving.model_version,
+            )
+            return self.shadow.summary(serving)
+
+    def shadow_status(self) -> dict[str, object]:
+        shadow = self.shadow
+        return shadow.summary(self.current()) if shadow else {"status": "no shadow"}
+
+    async def stop_shadow(self) -> dict[str, object]:
+        """Unload the shadow; answers its final figures. NoShadow when none is loaded."""
+        async with self.reload_lock:
+            shadow, self.shadow = self.shadow, None
+            if shadow is None:
+                raise NoShadow("no shadow is loaded: nothing to stop")
+            return {**shadow.summary(self.current()), "status": "shadow stopped"}
+
+    async def after_rank(self, served_by: RankingEngine, body: RankRequest, query: str, outcome: RankOutcome) -> None:
+        """Run after a /rank response is sent (a Starlette background task): hand the request to the shadow, if
+        one is loaded and takes it, on a task of its own, so that the response's connection is not held."""
+        shadow = self.shadow
+        if shadow is None or served_by is shadow.engine or not shadow.takes(query):
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow_rank(shadow, served_by, body, query, outcome))
+        self._shadow_tasks.add(task)  # a reference, so the task is not collected half-way
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow_rank(
+        self, shadow: Shadow, served_by: RankingEngine, body: RankRequest, query: str, outcome: RankOutcome
+    ) -> None:
+        labels = (served_by.model_version, shadow.engine.model_version)
+        busy = [b.depth for b in (self.batcher, self.shadow_batcher) if b is not None]
+        if busy and max(busy) >= self.settings.shadow_max_queue:  # real requests waiting, or the shadow behind
+            shadow.counts["shed"] += 1
+            self.metrics.shadow_requests.labels("shed", *labels).inc()
+            return
+        try:
+            started = time.perf_counter()
+            job = shadow.engine.prepare_rank(body)
+            vector = served_by.encoder.cached(query)  # the served request's MiniLM vector: no second encode
+            if vector is not None:
+                job = dataclasses.replace(job, embedded=Embedded(vector))
+            elif self.encode_batcher is not None:
+                job = dataclasses.replace(job, embedded=await self.encode_batcher.submit(Work(shadow.engine, job)))
+            if self.shadow_batcher is not None:
+                result = await self.shadow_batcher.submit(Work(shadow.engine, job))
+            else:
+                result = await asyncio.to_thread(shadow.engine.serve_one, job)
+            total_ms = (time.perf_counter() - started) * 1000.0
+        except Exception as exc:  # a shadow's failure is recorded, never raised: no client is waiting for it
+            shadow.counts["failed"] += 1
+            self.metrics.shadow_requests.labels("failed", *labels).inc()
+            log.debug("shadow %s failed on a request: %s", shadow.engine.model_version, exc)
+            return
+        assert isinstance(result, RankOutcome)
+        found = agreement(outcome.ids, result.ids)
+        shadow.record(found, result, total_ms)
+        self.metrics.shadow_requests.labels("compared", *labels).inc()
+        for figure, value in found.as_dict().items():
+            if value is not None:
+                self.metrics.shadow_agreement.labels(figure, *labels).observe(value)
+        for stage, ms in {**result.timing, "total": total_ms}.items():
+            self.metrics.shadow_stage_seconds.labels(stage, labels[1]).observe(ms / 1000.0)
 
     def _swap(self, old: RankingEngine, new: RankingEngine, status: str) -> dict[str, str]:
         self.publish(new)

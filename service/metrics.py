@@ -94,6 +94,28 @@ class Metrics:
             ["route", "model_version"],
             registry=self.registry,
         )
+        self.shadow_requests = Counter(
+            "rank_shadow_requests_total",
+            "Requests offered to the shadow model, by outcome (compared, shed: the ranking queue was long, failed), "
+            "the serving model's version and the shadow's.",
+            ["outcome", "model_version", "shadow_version"],
+            registry=self.registry,
+        )
+        self.shadow_agreement = Histogram(
+            "rank_shadow_agreement",
+            "Agreement of the shadow's list with the served one, per request pair: figure is overlap_at_10, rbo "
+            "(p = 0.9), kendall_tau (on the common items) or top1 (1 when the first items match).",
+            ["figure", "model_version", "shadow_version"],
+            buckets=(-0.5, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+            registry=self.registry,
+        )
+        self.shadow_stage_seconds = Histogram(
+            "rank_shadow_stage_seconds",
+            "The shadow model's own time per stage (total: from its submission to its outcome).",
+            ["stage", "shadow_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.candidates = Histogram(
             "rank_candidates",
             "Candidates scored per request.",

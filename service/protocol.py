@@ -110,6 +110,17 @@ class CanaryRequest(BaseModel):
     bundle_dir: Path | None = None
 
 
+class ShadowRequest(BaseModel):
+    """POST /admin/shadow: load new artifacts (as for a reload) as a shadow, or, without paths, change the loaded
+    shadow's share."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    share: float = Field(100.0, ge=0.0, le=100.0, description="Percent of /rank requests the shadow also ranks.")
+    model_dir: Path | None = None
+    bundle_dir: Path | None = None
+
+
 # -- responses ---------------------------------------------------------------------------------------------------
 
 TimingMs = Annotated[

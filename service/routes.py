@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
 
 from index.runtime.files import ArtifactError
 from index.runtime.text_encoder import MAX_TOKENS
@@ -31,6 +32,7 @@ from service.protocol import (
     ReloadRequest,
     RerankResponse,
     RerankResult,
+    ShadowRequest,
 )
 from service.rerank_apis import (
     COHERE_DEFAULT_MAX_TOKENS,
@@ -141,8 +143,12 @@ def _with_server_timing(body: Any, timing_ms: dict[str, float]) -> Response:
 )
 async def rank(body: RankRequest, request: Request, state: StateDep) -> Response:
     engine = _engine_for(request, body.query)
-    outcome, timing_ms = await state.serve(engine, engine.prepare_rank(body), body.timeout_ms, "/rank")
-    return _with_server_timing(rank_body(outcome, timing_ms), timing_ms)
+    job = engine.prepare_rank(body)
+    outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/rank")
+    response = _with_server_timing(rank_body(outcome, timing_ms), timing_ms)
+    if state.shadow is not None:  # after the response is sent: the client never waits for the shadow
+        response.background = BackgroundTask(state.after_rank, engine, body, job.query, outcome)
+    return response
 
 
 @router.post(
@@ -253,6 +259,26 @@ async def admin_canary(admin: AdminDep, body: CanaryRequest) -> Response:
 @router.get("/admin/canary", summary="The running canary: its versions and share")
 async def admin_canary_status(admin: AdminDep) -> Response:
     return JSONBytes(admin.canary_status())
+
+
+@router.post(
+    "/admin/shadow", summary="Load new artifacts as a shadow that also ranks live /rank traffic, or change its share"
+)
+async def admin_shadow(admin: AdminDep, body: ShadowRequest) -> Response:
+    try:
+        return JSONBytes(await admin.start_shadow(body.share, body.model_dir, body.bundle_dir))
+    except (ArtifactError, FileNotFoundError, ValueError) as exc:
+        return _refused(admin, f"shadow refused, nothing changed: {exc}")
+
+
+@router.get("/admin/shadow", summary="The shadow's figures: agreement with the served lists, its own time, shed work")
+async def admin_shadow_status(admin: AdminDep) -> Response:
+    return JSONBytes(admin.shadow_status())
+
+
+@router.delete("/admin/shadow", summary="Unload the shadow; answers its final figures")
+async def admin_shadow_stop(admin: AdminDep) -> Response:
+    return JSONBytes(await admin.stop_shadow())
 
 
 @router.post("/admin/canary/promote", summary="The canary serves every request; the old model is kept for rollback")

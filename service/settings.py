@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     max_delay_us: int = Field(0, ge=0, le=100_000, description="or when the oldest request has waited this long")
     max_queue: int = Field(512, ge=1, description="requests waiting beyond this get 429")
     max_body_bytes: int = Field(1_000_000, ge=1_000, description="larger request bodies get 413")
+    shadow_max_queue: int = Field(
+        4, ge=0, description="shadow a request only while fewer requests than this wait for the ranking thread"
+    )
     admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*; admin API off when unset")
     min_ndcg: float = Field(0.0, ge=0.0, le=1.0, description="quality gate: a model card below this is refused")
     require_beats_baseline: bool = Field(

@@ -126,12 +126,17 @@ def _stop(server: Server) -> None:
 
 
 def _post(
-    port: int, path: str, body: dict, token: str | None = TOKEN, extra: dict[str, str] | None = None
+    port: int,
+    path: str,
+    body: dict,
+    token: str | None = TOKEN,
+    extra: dict[str, str] | None = None,
+    method: str = "POST",
 ) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     headers = {"content-type": "application/json", **({"authorization": f"Bearer {token}"} if token else {})}
     headers.update(extra or {})
-    conn.request("POST", path, json.dumps(body), headers)
+    conn.request(method, path, json.dumps(body) if method == "POST" else None, headers)
     response = conn.getresponse()
     return response.status, json.loads(response.read())
 
@@ -252,6 +257,34 @@ def test_canary_splits_by_a_stable_key_then_promotion_and_rollback_end_it(
     assert status == 200 and body["status"] == "canary ended" and {served(q) for q in queries} == {model_b}
     status, body = _post(port, "/admin/rollback", {})  # then it undoes the promotion
     assert status == 200 and body["model_version"] == model_a and {served(q) for q in queries} == {model_a}
+
+
+def test_a_shadow_scores_live_traffic_without_serving_it_then_becomes_the_canary(
+    tiny: TinyPipeline, second_model, server: Server
+) -> None:
+    model_a, model_b = _version(tiny.model), _version(second_model[0])
+    port = server.port
+    paths = {"model_dir": str(second_model[0]), "bundle_dir": str(second_model[1])}
+    with LoadGenerator(port) as load:
+        time.sleep(0.3)
+        status, body = _post(port, "/admin/shadow", paths)
+        assert status == 200 and body["shadow_model_version"] == model_b and body["model_version"] == model_a
+        time.sleep(1.5)
+        status, shadow = _post(port, "/admin/shadow", {}, method="GET")
+    assert status == 200 and shadow["compared"] > 10 and shadow["failed"] == 0, shadow
+    for figure in ("overlap_at_10", "rbo", "top1"):
+        assert 0.0 <= shadow["mean"][figure] <= 1.0
+    assert -1.0 <= shadow["mean"]["kendall_tau"] <= 1.0
+    outcomes = load.outcomes
+    assert len(outcomes) > 30 and [o for o in outcomes if o.status != 200] == []
+    assert {o.model_version for o in outcomes} == {model_a}  # the shadow never answered a request
+    # the loaded shadow starts serving as the canary without being read from disk again; the shadow ends
+    status, body = _post(port, "/admin/canary", {"share": 100})
+    assert status == 200 and body["canary_model_version"] == model_b, body
+    assert _post(port, "/admin/shadow", {}, method="GET")[1] == {"status": "no shadow"}
+    assert _post(port, "/rank", {"query": "gin", "top_k": 1})[1]["model_version"] == model_b
+    status, body = _post(port, "/admin/rollback", {})
+    assert status == 200 and body["status"] == "canary ended"
 
 
 def test_corrupt_reload_is_refused_and_the_old_model_keeps_serving(
