@@ -13,7 +13,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 
-.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval batch gpu-check
+.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval batch gpu-check rollout
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -88,6 +88,12 @@ URL ?=
 
 evaluate: $(STAMP) ## Served quality beside zero-shot MiniLM, BM25, RRF (DATA=dir URL=http://host:port ARGS=...)
 	$(PY) -m loadtests.evaluate --data $(DATA) $(if $(URL),--url $(URL)) $(ARGS)
+
+# A new model into the running service (python -m loadtests.rollout), one gated step at a time: train (unless
+# MODEL=dir names an export), export with parity, bundle from the serving bundle's features, offline gate against
+# the serving model, shadow on live traffic, canary, promote. Needs RANK_ADMIN_TOKEN; logs to reports/rollout.jsonl.
+rollout: $(STAMP) ## Train or take MODEL=dir, gate it offline, shadow, canary, promote (URL=http://host:port, RANK_ADMIN_TOKEN)
+	$(PY) -m loadtests.rollout --url $(or $(URL),http://$(HOST):$(PORT)) --data $(DATA) $(if $(filter command line,$(origin MODEL)),--model $(MODEL)) $(ARGS)
 
 batch: $(STAMP) ## Rank a JSONL file of /rank bodies in process, no HTTP (IN=queries.jsonl OUT=results.jsonl)
 	$(PY) -m service.batch --in $(IN) --out $(OUT) $(ARGS)

@@ -35,7 +35,7 @@ JSON_HEADERS = {"content-type": "application/json"}
 
 # Filled by the init listener; gevent greenlets share one process, so one mix keeps the tail never-repeating.
 _mix: RequestMix | None = None
-_samples: list[tuple[float, str, int, float, str, str]] = []
+_samples: list[tuple[float, str, int, float, str, str, str]] = []
 
 
 @events.init_command_line_parser.add_listener
@@ -72,13 +72,15 @@ def _record(
     # samples match the server's counters request for request.
     status = int(getattr(response, "status_code", 0) or 0)
     server = ""
-    header = response.headers.get("server-timing", "") if response is not None and response.headers else ""
+    headers = response.headers if response is not None and response.headers else {}
+    header = headers.get("server-timing", "")
     for part in header.split(","):
         stage, separator, duration = part.strip().partition(";dur=")
         if stage == "total" and separator:
             server = duration
     error = "" if exception is None else str(exception) or type(exception).__name__
-    _samples.append((time.time() - response_time / 1000.0, name, status, response_time, server, error))
+    version = headers.get("x-model-version", "")
+    _samples.append((time.time() - response_time / 1000.0, name, status, response_time, server, version, error))
 
 
 @events.quitting.add_listener
@@ -88,9 +90,10 @@ def _write_samples(environment: Environment, **_: Any) -> None:
         return
     with open(options.samples_csv, "w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["start", "name", "status", "client_ms", "server_total_ms", "error"])
+        writer.writerow(["start", "name", "status", "client_ms", "server_total_ms", "model_version", "error"])
         writer.writerows(
-            (f"{t:.4f}", name, status, f"{ms:.4f}", server, error) for t, name, status, ms, server, error in _samples
+            (f"{t:.4f}", name, status, f"{ms:.4f}", server, version, error)
+            for t, name, status, ms, server, version, error in _samples
         )
 
 

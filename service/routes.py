@@ -127,9 +127,12 @@ def rerank_body(outcome: RerankOutcome, timing_ms: dict[str, float]) -> RerankRe
     }
 
 
-def _with_server_timing(body: Any, timing_ms: dict[str, float]) -> Response:
+def _with_server_timing(body: Any, timing_ms: dict[str, float], outcome: RankOutcome | RerankOutcome) -> Response:
+    """The JSON response with its stage times in `Server-Timing` and the version that served it in
+    `X-Model-Version` (in a header too, so a client of any of the rerank shapes, and a load generator, can read
+    it without parsing the body)."""
     server_timing = ", ".join(f"{stage};dur={ms:.3f}" for stage, ms in timing_ms.items())
-    return JSONBytes(body, headers={"Server-Timing": server_timing})
+    return JSONBytes(body, headers={"Server-Timing": server_timing, "X-Model-Version": outcome.model_version})
 
 
 # -- handlers ------------------------------------------------------------------------------------------------------
@@ -145,7 +148,7 @@ async def rank(body: RankRequest, request: Request, state: StateDep) -> Response
     engine = _engine_for(request, body.query)
     job = engine.prepare_rank(body)
     outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/rank")
-    response = _with_server_timing(rank_body(outcome, timing_ms), timing_ms)
+    response = _with_server_timing(rank_body(outcome, timing_ms), timing_ms, outcome)
     if state.shadow is not None:  # after the response is sent: the client never waits for the shadow
         response.background = BackgroundTask(state.after_rank, engine, body, job.query, outcome)
     return response
@@ -162,7 +165,7 @@ async def rerank(body: RerankBody, request: Request, state: StateDep) -> Respons
     if isinstance(body, TeiRerankRequest):
         return await _tei_rerank(body, engine, state)
     outcome, timing_ms = await state.serve(engine, engine.prepare_rerank(body), body.timeout_ms, "/rerank")
-    return _with_server_timing(rerank_body(outcome, timing_ms), timing_ms)
+    return _with_server_timing(rerank_body(outcome, timing_ms), timing_ms, outcome)
 
 
 async def _tei_rerank(body: TeiRerankRequest, engine: RankingEngine, state: AppState) -> Response:
@@ -174,7 +177,7 @@ async def _tei_rerank(body: TeiRerankRequest, engine: RankingEngine, state: AppS
             f"texts[{at}]", f"is {cut.counts[at]} word pieces long; the limit is {MAX_TOKENS}: set truncate: true"
         )
     outcome, timing_ms = await _rerank_texts(engine, state, body.query, cut.texts, None, body.timeout_ms, "/rerank")
-    return _with_server_timing(tei_body(body, outcome), timing_ms)
+    return _with_server_timing(tei_body(body, outcome), timing_ms, outcome)
 
 
 async def _rerank_texts(
@@ -205,7 +208,7 @@ async def cohere_v2_rerank(body: CohereV2Request, request: Request, state: State
     outcome, timing_ms = await _rerank_texts(
         engine, state, body.query, cut.texts, body.top_n, body.timeout_ms, "/v2/rerank"
     )
-    return _with_server_timing(cohere_v2_body(outcome, cut.warnings()), timing_ms)
+    return _with_server_timing(cohere_v2_body(outcome, cut.warnings()), timing_ms, outcome)
 
 
 @router.post(
@@ -222,7 +225,7 @@ async def v1_rerank(body: V1RerankRequest, request: Request, state: StateDep) ->
         engine, state, body.query, cut.texts, body.top_n, body.timeout_ms, "/v1/rerank"
     )
     tokens = cut.tokens + int(engine.encoder.token_counts([body.query])[0])
-    return _with_server_timing(v1_body(body, outcome, cut.texts, tokens, cut.warnings()), timing_ms)
+    return _with_server_timing(v1_body(body, outcome, cut.texts, tokens, cut.warnings()), timing_ms, outcome)
 
 
 @router.post("/admin/reload", summary="Load, validate and warm new artifacts, then switch to them atomically")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from index.export.text_encoder import export_text_encoder
-from index.offline.bundle_writer import build_bundle
+from index.offline.bundle_writer import build_bundle, reproject_bundle
 from index.offline.text_cache import CACHE_ENV
 from service.settings import Settings
 from training.cli import run_train
@@ -28,7 +28,7 @@ from training.train import TrainConfig
 
 # Session fixtures that export, train or build (the tiny CLIP tower is tests/clip_fixtures.py's). Anything that
 # depends on one of them has it in its fixture closure too, so the roots are enough.
-ARTIFACT_FIXTURES = frozenset({"encoder_dir", "tiny", "tiny_copy", "tiny_clip"})
+ARTIFACT_FIXTURES = frozenset({"encoder_dir", "tiny", "tiny_copy", "tiny_clip", "second_model"})
 
 
 # Tests without those fixtures that still take seconds a call: each runs a CLI that imports torch (and exports) in a
@@ -115,3 +115,13 @@ def tiny_copy(tiny: TinyPipeline, tmp_path: Path) -> TinyPipeline:
     model = tmp_path / "artifacts"
     shutil.copytree(tiny.model, model)
     return TinyPipeline(data=tiny.data, encoder=tiny.encoder, model=model, bundle=model / "bundle", config=tiny.config)
+
+
+@pytest.fixture(scope="session")
+def second_model(tiny: TinyPipeline, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Another model (other seed) and the tiny bundle re-projected for it: what a rollout would ship."""
+    out = tmp_path_factory.mktemp("model-b")
+    cfg = TrainConfig(**{**tiny.config.__dict__, "out_dir": out, "seed": 1})
+    assert run_train(cfg) == 0 and run_export(out) == 0
+    reproject_bundle(tiny.bundle, out, out / "bundle")
+    return out, out / "bundle"

@@ -41,12 +41,13 @@ class LiveService:
     process: subprocess.Popen[bytes]
 
     @classmethod
-    def start(cls, tiny: TinyPipeline, ready_within: float = 90.0) -> LiveService:
+    def start(cls, tiny: TinyPipeline, ready_within: float = 90.0, **env: str) -> LiveService:
+        """Serve the tiny artifacts, with `env` (RANK_* variables) on top."""
         port = free_port()
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "--port", str(port)],
             cwd=ROOT,
-            env=tiny_env(tiny),
+            env={**tiny_env(tiny), **env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,

@@ -21,11 +21,8 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from index.offline.bundle_writer import reproject_bundle
 from loadtests.process import NotReady, free_port, stop_group, wait_ready
 from service.app import create_app
-from training.cli import run_train
-from training.export import run_export
 
 from .conftest import TinyPipeline, serving_settings
 
@@ -139,16 +136,6 @@ def _post(
     conn.request(method, path, json.dumps(body) if method == "POST" else None, headers)
     response = conn.getresponse()
     return response.status, json.loads(response.read())
-
-
-@pytest.fixture(scope="module")
-def second_model(tiny: TinyPipeline, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Another model (other seed) and the tiny bundle re-projected for it: what a rollout would ship."""
-    out = tmp_path_factory.mktemp("model-b")
-    cfg = tiny.config.__class__(**{**tiny.config.__dict__, "out_dir": out, "seed": 1})
-    assert run_train(cfg) == 0 and run_export(out) == 0
-    reproject_bundle(tiny.bundle, out, out / "bundle")
-    return out, out / "bundle"
 
 
 @pytest.fixture

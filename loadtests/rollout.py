@@ -1,0 +1,456 @@
+"""`make rollout`: a new model from training to serving every request, one gated step at a time.
+
+    .venv/bin/python -m loadtests.rollout --url http://127.0.0.1:8000                 # train a candidate, roll it out
+    .venv/bin/python -m loadtests.rollout --url http://127.0.0.1:8000 --model DIR     # roll out an existing export
+
+Steps, in order; the first that fails stops the rollout, says which and why, and undoes what it started:
+
+1. serving: ask the running service which model and bundle it serves, and check that --serving-model and
+   --serving-bundle (default: the RANK_* settings, as the service reads them) are those artifacts.
+2. train (without --model): `training.cli train` into a new directory, with --seed.
+3. export: ONNX export with the PyTorch parity check (`training.export.run_export`).
+4. bundle: the serving bundle's features re-projected for the candidate (`index.offline.bundle_writer`): the
+   catalog is not encoded again, and the candidate ranks exactly the items the service does.
+5. offline gate: the candidate and the serving model, in this process, on the same held-out judged queries of
+   --data (label-based nDCG@10); the candidate must not lose more than --tolerance (default 0.005) and must beat
+   the best zero-shot system (MiniLM cosine, BM25, their RRF) unless --allow-below-zero-shot.
+6. shadow: the candidate loads into the running service as a shadow and ranks live /rank traffic after the
+   responses; once it has compared --shadow-requests request pairs (or --shadow-seconds pass), mean overlap@10
+   and mean RBO must reach --min-overlap and --min-rbo, and no shadow request may have failed.
+7. canary: the shadow's engine serves --canary-share percent of requests for --canary-seconds; it must serve
+   some, answer none with a 5xx, and keep its cached-query p99 server time within --max-latency-ratio of the
+   serving model's over the same seconds (judged once each version served --min-latency-samples cached requests).
+8. promote: the canary serves everything, in one swap (the old engine is kept: `POST /admin/rollback`).
+
+Each step appends one JSON line to --log (default reports/rollout.jsonl) with the versions, its seconds and its
+figures; a summary table is printed at the end. Exit codes: 0 promoted, 1 a gate stopped the candidate, 2 the
+rollout could not run (one sentence says why). The admin token comes from RANK_ADMIN_TOKEN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from loadtests import promstats
+
+ROOT = Path(__file__).resolve().parents[1]
+ZERO_SHOT = ("minilm", "bm25", "rrf")
+
+
+class RolloutError(RuntimeError):
+    """The rollout cannot go on for a reason that is not the candidate's fault (exit 2)."""
+
+
+class Stopped(RuntimeError):
+    """A gate refused the candidate (exit 1); `figures` are what it measured."""
+
+    def __init__(self, reason: str, figures: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.figures = figures
+
+
+@dataclass
+class Admin:
+    """The running service's HTTP API, with the admin token."""
+
+    url: str
+    token: str
+    timeout: float = 300.0
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        parts = urlsplit(self.url)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=self.timeout)
+        headers = {"content-type": "application/json", "authorization": f"Bearer {self.token}"}
+        try:
+            conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except OSError as exc:
+            raise RolloutError(f"the service at {self.url} did not answer {method} {path}: {exc}") from None
+        finally:
+            conn.close()
+        if path == "/metrics":
+            return response.status, raw.decode()
+        return response.status, json.loads(raw) if raw else {}
+
+    def ok(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        status, answer = self.call(method, path, body)
+        if status != 200:
+            message = answer.get("error") if isinstance(answer, dict) else answer
+            raise RolloutError(f"{method} {path} answered HTTP {status}: {message}")
+        return dict(answer)
+
+
+@dataclass
+class Step:
+    """One line of the rollout log."""
+
+    step: str
+    status: str  # ok, stopped, failed, skipped
+    seconds: float
+    figures: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+
+@dataclass
+class Rollout:
+    """The state a rollout carries from step to step, and its log."""
+
+    args: argparse.Namespace
+    admin: Admin
+    log_path: Path
+    serving_version: str = ""
+    serving_bundle: str = ""
+    candidate_dir: Path | None = None
+    candidate_version: str = ""
+    steps: list[Step] = field(default_factory=list)
+
+    def record(self, step: Step) -> None:
+        self.steps.append(step)
+        line = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "step": step.step,
+            "status": step.status,
+            "seconds": round(step.seconds, 2),
+            "serving_model_version": self.serving_version,
+            "candidate_model_version": self.candidate_version or None,
+            "figures": step.figures,
+            **({"reason": step.reason} if step.reason else {}),
+        }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a") as out:
+            out.write(json.dumps(line) + "\n")
+        shown = f"{step.status}" + (f": {step.reason}" if step.reason else "")
+        print(f"[{step.step}] {shown} ({step.seconds:.1f} s)", flush=True)
+
+    def run(self, name: str, action: Callable[[], dict[str, Any]]) -> None:
+        started = time.monotonic()
+        try:
+            figures = action()
+        except Stopped as exc:
+            self.record(Step(name, "stopped", time.monotonic() - started, exc.figures, str(exc)))
+            raise
+        except RolloutError as exc:
+            self.record(Step(name, "failed", time.monotonic() - started, {}, str(exc)))
+            raise
+        self.record(Step(name, "ok", time.monotonic() - started, figures))
+
+    # -- the steps ---------------------------------------------------------------------------------------------
+
+    def serving(self) -> dict[str, Any]:
+        status = self.admin.ok("GET", "/admin/canary")
+        if status["status"] != "no canary":
+            raise RolloutError("a canary is already running: promote it or roll it back first")
+        if self.admin.ok("GET", "/admin/shadow")["status"] != "no shadow":
+            raise RolloutError("a shadow is already loaded: DELETE /admin/shadow first")
+        self.serving_version, self.serving_bundle = status["model_version"], status["bundle_version"]
+        card = _read_json(self.args.serving_model / "model_card.json", "--serving-model")
+        manifest = _read_json(self.args.serving_bundle / "manifest.json", "--serving-bundle")
+        if card.get("version") != self.serving_version or manifest.get("version") != self.serving_bundle:
+            raise RolloutError(
+                f"the service serves model {self.serving_version} with bundle {self.serving_bundle}, but "
+                f"--serving-model/--serving-bundle hold {card.get('version')} and {manifest.get('version')}: "
+                "point them at the artifacts the service runs"
+            )
+        return {"model_version": self.serving_version, "bundle_version": self.serving_bundle}
+
+    def train(self) -> dict[str, Any]:
+        from training.cli import run_train
+        from training.train import TrainConfig
+
+        assert self.candidate_dir is not None
+        cfg = TrainConfig(data_dir=self.args.data, out_dir=self.candidate_dir, seed=self.args.seed)
+        if run_train(cfg) != 0:
+            raise Stopped("training ended with an error (see above)", {"seed": self.args.seed})
+        return {"seed": self.args.seed, "out_dir": str(self.candidate_dir)}
+
+    def export(self) -> dict[str, Any]:
+        from training.export import run_export
+
+        assert self.candidate_dir is not None
+        if not (self.candidate_dir / "checkpoint.pt").exists() and (self.candidate_dir / "model_card.json").exists():
+            # an existing export without its checkpoint: its card's recorded parity stands
+            card = _read_json(self.candidate_dir / "model_card.json", "--model")
+            self.candidate_version = str(card["version"])
+            return {"reused": True, "model_version": self.candidate_version}
+        if run_export(self.candidate_dir) != 0:
+            raise Stopped("the ONNX export failed its parity check against PyTorch (see above)", {})
+        card = _read_json(self.candidate_dir / "model_card.json", "the export")
+        self.candidate_version = str(card["version"])
+        return {"model_version": self.candidate_version, "parity_max_abs_diff": card["parity"]["max_abs_diff"]}
+
+    def bundle(self) -> dict[str, Any]:
+        from index.offline.bundle_writer import reproject_bundle
+        from index.runtime.files import ArtifactError
+
+        assert self.candidate_dir is not None
+        try:
+            bundle = reproject_bundle(self.args.serving_bundle, self.candidate_dir, self.candidate_dir / "bundle")
+        except (ArtifactError, ValueError) as exc:
+            raise Stopped(f"the serving bundle cannot be re-projected for the candidate: {exc}", {}) from None
+        return {"bundle_version": bundle.version, "items": bundle.size}
+
+    def offline_gate(self) -> dict[str, Any]:
+        from loadtests.evaluate import EvaluateError, load_eval_data, load_in_process, run_systems
+
+        assert self.candidate_dir is not None
+        args = self.args
+        try:
+            data = load_eval_data(args.data, args.split)
+            serving = load_in_process(args.serving_bundle, args.serving_model, args.encoder, gate=False)
+            candidate = load_in_process(self.candidate_dir / "bundle", self.candidate_dir, args.encoder, gate=False)
+        except EvaluateError as exc:
+            raise RolloutError(f"the offline gate cannot run: {exc}") from None
+        ndcg: dict[str, float] = {}
+        for name, served in (("serving", serving), ("candidate", candidate)):
+            ndcg[name] = run_systems(data, ["served"], served=served).summary("served").ndcg_at_10
+        zero_shot = run_systems(data, list(ZERO_SHOT), encoder=serving.engine.encoder)
+        for system in ZERO_SHOT:
+            ndcg[system] = zero_shot.summary(system).ndcg_at_10
+        best = max(ZERO_SHOT, key=lambda s: ndcg[s])
+        figures = {
+            "queries": len(data.queries),
+            "split": args.split,
+            "ndcg@10": {k: round(v, 4) for k, v in ndcg.items()},
+            "best_zero_shot": best,
+            "tolerance": args.tolerance,
+        }
+        if ndcg["candidate"] < ndcg["serving"] - args.tolerance:
+            raise Stopped(
+                f"candidate nDCG@10 {ndcg['candidate']:.4f} is more than {args.tolerance} below the serving "
+                f"model's {ndcg['serving']:.4f}",
+                figures,
+            )
+        if not args.allow_below_zero_shot and ndcg["candidate"] <= ndcg[best]:
+            raise Stopped(
+                f"candidate nDCG@10 {ndcg['candidate']:.4f} does not beat the best zero-shot system ({best}, "
+                f"{ndcg[best]:.4f})",
+                figures,
+            )
+        return figures
+
+    def shadow(self) -> dict[str, Any]:
+        assert self.candidate_dir is not None
+        args = self.args
+        paths = {"model_dir": str(self.candidate_dir), "bundle_dir": str(self.candidate_dir / "bundle")}
+        status, answer = self.admin.call("POST", "/admin/shadow", {"share": args.shadow_share, **paths})
+        if status != 200:
+            raise Stopped(f"the service refused the candidate as a shadow: {answer.get('error')}", {})
+        deadline = time.monotonic() + args.shadow_seconds
+        while True:
+            summary = self.admin.ok("GET", "/admin/shadow")
+            if summary["compared"] >= args.shadow_requests or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        figures = {k: summary[k] for k in ("compared", "shed", "failed", "mean", "rbo_p10", "shadow_total_ms")}
+        figures["thresholds"] = {"min_overlap": args.min_overlap, "min_rbo": args.min_rbo}
+        mean = summary["mean"]
+        problem = ""
+        if summary["compared"] < args.shadow_requests:
+            problem = (
+                f"only {summary['compared']} request pairs were compared in {args.shadow_seconds:g} s "
+                f"(asked for {args.shadow_requests}): is there traffic?"
+            )
+        elif summary["failed"]:
+            problem = f"{summary['failed']} shadow requests failed"
+        elif mean["overlap_at_10"] < args.min_overlap:
+            problem = f"mean overlap@10 {mean['overlap_at_10']} is below {args.min_overlap}"
+        elif mean["rbo"] < args.min_rbo:
+            problem = f"mean RBO {mean['rbo']} is below {args.min_rbo}"
+        if problem:
+            self.admin.call("DELETE", "/admin/shadow")
+            raise Stopped(f"shadow comparison on live traffic: {problem}", figures)
+        return figures
+
+    def canary(self) -> dict[str, Any]:
+        args = self.args
+        before = self.admin.call("GET", "/metrics")[1]
+        started = self.admin.ok("POST", "/admin/canary", {"share": args.canary_share})  # from the shadow
+        if started.get("canary_model_version") != self.candidate_version:
+            raise RolloutError(
+                f"the canary started with model {started.get('canary_model_version')}, not the candidate"
+            )
+        time.sleep(args.canary_seconds)
+        after = self.admin.call("GET", "/metrics")[1]
+        figures = canary_figures(before, after, self.serving_version, self.candidate_version)
+        figures.update({"share": args.canary_share, "max_latency_ratio": args.max_latency_ratio})
+        problem = ""
+        if figures["candidate_requests"] == 0:
+            problem = "the canary served no request: is there traffic?"
+        elif figures["5xx"]:
+            problem = f"{figures['5xx']} responses were 5xx during the canary"
+        elif min(figures["cached_requests"].values()) < args.min_latency_samples:
+            figures["latency"] = f"not judged: fewer than {args.min_latency_samples} cached requests per version"
+        elif (ratio := figures.get("cached_p99_ratio")) is not None and ratio > args.max_latency_ratio:
+            problem = (
+                f"the candidate's cached p99 is {ratio:.2f}x the serving model's (allowed {args.max_latency_ratio})"
+            )
+        if problem:
+            self.admin.call("POST", "/admin/rollback")  # during a canary: ends it, the serving model keeps all
+            raise Stopped(f"canary: {problem}", figures)
+        return figures
+
+    def promote(self) -> dict[str, Any]:
+        done = self.admin.ok("POST", "/admin/canary/promote")
+        return {"model_version": done["model_version"], "previous_model_version": done["previous_model_version"]}
+
+
+def canary_figures(before: str, after: str, serving: str, candidate: str) -> dict[str, Any]:
+    """Requests each version served, 5xx responses, and each version's cached /rank p99 server time (ms), over
+    the two scrapes."""
+    requests = {
+        version: sum(
+            value - _counter(before, labels)
+            for labels, value in promstats.series(after, "rank_model_requests_total")
+            if labels.get("model_version") == version
+        )
+        for version in (serving, candidate)
+    }
+    errors = sum(
+        value - _counter(before, labels)
+        for labels, value in promstats.series(after, "rank_http_requests_total")
+        if labels.get("status", "").startswith("5")
+    )
+    p99: dict[str, float | None] = {}
+    cached: dict[str, int] = {}
+    for version in (serving, candidate):
+        labels = {"route": "/rank", "encoded": "no", "model_version": version}
+        delta = promstats.delta(
+            promstats.histogram_buckets(after, "rank_served_seconds", **labels),
+            promstats.histogram_buckets(before, "rank_served_seconds", **labels),
+        )
+        cached[version] = int(delta.get(float("inf"), 0.0))
+        value = promstats.histogram_quantile(0.99, delta) if delta else float("nan")
+        p99[version] = None if value != value else round(value * 1000.0, 3)  # NaN: no cached request
+    figures: dict[str, Any] = {
+        "serving_requests": int(requests[serving]),
+        "candidate_requests": int(requests[candidate]),
+        "5xx": int(errors),
+        "cached_requests": {"serving": cached[serving], "candidate": cached[candidate]},
+        "cached_p99_ms": {"serving": p99[serving], "candidate": p99[candidate]},
+    }
+    if p99[serving] and p99[candidate] is not None:
+        figures["cached_p99_ratio"] = round(p99[candidate] / p99[serving], 3)
+    return figures
+
+
+def _counter(text: str, labels: dict[str, str]) -> float:
+    name = "rank_model_requests_total" if "model_version" in labels else "rank_http_requests_total"
+    return next((value for found, value in promstats.series(text, name) if found == labels), 0.0)
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise RolloutError(f"{what}: {path} does not exist") from None
+    except ValueError as exc:
+        raise RolloutError(f"{what}: {path} is not valid JSON ({exc})") from None
+
+
+def summary_table(steps: list[Step]) -> str:
+    lines = ["| step | result | seconds | figures |", "| --- | --- | --- | --- |"]
+    for step in steps:
+        shown = json.dumps(step.figures)[:110]
+        lines.append(
+            f"| {step.step} | {step.status}{': ' + step.reason if step.reason else ''} | {step.seconds:.1f} | {shown} |"
+        )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from service.settings import Settings
+
+    defaults = Settings()  # the artifacts the service reads, by the same RANK_* variables
+    parser = argparse.ArgumentParser(prog="python -m loadtests.rollout", description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
+    parser.add_argument("--model", type=Path, default=None, help="an exported model dir to roll out (else: train one)")
+    parser.add_argument("--data", type=Path, default=ROOT / "data/synthetic", help="training and held-out queries")
+    parser.add_argument("--split", default="test", help="held-out queries of the offline gate (default test)")
+    parser.add_argument("--seed", type=int, default=1, help="training seed of a new candidate (default 1)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where a new candidate goes (default artifacts/rollout-<time>)"
+    )
+    parser.add_argument("--serving-model", type=Path, default=defaults.model_dir)
+    parser.add_argument("--serving-bundle", type=Path, default=defaults.bundle_dir)
+    parser.add_argument("--encoder", type=Path, default=defaults.encoder_dir)
+    parser.add_argument("--tolerance", type=float, default=0.005, help="nDCG@10 the candidate may lose (0.005)")
+    parser.add_argument("--allow-below-zero-shot", action="store_true", help="skip the beat-zero-shot rule")
+    parser.add_argument("--shadow-share", type=float, default=100.0)
+    parser.add_argument("--shadow-requests", type=int, default=200, help="request pairs to compare (200)")
+    parser.add_argument("--shadow-seconds", type=float, default=120.0, help="at most this long in shadow (120)")
+    parser.add_argument("--min-overlap", type=float, default=0.5, help="mean overlap@10 the shadow needs (0.5)")
+    parser.add_argument("--min-rbo", type=float, default=0.5, help="mean RBO (p = 0.9) the shadow needs (0.5)")
+    parser.add_argument("--canary-share", type=float, default=10.0)
+    parser.add_argument("--canary-seconds", type=float, default=30.0)
+    parser.add_argument("--max-latency-ratio", type=float, default=1.5, help="candidate / serving cached p99 (1.5)")
+    parser.add_argument(
+        "--min-latency-samples",
+        type=int,
+        default=200,
+        help="judge the p99 ratio only with this many cached requests per version (200): fewer give a noisy p99",
+    )
+    parser.add_argument("--log", type=Path, default=ROOT / "reports/rollout.jsonl")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    token = os.environ.get("RANK_ADMIN_TOKEN", "")
+    if not token:
+        print("error: set RANK_ADMIN_TOKEN to the service's admin token", file=sys.stderr)
+        return 2
+    rollout = Rollout(args, Admin(args.url.rstrip("/"), token), args.log)
+    if args.model is not None:
+        if not args.model.is_dir():
+            print(f"error: --model {args.model} is not a directory", file=sys.stderr)
+            return 2
+        rollout.candidate_dir = args.model
+    else:
+        rollout.candidate_dir = args.out or ROOT / f"artifacts/rollout-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [("serving", rollout.serving)]
+    if args.model is None:
+        steps.append(("train", rollout.train))
+    steps += [
+        ("export", rollout.export),
+        ("bundle", rollout.bundle),
+        ("offline gate", rollout.offline_gate),
+        ("shadow", rollout.shadow),
+        ("canary", rollout.canary),
+        ("promote", rollout.promote),
+    ]
+    code = 0
+    try:
+        for name, action in steps:
+            rollout.run(name, action)
+    except Stopped:
+        code = 1
+    except RolloutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    print()
+    print(summary_table(rollout.steps))
+    verdict = {0: "PROMOTED", 1: "STOPPED", 2: "FAILED"}[code]
+    print(
+        f"\n{verdict}: candidate {rollout.candidate_version or '(none)'}, "
+        f"serving {rollout.serving_version}; log {args.log}"
+    )
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
