@@ -1,9 +1,11 @@
 """`make bench`: this service against the alternatives, side by side, in one run, on 127.0.0.1.
 
 Each system is started in turn over the same bundle and model, warmed with every benchmark query once, then driven
-by wrk at each concurrency for a fixed time with the same request mix (100 distinct test queries, cycled; 100
-candidates; top 10). Prints one table (client-side p50/p99 and requests/s from wrk), the service's per-stage
-server times from its own Prometheus histograms, and rewrites the marked section of BENCHMARKS.md.
+by wrk at each concurrency for a fixed time with each traffic mix (`Traffic`: the 100 benchmark queries cycled, all
+never-seen, or Zipf-drawn with a never-seen tail of 10% or 30%; 100 candidates; top 10), then by the open-loop
+generator (loadtests/openloop.py) at increasing constant rates to find its capacity. Prints one table (client-side
+p50/p99 and requests/s from wrk), the capacity table, the service's per-stage server times from its own Prometheus
+histograms, and rewrites the marked section of BENCHMARKS.md.
 
 Systems: `naive` (PyTorch in a plain FastAPI handler: loadtests/peers/naive_app.py), `ray-serve` (Ray Serve with
 @serve.batch over the same engine: loadtests/peers/ray_app.py, in .venv-bench), `service` (this project).
@@ -14,9 +16,11 @@ Systems: `naive` (PyTorch in a plain FastAPI handler: loadtests/peers/naive_app.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import subprocess
@@ -26,6 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtests.openloop import OpenLoopResult, capacity, open_loop
 from loadtests.process import free_port, stop_group, wait_ready
 from loadtests.promstats import delta, histogram_buckets, histogram_quantile, scrape
 from service.metrics import STAGES
@@ -34,9 +39,61 @@ ROOT = Path(__file__).resolve().parents[1]
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """A request mix: `tail` of the requests carry a never-seen query (a test query with a unique suffix: a cache
+    miss that pays for MiniLM); the rest are the benchmark's queries, cycled in order, or drawn Zipf-like (s = 1.1,
+    the load test's head) when `zipf`."""
+
+    name: str
+    tail: float
+    zipf: bool
+
+
+TRAFFIC = {
+    t.name: t
+    for t in (
+        Traffic("cached", 0.0, False),
+        Traffic("never-seen", 1.0, False),
+        Traffic("mix 10%", 0.1, True),
+        Traffic("mix 30%", 0.3, True),
+    )
+}
+ZIPF_S = 1.1
+
+
+def zipf_cumulative(n: int, s: float = ZIPF_S) -> list[float]:
+    weights = [1.0 / rank**s for rank in range(1, n + 1)]
+    total = sum(weights)
+    out, running = [], 0.0
+    for w in weights:
+        running += w / total
+        out.append(running)
+    out[-1] = 1.0
+    return out
+
+
+class Bodies:
+    """The /rank bodies of a traffic mix, for the open-loop generator (the wrk script draws the same way)."""
+
+    def __init__(self, bodies: list[dict], traffic: Traffic, seed: int = 0) -> None:
+        self.bodies, self.traffic = bodies, traffic
+        self.cumulative = zipf_cumulative(len(bodies))
+        self.rng = random.Random(seed)
+
+    def __call__(self, i: int) -> dict:
+        if self.rng.random() < self.traffic.tail:
+            base = self.rng.choice(self.bodies)
+            return {**base, "query": f"{base['query']} {i} {self.rng.randrange(10**9)}"}
+        if self.traffic.zipf:
+            return self.bodies[bisect.bisect_left(self.cumulative, self.rng.random())]
+        return self.bodies[i % len(self.bodies)]
+
+
 @dataclass
 class Run:
     system: str
+    traffic: str
     concurrency: int
     p50_ms: float
     p99_ms: float
@@ -85,23 +142,24 @@ def wait_serving(url: str, system: str, body: dict, process: subprocess.Popen[by
     wait_ready(url, process, timeout=seconds, path="/rank", body=body, interval=1.0, log=log_path(system), name=system)
 
 
-def wrk_script(bodies: list[dict], path: Path, unique_every: int = 0) -> None:
-    """A wrk Lua script that cycles through `bodies`; with `unique_every` = n, every n-th request instead carries
-    a never-seen query (cache misses and evictions)."""
+def wrk_script(bodies: list[dict], path: Path, traffic: Traffic) -> None:
+    """A wrk Lua script for `traffic` over `bodies` (see Traffic). Each wrk thread seeds its own generator and
+    numbers its never-seen queries with its id, so no two threads send the same one."""
     quoted = ",\n".join(f"  [[{json.dumps(b)}]]" for b in bodies)
-    unique = (
-        (
-            f"  if i % {unique_every} == 0 then\n"
-            '    body = string.format(\'{"query": "unique query %d %d", "top_k": 10}\', i, math.random(1e9))\n'
-            "  end\n"
-        )
-        if unique_every
-        else ""
-    )
+    texts = ",\n".join("  [[" + b["query"].replace('"', "").replace("\\", "").replace("]", "") + "]]" for b in bodies)
+    cumulative = ", ".join(f"{c:.8f}" for c in zipf_cumulative(len(bodies))) if traffic.zipf else ""
+    template = json.dumps({**bodies[0], "query": "QUERY"}).replace('"QUERY"', '"%s %d %d"')
     path.write_text(
-        f"local bodies = {{\n{quoted}\n}}\nlocal i = 0\n"
-        "request = function()\n  i = i + 1\n  local body = bodies[(i % #bodies) + 1]\n"
-        f"{unique}"
+        f"local bodies = {{\n{quoted}\n}}\nlocal texts = {{\n{texts}\n}}\n"
+        f"local cumulative = {{{cumulative}}}\nlocal tail = {traffic.tail}\nlocal i = 0\nlocal threads = 0\n"
+        "function setup(thread)\n  threads = threads + 1\n  thread:set('id', threads)\nend\n"
+        "function init(args)\n  math.randomseed(id * 7919 + os.time())\nend\n"
+        "request = function()\n  i = i + 1\n  local body\n"
+        "  if math.random() < tail then\n"
+        f"    body = string.format('{template}', texts[math.random(#texts)], id, i)\n"
+        "  elseif #cumulative > 0 then\n"
+        "    local r, k = math.random(), 1\n    while cumulative[k] < r do k = k + 1 end\n    body = bodies[k]\n"
+        "  else\n    body = bodies[(i % #bodies) + 1]\n  end\n"
         '  return wrk.format("POST", "/rank", {["Content-Type"] = "application/json"}, body)\nend\n'
     )
 
@@ -157,28 +215,46 @@ def stage_times(url: str, before: str) -> dict[str, tuple[float, float]]:
     return out
 
 
-def bench_system(system: str, args: argparse.Namespace, bodies: list[dict], script: Path) -> list[Run]:
+def bench_system(system: str, args: argparse.Namespace, bodies: list[dict]) -> tuple[list[Run], list[OpenLoopResult]]:
+    """Start `system`, run every traffic mix at every concurrency with wrk, then its open-loop capacity ladder."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = start(system, port, args)
-    runs = []
+    runs: list[Run] = []
+    ladder: list[OpenLoopResult] = []
     try:
         wait_serving(url, system, bodies[0], process)
         for body in bodies:  # warm: every query once, so caches that exist are warm
             post(f"{url}/rank", body)
-        for concurrency in args.concurrency:
-            before = scrape(url) if system == "service" else ""
-            p50, p99, rps, errors = run_wrk(url, script, concurrency, args.duration)
-            stages = stage_times(url, before) if system == "service" else {}
-            runs.append(Run(system, concurrency, p50, p99, rps, errors, stages))
-            print(
-                f"  {system:<10} c={concurrency:<3} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  {rps:8.0f} req/s"
-                f"  errors {errors}",
-                flush=True,
-            )
+        for name in args.traffic:
+            script = Path(tempfile.gettempdir()) / f"bench-{name.replace(' ', '').replace('%', 'pct')}.lua"
+            wrk_script(bodies, script, TRAFFIC[name])
+            for concurrency in args.concurrency:
+                before = scrape(url) if system == "service" else ""
+                p50, p99, rps, errors = run_wrk(url, script, concurrency, args.duration)
+                stages = stage_times(url, before) if system == "service" else {}
+                runs.append(Run(system, name, concurrency, p50, p99, rps, errors, stages))
+                print(
+                    f"  {system:<10} {name:<10} c={concurrency:<3} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms"
+                    f"  {rps:8.0f} req/s  errors {errors}",
+                    flush=True,
+                )
+        if args.capacity_rates:
+            mix = TRAFFIC[args.capacity_traffic]
+
+            def at(rate: float) -> OpenLoopResult:
+                result = open_loop(url, "/rank", Bodies(bodies, mix, seed=int(rate)), rate, args.capacity_seconds)
+                print(
+                    f"  {system:<10} open loop {rate:6.0f}/s ({mix.name}): p50 {result.p50_ms:7.2f} ms"
+                    f"  p99 {result.p99_ms:8.2f} ms  answered {result.achieved:6.1f}/s  errors {result.errors}",
+                    flush=True,
+                )
+                return result
+
+            _, ladder = capacity(at, args.capacity_rates, args.capacity_p99_ms)
     finally:
         stop_group(process, 30)
-    return runs
+    return runs, ladder
 
 
 def machine() -> str:
@@ -194,43 +270,67 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, no GPU, Python {platform.python_version()}"
 
 
-def report(runs: list[Run], args: argparse.Namespace, manifest: dict) -> str:
+def report(runs: list[Run], ladders: dict[str, list[OpenLoopResult]], args: argparse.Namespace, manifest: dict) -> str:
     index = manifest["index"]
     lines = [
         f"Machine: {machine()}. Catalog: {manifest['items']:,} SYNTHETIC items, "
         f"{index['params']['kind']} index (M={index['params']['hnsw_m']}, efSearch={index['params']['ef_search']}), "
-        f"recall@100 vs exact {index['recall@100']}. 100 candidates, top 10, 100 distinct queries cycled after one "
-        f"warm-up pass; wrk for {args.duration}s per cell, load generator on the same 2 cores.",
+        f"recall@100 vs exact {index['recall@100']}. 100 candidates, top 10, after one warm-up pass over the 100 "
+        f"benchmark queries; wrk (closed loop) for {args.duration}s per cell, load generator on the same 2 cores. "
+        "Traffic: `cached` cycles the 100 queries (every one a cache hit); `never-seen` sends only queries no "
+        "system has seen (a benchmark query with a unique suffix: MiniLM runs for each); `mix N%` draws the 100 "
+        "queries Zipf-like (s = 1.1) with N% never-seen.",
         "",
-        "| system | concurrency | p50 ms | p99 ms | requests/s | errors |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| system | traffic | concurrency | p50 ms | p99 ms | requests/s | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {r.system} | {r.concurrency} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.rps:.0f} | {r.errors} |" for r in runs
+        f"| {r.system} | {r.traffic} | {r.concurrency} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.rps:.0f} | {r.errors} |"
+        for r in runs
     ]
-    by = {(r.system, r.concurrency): r for r in runs}
+    by = {(r.system, r.traffic, r.concurrency): r for r in runs}
     top = max(args.concurrency)
-    if ("service", top) in by:
-        mine = by[("service", top)]
+    for traffic in args.traffic:
+        mine = by.get(("service", traffic, top))
         for peer in ("naive", "ray-serve"):
-            if (peer, top) in by:
+            theirs = by.get((peer, traffic, top))
+            if mine and theirs:
                 lines.append(
-                    f"\nThroughput at concurrency {top}: service / {peer} = "
-                    f"{mine.rps / by[(peer, top)].rps:.1f}x (p99 {mine.p99_ms:.1f} vs "
-                    f"{by[(peer, top)].p99_ms:.1f} ms)."
+                    f"\nThroughput, {traffic}, concurrency {top}: service / {peer} = {mine.rps / theirs.rps:.1f}x "
+                    f"(p99 {mine.p99_ms:.1f} vs {theirs.p99_ms:.1f} ms)."
                 )
+    if ladders:
+        lines += [
+            "",
+            f"**Capacity** (open loop, `loadtests/openloop.py`: constant arrival rate, latency from each request's due "
+            f"time; {args.capacity_traffic} traffic, {args.capacity_seconds:g} s per rate, rates tried in increasing "
+            f"order until the first miss): the highest rate at which /rank client p99 stays under "
+            f"{args.capacity_p99_ms:g} ms with no error.",
+            "",
+            "| system | capacity, requests/s | rates tried: p99 ms (answered/s) |",
+            "| --- | --- | --- |",
+        ]
+        best: dict[str, float] = {}
+        for system, ladder in ladders.items():
+            passed = [r.rate for r in ladder if not r.errors and r.p99_ms < args.capacity_p99_ms]
+            best[system] = max(passed, default=0.0)
+            tried = ", ".join(f"{r.rate:g}: {r.p99_ms:.1f} ({r.achieved:.0f})" for r in ladder)
+            lines.append(f"| {system} | {best[system]:g} | {tried} |")
+        for peer in ("naive", "ray-serve"):
+            if best.get("service") and best.get(peer):
+                lines.append(f"\nCapacity, service / {peer} = {best['service'] / best[peer]:.1f}x.")
     service_runs = [r for r in runs if r.system == "service"]
     if service_runs:
         lines += [
             "",
             "Service-side stage times from `rank_stage_seconds` (histogram quantiles, ms; p50 / p99):",
             "",
-            "| concurrency | " + " | ".join(STAGES) + " |",
-            "| --- |" + " --- |" * len(STAGES),
+            "| traffic | concurrency | " + " | ".join(STAGES) + " |",
+            "| --- | --- |" + " --- |" * len(STAGES),
         ]
         for r in service_runs:
             cells = " | ".join(f"{r.stages[s][0]:.3f} / {r.stages[s][1]:.3f}" for s in STAGES)
-            lines.append(f"| {r.concurrency} | {cells} |")
+            lines.append(f"| {r.traffic} | {r.concurrency} | {cells} |")
     return "\n".join(lines)
 
 
@@ -253,6 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", nargs="+", default=["naive", "ray-serve", "service"])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--traffic", nargs="+", default=list(TRAFFIC), choices=list(TRAFFIC))
+    parser.add_argument(
+        "--capacity-rates", type=float, nargs="*", default=[25, 50, 100, 150, 200, 300], help="open-loop rates"
+    )
+    parser.add_argument("--capacity-traffic", default="mix 10%", choices=list(TRAFFIC))
+    parser.add_argument("--capacity-p99-ms", type=float, default=50.0)
+    parser.add_argument("--capacity-seconds", type=float, default=10.0)
     parser.add_argument("--bench-python", type=Path, default=Path(".venv-bench/bin/python"))
     parser.add_argument("--write", default="BENCHMARKS.md", help="file whose bench section is rewritten; '' for none")
     args = parser.parse_args(argv)
@@ -268,13 +375,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     texts = [json.loads(line)["text"] for line in args.queries.read_text().splitlines()]
     bodies = [{"query": t, "top_k": 10, "num_candidates": 100} for t in texts[-100:]]
-    script = Path(tempfile.gettempdir()) / "bench-rank.lua"
-    wrk_script(bodies, script)
     runs: list[Run] = []
+    ladders: dict[str, list[OpenLoopResult]] = {}
     for system in args.systems:
         print(f"== {system}", flush=True)
-        runs += bench_system(system, args, bodies, script)
-    text = report(runs, args, json.loads(manifest_path.read_text()))
+        system_runs, ladder = bench_system(system, args, bodies)
+        runs += system_runs
+        if ladder:
+            ladders[system] = ladder
+    text = report(runs, ladders, args, json.loads(manifest_path.read_text()))
     print("\n" + text)
     if args.write:
         write_section(text, Path(args.write))

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loadtests.bench import post, run_wrk, start, wait_serving, wrk_script
+from loadtests.bench import Traffic, post, run_wrk, start, wait_serving, wrk_script
 from loadtests.process import free_port, stop_group
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     texts = [json.loads(line)["text"] for line in args.queries.read_text().splitlines()][:200]
     script = Path(tempfile.gettempdir()) / "soak-rank.lua"
-    wrk_script([{"query": t, "top_k": 10} for t in texts], script, unique_every=10)
+    wrk_script([{"query": t, "top_k": 10} for t in texts], script, Traffic("cycled, 10% never-seen", 0.1, False))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = start("service", port, args)

@@ -1,0 +1,131 @@
+"""Open-loop HTTP load: requests start at a constant arrival rate whether or not earlier ones have been answered,
+and each request's latency counts from when it was due, not from when a connection was free. A closed-loop tool
+(wrk, or Locust users that wait for answers) sends less when the server slows down and so hides the queue a real
+arrival stream builds up (coordinated omission); this one does not.
+
+    result = open_loop("http://127.0.0.1:8000", "/rank", bodies, rate=200, seconds=10)
+
+Standard library asyncio over keep-alive HTTP/1.1 connections (opened as needed, at most `max_connections`);
+a request due while all of them are busy waits for one, and that wait is part of its latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class OpenLoopResult:
+    """What one rate did: the offered and achieved rates and the latency quantiles of the answered requests."""
+
+    rate: float
+    achieved: float  # answered requests per second of the run
+    sent: int
+    errors: int  # non-2xx answers and failed connections
+    p50_ms: float
+    p99_ms: float
+
+
+async def _request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str, body: bytes
+) -> int:
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
+async def _run(
+    url: str, path: str, body_for: Callable[[int], dict], rate: float, seconds: float, max_connections: int
+) -> OpenLoopResult:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    opened = 0
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(due: float, body: bytes) -> None:
+        nonlocal opened, errors
+        if idle.empty() and opened < max_connections:
+            opened += 1
+            try:
+                idle.put_nowait(await asyncio.open_connection(host, port))
+            except OSError:
+                opened -= 1
+                errors += 1
+                return
+        reader, writer = await idle.get()
+        try:
+            status = await _request(reader, writer, f"{host}:{port}", path, body)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            errors += 1
+            writer.close()
+            opened -= 1
+            return
+        idle.put_nowait((reader, writer))
+        latencies.append((time.perf_counter() - due) * 1000.0)
+        if not 200 <= status < 300:
+            errors += 1
+
+    tasks = []
+    start = time.perf_counter()
+    total = int(rate * seconds)
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(due, json.dumps(body_for(i)).encode())))
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=seconds + 30)
+    elapsed = time.perf_counter() - start
+    while not idle.empty():
+        _, writer = idle.get_nowait()
+        writer.close()
+    p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (float("nan"), float("nan"))
+    return OpenLoopResult(rate, len(latencies) / elapsed, total, errors, float(p50), float(p99))
+
+
+def open_loop(
+    url: str,
+    path: str,
+    body_for: Callable[[int], dict],
+    rate: float,
+    seconds: float,
+    max_connections: int = 256,
+) -> OpenLoopResult:
+    """POST `body_for(i)` to `url + path` at `rate` requests per second for `seconds`."""
+    return asyncio.run(_run(url, path, body_for, rate, seconds, max_connections))
+
+
+def capacity(
+    run: Callable[[float], OpenLoopResult], rates: list[float], max_p99_ms: float
+) -> tuple[float, list[OpenLoopResult]]:
+    """The highest of `rates` (tried in increasing order, stopping at the first miss) at which every request was
+    answered without error and the p99 stayed under `max_p99_ms`; 0 when even the first misses."""
+    best, tried = 0.0, []
+    for rate in sorted(rates):
+        result = run(rate)
+        tried.append(result)
+        if result.errors or not result.p99_ms < max_p99_ms:
+            break
+        best = rate
+    return best, tried
