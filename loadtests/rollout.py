@@ -80,8 +80,6 @@ class Admin:
             raise RolloutError(f"the service at {self.url} did not answer {method} {path}: {exc}") from None
         finally:
             conn.close()
-        if path == "/metrics":
-            return response.status, raw.decode()
         return response.status, json.loads(raw) if raw else {}
 
     def ok(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -275,14 +273,14 @@ class Rollout:
 
     def canary(self) -> dict[str, Any]:
         args = self.args
-        before = self.admin.call("GET", "/metrics")[1]
+        before = promstats.scrape(self.admin.url)
         started = self.admin.ok("POST", "/admin/canary", {"share": args.canary_share})  # from the shadow
         if started.get("canary_model_version") != self.candidate_version:
             raise RolloutError(
                 f"the canary started with model {started.get('canary_model_version')}, not the candidate"
             )
         time.sleep(args.canary_seconds)
-        after = self.admin.call("GET", "/metrics")[1]
+        after = promstats.scrape(self.admin.url)
         figures = canary_figures(before, after, self.serving_version, self.candidate_version)
         figures.update({"share": args.canary_share, "max_latency_ratio": args.max_latency_ratio})
         problem = ""
@@ -309,19 +307,10 @@ class Rollout:
 def canary_figures(before: str, after: str, serving: str, candidate: str) -> dict[str, Any]:
     """Requests each version served, 5xx responses, and each version's cached /rank p99 server time (ms), over
     the two scrapes."""
-    requests = {
-        version: sum(
-            value - _counter(before, labels)
-            for labels, value in promstats.series(after, "rank_model_requests_total")
-            if labels.get("model_version") == version
-        )
-        for version in (serving, candidate)
-    }
-    errors = sum(
-        value - _counter(before, labels)
-        for labels, value in promstats.series(after, "rank_http_requests_total")
-        if labels.get("status", "").startswith("5")
-    )
+    by_version = promstats.counter_deltas(after, before, "rank_model_requests_total", ("model_version",))
+    requests = {version: by_version.get((version,), 0.0) for version in (serving, candidate)}
+    by_status = promstats.counter_deltas(after, before, "rank_http_requests_total", ("status",))
+    errors = sum(count for (status,), count in by_status.items() if status.startswith("5"))
     p99: dict[str, float | None] = {}
     cached: dict[str, int] = {}
     for version in (serving, candidate):
@@ -343,11 +332,6 @@ def canary_figures(before: str, after: str, serving: str, candidate: str) -> dic
     if p99[serving] and p99[candidate] is not None:
         figures["cached_p99_ratio"] = round(p99[candidate] / p99[serving], 3)
     return figures
-
-
-def _counter(text: str, labels: dict[str, str]) -> float:
-    name = "rank_model_requests_total" if "model_version" in labels else "rank_http_requests_total"
-    return next((value for found, value in promstats.series(text, name) if found == labels), 0.0)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:

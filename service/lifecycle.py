@@ -212,14 +212,19 @@ class AppState:
             return canary.engine
         return self.engine
 
+    async def _load(self, model_dir: Path | None, bundle_dir: Path | None) -> RankingEngine:
+        """A new engine, loaded and validated as at start-up, off the event loop; raises when the artifacts are
+        wrong (the serving engine is untouched)."""
+        return await asyncio.to_thread(
+            load_engine, self.settings, self.metrics, model_dir=model_dir, bundle_dir=bundle_dir
+        )
+
     async def reload(self, model_dir: Path | None = None, bundle_dir: Path | None = None) -> dict[str, str]:
         """Load and validate new artifacts beside the serving ones, then switch. Raises (keeping the old engine
         serving) when anything about the new artifacts is wrong."""
         async with self.reload_lock:
             old = self.current()
-            new = await asyncio.to_thread(
-                load_engine, self.settings, self.metrics, model_dir=model_dir, bundle_dir=bundle_dir
-            )
+            new = await self._load(model_dir, bundle_dir)
             return self._swap(old, new, "reloaded")
 
     async def start_canary(
@@ -238,9 +243,7 @@ class AppState:
                 else:
                     raise NoCanary("no canary is running: give model_dir (and bundle_dir) to start one")
             else:
-                engine = await asyncio.to_thread(
-                    load_engine, self.settings, self.metrics, model_dir=model_dir, bundle_dir=bundle_dir
-                )
+                engine = await self._load(model_dir, bundle_dir)
             self.canary = Canary(engine, share)
             log.info("canary: model %s serves %g%% (the rest %s)", engine.model_version, share, serving.model_version)
             return self.canary_status()
@@ -302,9 +305,7 @@ class AppState:
                     raise NoShadow("no shadow is loaded: give model_dir (and bundle_dir) to load one")
                 self.shadow.share = share
             else:
-                engine = await asyncio.to_thread(
-                    load_engine, self.settings, self.metrics, model_dir=model_dir, bundle_dir=bundle_dir
-                )
+                engine = await self._load(model_dir, bundle_dir)
                 self.shadow = Shadow(engine, share)
             log.info(
                 "shadow: model %s scores %g%% of /rank beside %s",

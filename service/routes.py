@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Awaitable, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -231,16 +232,20 @@ async def v1_rerank(body: V1RerankRequest, request: Request, state: StateDep) ->
 @router.post("/admin/reload", summary="Load, validate and warm new artifacts, then switch to them atomically")
 async def admin_reload(admin: AdminDep, body: ReloadRequest | None = None) -> Response:
     request = body or ReloadRequest()
+    return await _loading(
+        admin, admin.reload(request.model_dir, request.bundle_dir), "reload refused, still serving the old model"
+    )
+
+
+async def _loading(admin: AppState, change: Awaitable[Mapping[str, object]], refusal: str) -> Response:
+    """The answer of an admin change that loads artifacts; 422 with `refusal`, the reason and the versions still
+    serving when they do not load."""
     try:
-        return JSONBytes(await admin.reload(request.model_dir, request.bundle_dir))
+        return JSONBytes(await change)
     except (ArtifactError, FileNotFoundError, ValueError) as exc:
-        return _refused(admin, f"reload refused, still serving the old model: {exc}")
-
-
-def _refused(admin: AppState, message: str) -> Response:
-    """422 for artifacts that did not load, with the versions still serving."""
-    serving = admin.current()
-    return error_response(422, message, model_version=serving.model_version, bundle_version=serving.bundle.version)
+        serving = admin.current()
+        message = f"{refusal}: {exc}"
+        return error_response(422, message, model_version=serving.model_version, bundle_version=serving.bundle.version)
 
 
 @router.post(
@@ -253,10 +258,8 @@ async def admin_rollback(admin: AdminDep) -> Response:
 
 @router.post("/admin/canary", summary="Serve a share of requests with new artifacts, or change the canary's share")
 async def admin_canary(admin: AdminDep, body: CanaryRequest) -> Response:
-    try:
-        return JSONBytes(await admin.start_canary(body.share, body.model_dir, body.bundle_dir))
-    except (ArtifactError, FileNotFoundError, ValueError) as exc:
-        return _refused(admin, f"canary refused, still serving the old model alone: {exc}")
+    change = admin.start_canary(body.share, body.model_dir, body.bundle_dir)
+    return await _loading(admin, change, "canary refused, still serving the old model alone")
 
 
 @router.get("/admin/canary", summary="The running canary: its versions and share")
@@ -268,10 +271,8 @@ async def admin_canary_status(admin: AdminDep) -> Response:
     "/admin/shadow", summary="Load new artifacts as a shadow that also ranks live /rank traffic, or change its share"
 )
 async def admin_shadow(admin: AdminDep, body: ShadowRequest) -> Response:
-    try:
-        return JSONBytes(await admin.start_shadow(body.share, body.model_dir, body.bundle_dir))
-    except (ArtifactError, FileNotFoundError, ValueError) as exc:
-        return _refused(admin, f"shadow refused, nothing changed: {exc}")
+    change = admin.start_shadow(body.share, body.model_dir, body.bundle_dir)
+    return await _loading(admin, change, "shadow refused, nothing changed")
 
 
 @router.get("/admin/shadow", summary="The shadow's figures: agreement with the served lists, its own time, shed work")
