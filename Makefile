@@ -13,7 +13,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 
-.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval batch gpu-check rollout
+.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval batch gpu-check rollout ray serve-ray
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -118,11 +118,25 @@ bench-data: artifacts/bundle-100k/manifest.json ## Build the 100k-item SYNTHETIC
 
 .venv-bench/bin/python: pyproject.toml
 	python3 -m venv .venv-bench
-	.venv-bench/bin/pip install -q "ray[serve]==2.60.0" -e ".[cpu]"
+	.venv-bench/bin/pip install -q -e ".[cpu,ray]"
 
 bench: $(STAMP) bench-data .venv-bench/bin/python ## Benchmark service vs naive vs Ray Serve (wrk, c=1/8/32), update BENCHMARKS.md
 	@command -v wrk >/dev/null || apt-get install -y wrk
 	$(PY) -m loadtests.bench --bundle artifacts/bundle-100k
+
+# Scale-out on Ray (optional): the `ray` extra into .venv, then the service as a Ray Serve application.
+RAY_STAMP := .venv/.installed-ray
+
+$(RAY_STAMP): $(STAMP)
+	$(PIP) install -q -e ".[$(EXTRAS),ray]"
+	@touch $@
+
+ray: $(RAY_STAMP) ## Install the optional `ray` extra (Ray Serve, Ray Data) into .venv
+
+# `serve run` starts a local Ray head and deploys deploy/ray/serve.yaml (2 replicas on 127.0.0.1:8000; the file
+# says what to change for a cluster). Ctrl-C stops Ray. Serves the artifacts `make run` built.
+serve-ray: $(RAY_STAMP) ## Serve the existing artifacts on Ray Serve (deploy/ray/serve.yaml: replicas, autoscaling)
+	.venv/bin/serve run deploy/ray/serve.yaml
 
 clean: ## Remove generated data and artifacts (keeps .venv)
 	rm -rf artifacts data reports

@@ -35,7 +35,7 @@ JSON_HEADERS = {"content-type": "application/json"}
 
 # Filled by the init listener; gevent greenlets share one process, so one mix keeps the tail never-repeating.
 _mix: RequestMix | None = None
-_samples: list[tuple[float, str, int, float, str, str, str]] = []
+_samples: list[tuple[float, str, int, float, str, str, str, str]] = []
 
 
 @events.init_command_line_parser.add_listener
@@ -80,7 +80,9 @@ def _record(
             server = duration
     error = "" if exception is None else str(exception) or type(exception).__name__
     version = headers.get("x-model-version", "")
-    _samples.append((time.time() - response_time / 1000.0, name, status, response_time, server, version, error))
+    replica = headers.get("x-replica", "")  # set on Ray Serve (service/ray_deployment.py)
+    start = time.time() - response_time / 1000.0
+    _samples.append((start, name, status, response_time, server, version, error, replica))
 
 
 @events.quitting.add_listener
@@ -90,10 +92,12 @@ def _write_samples(environment: Environment, **_: Any) -> None:
         return
     with open(options.samples_csv, "w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["start", "name", "status", "client_ms", "server_total_ms", "model_version", "error"])
+        writer.writerow(
+            ["start", "name", "status", "client_ms", "server_total_ms", "model_version", "error", "replica"]
+        )
         writer.writerows(
-            (f"{t:.4f}", name, status, f"{ms:.4f}", server, version, error)
-            for t, name, status, ms, server, version, error in _samples
+            (f"{t:.4f}", name, status, f"{ms:.4f}", server, version, error, replica)
+            for t, name, status, ms, server, version, error, replica in _samples
         )
 
 

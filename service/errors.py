@@ -26,6 +26,11 @@ class RequestError(ValueError):
         self.field = field
         self.message = message
 
+    def __reduce__(self) -> tuple[type[RequestError], tuple[str, str]]:
+        # Pickled with both arguments (Exception pickles its one formatted message), so that it reaches a Ray
+        # DeploymentHandle caller as itself, not as an undeserializable error.
+        return type(self), (self.field, self.message)
+
     status = 422  # the HTTP status it is answered with; a subclass may say otherwise
 
 

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(1.0, ge=0.0, description="on SIGTERM, answer 503 this long before closing")
     shutdown_grace_seconds: float = Field(10.0, gt=0.0, description="then wait this long for in-flight requests")
     log_level: str = "info"
+    ray_targets_dir: Path | None = Field(
+        None, description="on Ray Serve: each replica writes its metrics address here as a Prometheus file_sd target"
+    )
 
     @model_validator(mode="after")
     def _renamed(self) -> Settings:
