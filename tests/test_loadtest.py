@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
@@ -50,6 +51,26 @@ def test_histogram_quantile_interpolates_like_promql() -> None:
     assert math.isnan(promstats.histogram_quantile(0.5, {0.001: 0.0, math.inf: 0.0}))
     assert promstats.bucket_width_at(0.0015, buckets) == pytest.approx(0.001)
     assert promstats.bucket_width_at(0.0004, buckets) == pytest.approx(0.001)
+
+
+def test_client_and_server_p99_agree_within_a_bound_that_holds_when_stalls_split_the_tails() -> None:
+    # Stalls hit some requests inside the server (a long batch) and others outside it (the event loop busy before
+    # the middleware starts): 0.6% each. Neither p99 sees its stall, the client's does; their p99.5s do.
+    rng = np.random.default_rng(0)
+    server = rng.normal(10.0, 1.0, 50_000)
+    overhead = rng.normal(5.0, 0.5, 50_000)
+    stall = rng.random(50_000)
+    server[stall < 0.006] += 40.0
+    overhead[(stall >= 0.006) & (stall < 0.012)] += 40.0
+    client = server + overhead
+    p = {q: (float(np.percentile(server, q)), float(np.percentile(overhead, q))) for q in (99, 99.5)}
+    client_p99 = float(np.percentile(client, 99))
+    assert client_p99 > p[99][0] + p[99][1] + 20.0  # a sum of p99s would call this a disagreement
+    agreement = report.Agreement("/rank", client_p99, p[99][0], 0.0, p[99.5][0], p[99.5][1])
+    assert agreement.agrees
+    assert not report.Agreement("/rank", 3 * client_p99, p[99][0], 0.0, p[99.5][0], p[99.5][1]).agrees
+    # and the client can never be faster than the server by more than the histogram's resolution
+    assert not report.Agreement("/rank", p[99][0] - 6.0, p[99][0], 5.0, p[99.5][0], p[99.5][1]).agrees
 
 
 def test_counter_deltas_count_series_born_during_the_run_from_zero() -> None:
