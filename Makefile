@@ -12,6 +12,7 @@ ENCODER := artifacts/encoders/minilm
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
+RAY_STAMP := .venv/.installed-ray
 
 .PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval batch gpu-check rollout ray serve-ray
 
@@ -125,8 +126,6 @@ bench: $(STAMP) bench-data .venv-bench/bin/python ## Benchmark service vs naive 
 	$(PY) -m loadtests.bench --bundle artifacts/bundle-100k
 
 # Scale-out on Ray (optional): the `ray` extra into .venv, then the service as a Ray Serve application.
-RAY_STAMP := .venv/.installed-ray
-
 $(RAY_STAMP): $(STAMP)
 	$(PIP) install -q -e ".[$(EXTRAS),ray]"
 	@touch $@
@@ -155,8 +154,8 @@ image-encoder: $(STAMP) ## Export a local CLIP checkpoint's image tower to ONNX 
 	@test -n "$(CLIP)" || { echo "error: set CLIP=/path/to/local/clip (a CLIPModel.save_pretrained directory)" >&2; exit 2; }
 	$(PY) -m index.export.image_encoder --clip $(CLIP) --out $(IMAGE_ENCODER)
 
-ingest: $(STAMP) $(ENCODER)/encoder.json ## Ingest a catalog (DATA=dir, images or vectors) into BUNDLE, resumable
-	$(PY) -m index.offline.ingest --data $(DATA) --image-encoder $(IMAGE_ENCODER) --out $(BUNDLE) $(ARGS)
+ingest: $(STAMP) $(ENCODER)/encoder.json $(if $(filter ray,$(ENGINE)),$(RAY_STAMP)) ## Ingest a catalog (DATA=dir, images or vectors) into BUNDLE, resumable (ENGINE=ray WORKERS=n: Ray Data)
+	$(PY) -m index.offline.ingest --data $(DATA) --image-encoder $(IMAGE_ENCODER) --out $(BUNDLE) $(if $(ENGINE),--engine $(ENGINE)) $(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 
 # From a bare checkout on a CUDA machine: the gpu extra, then loadtests/gpu_check.py (about 8 minutes).
 # ARGS=--rehearse runs the same steps on the CPU, for trying the script where there is no GPU.

@@ -14,7 +14,7 @@ import pytest
 
 from index.offline.image_encoder import ImageEncoder
 from index.offline.images import load_image
-from index.offline.ingest import IngestConfig, ingest
+from index.offline.ingest import IngestConfig, ingest, main
 from index.runtime.bundle import Bundle
 
 from .clip_fixtures import ROOT, TinyClip, ingest_config, picture, tiny_clip, write_awkward_images, write_items
@@ -202,3 +202,20 @@ def test_vector_catalog_ingests_to_the_bundle_make_index_builds(tiny: TinyPipeli
     report = ingest(cfg)
     assert report.images_encoded == 0 and report.items_indexed == 400
     assert _checksums(tmp_path / "b") == _checksums(tiny.bundle)
+
+
+def test_ray_engine_without_ray_is_one_sentence_and_exit_code_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--engine ray` where Ray is not installed (simulated: `import ray` fails) says which extra to install, before
+    any work; the local engine never imports Ray at all."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.delitem(sys.modules, "index.offline.ray_ingest", raising=False)
+    code = main(["--data", str(tmp_path), "--engine", "ray", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert capsys.readouterr().err == "error: install the ray extra: pip install -e '.[ray]'\n"
+    assert not (tmp_path / "o.work").exists()
+
+    probe = "import sys, index.offline.ingest; assert 'ray' not in sys.modules, 'the base install imports ray'"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -9,6 +9,10 @@ Work is saved per chunk of items in a work directory. A run that was interrupted
 continues from its last saved chunk when the same command is run again, and ends with the same bundle, byte for
 byte, as an uninterrupted run. A chunk is reused only while its items, their image files (size and mtime) and the
 encoders are unchanged; anything else is recomputed.
+
+The chunks not saved yet are computed by one of two engines (`--engine`), both running `_process_chunk`: `local`,
+in this process with a pool of decoding threads, or `ray`, by a Ray Data actor pool (index/offline/ray_ingest.py,
+the `ray` extra). Either way this process saves each chunk and writes the bundle, so both give the same bytes.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -44,6 +50,7 @@ from index.runtime.exported_model import ExportedModel
 from index.runtime.faiss_index import IndexKind, IndexParams
 from index.runtime.files import ArtifactError, write_json
 from index.runtime.text_encoder import TextEncoder
+from model.schema import FeatureSchema
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,20 @@ DEFAULT_CHUNK = 256
 # pair differs in 6 bits, the closest distinct shots (same shoot, another moment) in 10, unrelated photos in 16+.
 DEFAULT_DUP_DISTANCE = 8
 CLIP_DIR_ENV = "RANK_CLIP_DIR"
+RAY_MISSING = "install the ray extra: pip install -e '.[ray]'"
+LOCAL_WORKERS = min(4, os.cpu_count() or 1)  # the CLI's defaults for --workers: decoding threads
+RAY_WORKERS = 2  # or actors
+
+
+class Engine(StrEnum):
+    """What computes the chunks that are not saved yet: this process, or a Ray Data actor pool."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine asked for needs a package that is not installed (the message says which extra)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +124,7 @@ class IngestReport:
     image_seconds: float
     images_per_second: float
     text: dict[str, int]  # texts embedded, how many were cut at the encoder's limit, and the limit (word pieces)
+    engine: str = Engine.LOCAL.value
 
     @property
     def skipped_by_problem(self) -> dict[str, int]:
@@ -125,7 +147,8 @@ class IngestConfig:
     out: Path = Path("artifacts/bundle")
     work_dir: Path | None = None  # default: <out>.work beside the bundle
     chunk_size: int = DEFAULT_CHUNK
-    workers: int = 2
+    workers: int = 2  # image-decoding threads (local engine) or actors in the pool (ray engine)
+    engine: Engine = Engine.LOCAL
     dup_max_distance: int = DEFAULT_DUP_DISTANCE
     index_kind: str = "auto"
     keep_work: bool = False
@@ -332,26 +355,86 @@ def _process_chunk(items: Sequence[Item], md5: dict[str, str], encoders: _Encode
     return chunk
 
 
-def _load_encoders(cfg: IngestConfig, ranker: ExportedModel, catalog: Catalog) -> _Encoders:
-    schema = ranker.card.schema
-    text = TextEncoder(cfg.text_encoder_dir)
-    if text.name != schema.text_encoder:
-        raise ArtifactError(f"text encoder {text.name} is not the model's {schema.text_encoder}")
-    if text.dim != schema.text_dim:
-        raise ArtifactError(f"text encoder gives {text.dim}-d vectors, the model expects text_dim={schema.text_dim}")
-    image: ImageEncoder | None = None
-    needing = sum(_needs_image(item) for item in catalog.items)
-    if needing:
-        if cfg.image_encoder_dir is None:
-            raise DataError(f"{needing} items have images to encode, but no image encoder was given")
-        image = ImageEncoder(cfg.image_encoder_dir)
-        if image.dim != schema.image_dim:
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which encoders a run uses and what the model expects of them: all another process (a Ray actor) needs to
+    load, and check, the same encoders as this one."""
+
+    text_dir: Path
+    image_dir: Path | None
+    schema: FeatureSchema
+    images_to_encode: int  # items with a picture to decode; without any, no image encoder is loaded
+
+    def load(self, *, image_threads: int | None = None) -> _Encoders:
+        """The encoders, checked against the schema; `image_threads` is the CLIP session's intra-op pool (default:
+        every core, right for one process alone on the machine, too many for several actors sharing it)."""
+        schema = self.schema
+        text = TextEncoder(self.text_dir)
+        if text.name != schema.text_encoder:
+            raise ArtifactError(f"text encoder {text.name} is not the model's {schema.text_encoder}")
+        if text.dim != schema.text_dim:
             raise ArtifactError(
-                f"image encoder {image.name} gives {image.dim}-d vectors, "
-                f"the model expects image_dim={schema.image_dim}"
-                + (" (it was trained on a catalog without images)" if schema.image_dim == 1 else "")
+                f"text encoder gives {text.dim}-d vectors, the model expects text_dim={schema.text_dim}"
             )
-    return _Encoders(text=text, image=image, text_dim=schema.text_dim, image_dim=schema.image_dim)
+        image: ImageEncoder | None = None
+        if self.images_to_encode:
+            if self.image_dir is None:
+                raise DataError(f"{self.images_to_encode} items have images to encode, but no image encoder was given")
+            image = ImageEncoder(self.image_dir, threads=image_threads)
+            if image.dim != schema.image_dim:
+                raise ArtifactError(
+                    f"image encoder {image.name} gives {image.dim}-d vectors, "
+                    f"the model expects image_dim={schema.image_dim}"
+                    + (" (it was trained on a catalog without images)" if schema.image_dim == 1 else "")
+                )
+        return _Encoders(text=text, image=image, text_dim=schema.text_dim, image_dim=schema.image_dim)
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """A chunk of items with no usable saved result: what to compute, and where the driver saves it."""
+
+    number: int
+    items: list[Item]
+    md5: dict[str, str]  # recorded image md5s of these items only (a Ray task carries no more than it needs)
+    fingerprint: str
+    path: Path
+
+
+class ChunkRunner(Protocol):
+    """An engine: computes the given chunks with `_process_chunk` and yields each with its task as it is done, in
+    any order. It never saves: the caller does, so that every engine resumes from the same files."""
+
+    def __call__(
+        self, tasks: Sequence[ChunkTask], spec: EncoderSpec, encoders: _Encoders
+    ) -> Generator[tuple[ChunkTask, _Chunk], None, None]: ...
+
+
+@dataclass(frozen=True)
+class LocalRunner:
+    """The single-process engine: chunks one after another, images decoded by a pool of `workers` threads."""
+
+    workers: int
+
+    def __call__(
+        self, tasks: Sequence[ChunkTask], spec: EncoderSpec, encoders: _Encoders
+    ) -> Generator[tuple[ChunkTask, _Chunk], None, None]:
+        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+            for task in tasks:
+                yield task, _process_chunk(task.items, task.md5, encoders, pool)
+
+
+def _runner(cfg: IngestConfig) -> ChunkRunner:
+    if cfg.engine is Engine.LOCAL:
+        return LocalRunner(cfg.workers)
+    try:
+        from index.offline.ray_ingest import RayRunner
+    except ImportError as exc:
+        # Only a missing Ray is the user's to fix by installing; any other import error is a bug to show as is.
+        if exc.name is None or exc.name.split(".")[0] != "ray":
+            raise
+        raise EngineUnavailable(RAY_MISSING) from exc
+    return RayRunner(cfg.workers)
 
 
 def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = None) -> IngestReport:
@@ -359,15 +442,24 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
 
     Args:
         cfg: inputs, outputs and knobs.
-        on_chunk: called as on_chunk(done, total) after each chunk is saved (progress hooks; an exception raised
-            here interrupts the run like Ctrl-C would, leaving the saved chunks for the next run).
+        on_chunk: called as on_chunk(done, total) after each computed chunk is saved, `done` counting resumed
+            chunks too (progress hooks; an exception raised here interrupts the run like Ctrl-C would, leaving the
+            saved chunks for the next run).
     """
     started = time.perf_counter()
     if cfg.chunk_size < 1:
         raise ValueError(f"chunk size must be at least 1, got {cfg.chunk_size}")
+    runner = _runner(cfg)  # first: a missing engine is refused before any work
     catalog = read_catalog(cfg.data)
     ranker = ExportedModel(cfg.model_dir)
-    encoders = _load_encoders(cfg, ranker, catalog)
+    spec = EncoderSpec(
+        text_dir=cfg.text_encoder_dir,
+        image_dir=cfg.image_encoder_dir,
+        schema=ranker.card.schema,
+        images_to_encode=sum(_needs_image(item) for item in catalog.items),
+    )
+    encoders = spec.load()
+    # The engine is not part of a chunk's identity: chunks saved by one engine are resumed by the other.
     identity = encoders.identity() | {"chunk_size": cfg.chunk_size}
     items = catalog.items
     bounds = [(s, min(s + cfg.chunk_size, len(items))) for s in range(0, len(items), cfg.chunk_size)]
@@ -375,38 +467,44 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
     work.mkdir(parents=True, exist_ok=True)
     log.info("ingesting %d items from %s in %d chunks (work in %s)", len(items), catalog.source, len(bounds), work)
 
-    chunks: list[_Chunk] = []
-    resumed = 0
-    with (
-        ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool,
-        tqdm(total=len(items), unit="item", desc="ingest", mininterval=1.0) as bar,
-    ):
-        for number, (start, end) in enumerate(bounds):
-            part = items[start:end]
-            fingerprint = _fingerprint(part, catalog.image_md5, identity)
-            path = work / f"chunk-{number:06d}.npz"
-            chunk = _Chunk.load(path, fingerprint)
-            if chunk is None:
-                chunk = _process_chunk(part, catalog.image_md5, encoders, pool)
-                chunk.save(path, fingerprint)
-            else:
-                resumed += 1
-            chunks.append(chunk)
-            bar.update(end - start)
-            if on_chunk is not None:
-                on_chunk(number + 1, len(bounds))
+    chunks: dict[int, _Chunk] = {}
+    tasks: list[ChunkTask] = []
+    for number, (start, end) in enumerate(bounds):
+        part = items[start:end]
+        fingerprint = _fingerprint(part, catalog.image_md5, identity)
+        path = work / f"chunk-{number:06d}.npz"
+        saved = _Chunk.load(path, fingerprint)
+        if saved is not None:
+            chunks[number] = saved
+        else:
+            md5 = {item.id: catalog.image_md5[item.id] for item in part if item.id in catalog.image_md5}
+            tasks.append(ChunkTask(number, part, md5, fingerprint, path))
+    resumed = len(chunks)
     if resumed:
         log.info("resumed %d of %d chunks saved by an earlier run", resumed, len(bounds))
 
-    ok = np.concatenate([c.ok for c in chunks])
-    skipped = [s for c in chunks for s in c.skipped]
+    done_items = sum(len(c.ids) for c in chunks.values())
+    with (
+        tqdm(total=len(items), initial=done_items, unit="item", desc="ingest", mininterval=1.0) as bar,
+        closing(runner(tasks, spec, encoders)) as results,  # closed on an interrupt too: threads, actors stop
+    ):
+        for task, chunk in results:
+            chunk.save(task.path, task.fingerprint)
+            chunks[task.number] = chunk
+            bar.update(len(task.items))
+            if on_chunk is not None:
+                on_chunk(len(chunks), len(bounds))
+    ordered = [chunks[number] for number in range(len(bounds))]  # catalog order, whatever order they finished in
+
+    ok = np.concatenate([c.ok for c in ordered])
+    skipped = [s for c in ordered for s in c.skipped]
     for s in skipped:
         log.warning("skipped item %s: %s: %s (%s)", s.id, s.path, s.problem, s.detail)
     kept = [item for item, keep in zip(items, ok) if keep]
     if not kept:
         raise DataError(f"{catalog.source}: no item could be ingested ({len(skipped)} skipped)")
-    hashed = np.concatenate([c.hashed for c in chunks])[ok]
-    phash = np.concatenate([c.phash for c in chunks])[ok]
+    hashed = np.concatenate([c.hashed for c in ordered])[ok]
+    phash = np.concatenate([c.phash for c in ordered])[ok]
     hashed_rows = np.flatnonzero(hashed)
     duplicates = [
         NearDuplicate(kept[hashed_rows[i]].id, kept[hashed_rows[j]].id, d)
@@ -417,7 +515,7 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
 
     schema = ranker.card.schema
     features = features_from_arrays(
-        kept, schema, np.concatenate([c.text for c in chunks])[ok], np.concatenate([c.image for c in chunks])[ok]
+        kept, schema, np.concatenate([c.text for c in ordered])[ok], np.concatenate([c.image for c in ordered])[ok]
     )
     params = IndexParams.for_size(len(kept)) if cfg.index_kind == "auto" else IndexParams(IndexKind(cfg.index_kind))
     text_info = text_truncation(kept, encoders.text)
@@ -430,8 +528,8 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
     bundle = Bundle.load(cfg.out)
     bundle.check_compatible(ranker.card)
 
-    images_encoded = sum(c.images_encoded for c in chunks)
-    image_seconds = sum(c.image_seconds for c in chunks)
+    images_encoded = sum(c.images_encoded for c in ordered)
+    image_seconds = sum(c.image_seconds for c in ordered)
     report = IngestReport(
         source=str(catalog.source),
         bundle=str(cfg.out),
@@ -448,6 +546,7 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
         image_seconds=round(image_seconds, 3),
         images_per_second=round(images_encoded / image_seconds, 2) if image_seconds > 0 else 0.0,
         text=text_info,
+        engine=cfg.engine.value,
     )
     write_json(cfg.out / REPORT_FILE, report.to_dict())
     if not cfg.keep_work:
@@ -470,12 +569,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=IngestConfig.out)
     parser.add_argument("--work-dir", type=Path, default=None, help="where chunks are saved (default: <out>.work)")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, help="items per saved chunk")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image decoding threads")
+    parser.add_argument(
+        "--engine",
+        type=Engine,
+        choices=list(Engine),
+        default=Engine.LOCAL,
+        help="local: this process; ray: a Ray Data actor pool (the `ray` extra; RAY_ADDRESS joins a running cluster)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"decoding threads (local engine, default {LOCAL_WORKERS}) or actors (ray engine, default {RAY_WORKERS})",
+    )
     parser.add_argument("--dup-distance", type=int, default=DEFAULT_DUP_DISTANCE, help="max phash bits that differ")
     parser.add_argument("--index", choices=["auto", *(k.value for k in IndexKind)], default="auto")
     parser.add_argument("--keep-work", action="store_true", help="keep the saved chunks after success")
     args = parser.parse_args(argv)
     configure_cli_logging()
+    default_workers = RAY_WORKERS if args.engine is Engine.RAY else LOCAL_WORKERS
+    workers = default_workers if args.workers is None else args.workers
     cfg = IngestConfig(
         data=args.data,
         model_dir=args.model,
@@ -484,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out,
         work_dir=args.work_dir,
         chunk_size=args.chunk_size,
-        workers=args.workers,
+        workers=workers,
+        engine=args.engine,
         dup_max_distance=args.dup_distance,
         index_kind=args.index,
         keep_work=args.keep_work,
@@ -501,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except (DataError, ArtifactError, FileNotFoundError, ValueError) as exc:
+    except (EngineUnavailable, DataError, ArtifactError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     log.info(
@@ -521,4 +635,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, not this `__main__` copy's: the ray engine pickles this module's classes
+    # (EncoderSpec) to its actors, which must find them as index.offline.ingest.
+    from index.offline.ingest import main as _main
+
+    sys.exit(_main())
