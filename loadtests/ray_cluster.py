@@ -14,6 +14,7 @@ Needs the `ray` extra.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,10 @@ class RayServe:
         """Start Ray (all this machine's CPUs unless `num_cpus`), Serve's proxy on 127.0.0.1:`port`, and the
         application; return once /health/ready answers 200 through the proxy."""
         config = load_config()
+        # Ray starts its workers (the replicas, the proxy) at nice 15, below the raylet. On a node that runs only
+        # Ray that costs nothing; here the load generator and the plain service it is compared with run at nice 0
+        # on the same 2 cores, so the replicas would lose every contended time slice to them.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         application = config["applications"][0]

@@ -4,7 +4,7 @@
 Chosen over "the engine as a deployment behind a FastAPI proxy deployment": that design adds a second actor hop per
 request (proxy -> FastAPI replica -> engine replica), and the micro-batcher would then batch only what one FastAPI
 replica forwards. With `@serve.ingress` a request makes one hop, proxy -> replica, and batches with the other
-requests on that replica (docs/scale.md has the measured overhead).
+requests on that replica (BENCHMARKS.md, "Ray Serve", has the measured overhead).
 
 What Ray Serve adds to each replica:
 - readiness: Serve routes to a replica only after its constructor, the app's lifespan (load, check, warm) and
