@@ -17,26 +17,14 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from loadtests.bench import TRAFFIC, post, run_wrk, start, wait_serving, wrk_script
+from loadtests.bench import TRAFFIC, Run, post, run_wrk, start, wait_serving, wrk_script
 from loadtests.process import ROOT, free_port, stop_group
 from loadtests.ray_cluster import RayServe
 
 
-@dataclass
-class Row:
-    system: str
-    traffic: str
-    concurrency: int
-    p50_ms: float
-    p99_ms: float
-    rps: float
-    errors: int
-
-
-def drive(system: str, url: str, args: argparse.Namespace, bodies: list[dict], warm_passes: int = 1) -> list[Row]:
+def drive(system: str, url: str, args: argparse.Namespace, bodies: list[dict], warm_passes: int = 1) -> list[Run]:
     # Warm: every query once, as make bench does; with several replicas, each keeps its own query cache and the
     # proxy picks one at random, so more passes are needed before (nearly) every replica has seen every query.
     for _ in range(warm_passes):
@@ -48,12 +36,12 @@ def drive(system: str, url: str, args: argparse.Namespace, bodies: list[dict], w
         wrk_script(bodies, script, TRAFFIC[name])
         for concurrency in args.concurrency:
             p50, p99, rps, errors = run_wrk(url, script, concurrency, args.duration)
-            rows.append(Row(system, name, concurrency, p50, p99, rps, errors))
+            rows.append(Run(system, name, concurrency, p50, p99, rps, errors, stages={}))
             print(f"  {system:<22} {name:<9} c={concurrency:<3} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  {rps:7.0f}/s")
     return rows
 
 
-def handle_c1(ray_serve: RayServe, bodies: list[dict], seconds: float) -> Row:
+def handle_c1(ray_serve: RayServe, bodies: list[dict], seconds: float) -> Run:
     """Sequential `handle.rank.remote(body).result()` calls over the cached queries for `seconds`."""
     handle = ray_serve.handle()
     for body in bodies:
@@ -67,13 +55,13 @@ def handle_c1(ray_serve: RayServe, bodies: list[dict], seconds: float) -> Row:
         times.append((time.perf_counter() - started) * 1000.0)
         i += 1
     times.sort()
-    row = Row("ray-serve 1, handle", "cached", 1, times[len(times) // 2], times[int(0.99 * (len(times) - 1))], 0, 0)
-    row.rps = len(times) / seconds
+    p50, p99 = times[len(times) // 2], times[int(0.99 * (len(times) - 1))]
+    row = Run("ray-serve 1, handle", "cached", 1, p50, p99, len(times) / seconds, 0, stages={})
     print(f"  {row.system:<22} cached    c=1   p50 {row.p50_ms:7.2f} ms  p99 {row.p99_ms:7.2f} ms  {row.rps:7.0f}/s")
     return row
 
 
-def table(rows: list[Row]) -> str:
+def table(rows: list[Run]) -> str:
     lines = ["| system | traffic | c | p50 ms | p99 ms | requests/s | errors |", "|---|---|---:|---:|---:|---:|---:|"]
     lines += [
         f"| {r.system} | {r.traffic} | {r.concurrency} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.rps:.0f} | {r.errors} |"
@@ -97,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     texts = [json.loads(line)["text"] for line in args.queries.read_text().splitlines()]
     bodies = [{"query": t, "top_k": 10, "num_candidates": 100} for t in texts[-100:]]
-    rows: list[Row] = []
+    rows: list[Run] = []
 
     print("== service", flush=True)
     port = free_port()
