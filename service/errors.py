@@ -73,7 +73,8 @@ def error_response(code: int, message: str, **extra: Any) -> JSONBytes:
     return JSONBytes({"error": message, "message": message, **extra}, status_code=code)
 
 
-def _field_of(loc: tuple[Any, ...]) -> str:
+def field_of(loc: tuple[Any, ...]) -> str:
+    """The body field a pydantic error location names (`documents.0.text`), or `body`."""
     parts = [str(p) for p in loc if p != "body" and p not in SHAPE_TAGS]
     return ".".join(parts) or "body"
 
@@ -86,7 +87,7 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         details = []
         for err in exc.errors():
             bad_json = err.get("type") == "json_invalid"
-            field_name = "body" if bad_json else _field_of(tuple(err.get("loc", ())))
+            field_name = "body" if bad_json else field_of(tuple(err.get("loc", ())))
             details.append({"field": field_name, "message": "is not valid JSON" if bad_json else err.get("msg")})
         first = details[0] if details else {"field": "body", "message": "is invalid"}
         return error_response(422, f"{first['field']}: {first['message']}", field=first["field"], errors=details)

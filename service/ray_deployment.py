@@ -34,7 +34,7 @@ from ray import serve
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
-from service.errors import RequestError
+from service.errors import RequestError, field_of
 from service.lifecycle import AppState, Phase
 from service.protocol import RankRequest, RankResponse
 from service.routes import rank_body
@@ -147,7 +147,7 @@ class RankReplica:
             request = RankRequest.model_validate(body)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise RequestError(".".join(str(p) for p in first["loc"]) or "body", first["msg"]) from None
+            raise RequestError(field_of(tuple(first["loc"])), first["msg"]) from None
         engine = state.current(request.query)
         outcome, timing_ms = await state.serve(engine, engine.prepare_rank(request), request.timeout_ms, "/rank")
         return rank_body(outcome, timing_ms)
