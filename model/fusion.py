@@ -120,11 +120,14 @@ class FusionRanker(nn.Module):
         keys = cand_kv[:, 0].unflatten(-1, (h, dh))  # (M, T, H, dh)
         values = cand_kv[:, 1].unflatten(-1, (h, dh))  # (M, T, H, dh)
 
-        logits = torch.einsum("mhd,mthd->mht", q_heads, keys) / math.sqrt(dh)  # (M, H, T)
+        # Products and sums rather than einsum: the same arithmetic, but ONNX Runtime's CPU Einsum over these small
+        # batched shapes cost a quarter of the whole ranker call (0.13 of 0.49 ms for 100 candidates here).
+        logits = (keys * q_heads.unsqueeze(1)).sum(-1).transpose(1, 2) / math.sqrt(dh)  # (M, H, T)
         # A missing modality is left out of the softmax, not attended to as a zero vector: its weight is exactly 0.
         absent = (cand_mask <= 0).unsqueeze(1)  # (M, 1, T)
         attn = torch.softmax(logits.masked_fill(absent, float("-inf")), dim=-1)
-        fused = self.attn_out(torch.einsum("mht,mthd->mhd", attn, values).flatten(1))  # (M, d)
+        attended = (attn.transpose(1, 2).unsqueeze(-1) * values).sum(1)  # (M, H, dh)
+        fused = self.attn_out(attended.flatten(1))  # (M, d)
 
         # Per-token features of a missing modality are zeroed (times 1.0 where present: the same numbers as unmasked).
         mask = cand_mask.to(logits.dtype)

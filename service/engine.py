@@ -32,6 +32,7 @@ from index.runtime.exported_model import ExportedModel, retrieval_scores
 from index.runtime.faiss_index import FaissIndex
 from index.runtime.features import text_only_features
 from index.runtime.hybrid import ZERO_SHOT_PRIOR, ZERO_SHOT_SOURCES, candidate_rows, evidence, ranker_evidence
+from index.runtime.lru import VectorCache
 from index.runtime.text_encoder import TextEncoder
 from service.batcher import Batched
 from service.errors import RequestError
@@ -219,6 +220,8 @@ class RankingEngine:
         self.sources = model.card.sources if model is not None else ZERO_SHOT_SOURCES
         self.prior = model.card.prior if model is not None else ZERO_SHOT_PRIOR
         self._codes = self._categorical_codes()
+        # Cached queries skip the query tower too (the projection is this engine's model's, hence its own cache).
+        self._projected = VectorCache(settings.query_cache_size)
 
     @property
     def model_version(self) -> str:
@@ -336,7 +339,8 @@ class RankingEngine:
 
     def _embedded(self, jobs: list[Job], stages: _Stages) -> tuple[list[Embedded], dict[str, np.ndarray]]:
         """Each job's embeddings (made here, in an `encode` lap, for jobs that come without them), and each
-        distinct query in the retrieval space (one query-tower call, the `project` lap; none without a model)."""
+        distinct query in the retrieval space (the `project` lap: remembered like the embeddings, and one query-tower
+        call for those not yet projected; none without a model)."""
         missing = [i for i, job in enumerate(jobs) if job.embedded is None]
         made = dict(zip(missing, self.embed([jobs[i] for i in missing]), strict=True)) if missing else {}
         embedded = [job.embedded or made[i] for i, job in enumerate(jobs)]
@@ -344,8 +348,13 @@ class RankingEngine:
         if self.model is None:
             return embedded, {}
         vectors = {job.query: e.query for job, e in zip(jobs, embedded, strict=True)}
-        projected = self.model.project_queries(np.stack(list(vectors.values())))
-        return embedded, dict(zip(vectors, projected, strict=True))
+        projected = {query: found for query in vectors if (found := self._projected.get(query)) is not None}
+        new = [query for query in vectors if query not in projected]
+        if new:
+            for query, vector in zip(new, self.model.project_queries(np.stack([vectors[q] for q in new])), strict=True):
+                self._projected.put(query, vector)
+                projected[query] = vector
+        return embedded, projected
 
     @staticmethod
     def _search(index: FaissIndex, jobs: list[Job], vectors: dict[str, np.ndarray]) -> dict[int, np.ndarray]:

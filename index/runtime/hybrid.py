@@ -38,6 +38,8 @@ def fuse(ranked: Sequence[np.ndarray], depth: int, k: int = RRF_K) -> np.ndarray
     lists = [r for r in lists if len(r)]
     if not lists:
         return np.zeros(0, np.int64)
+    if len(lists) == 1 and len(np.unique(lists[0])) == len(lists[0]):
+        return lists[0][:depth]  # the RRF of one list without repeats is that list (a model with one source)
     rows = np.concatenate(lists)
     ranks = np.concatenate([np.arange(1, len(r) + 1) for r in lists])
     unique, inverse = np.unique(rows, return_inverse=True)

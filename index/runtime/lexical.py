@@ -53,6 +53,10 @@ class LexicalIndex:
         self._vocab: dict[str, int] = bm25.vocab_dict  # type: ignore[attr-defined]
         self._df = df
         self.size = int(bm25.scores["num_docs"])  # type: ignore[attr-defined]
+        # The (term -> items) weight matrix in CSC form, as bm25s stores it: term t's postings are
+        # indices/weights[indptr[t]:indptr[t + 1]].
+        csc = bm25.scores  # type: ignore[attr-defined]
+        self._indptr, self._indices, self._weights = csc["indptr"], csc["indices"], csc["data"]
         self.avg_length = avg_length
         self.params = params
 
@@ -113,7 +117,12 @@ class LexicalIndex:
         ids = self._term_ids(query)
         if not ids:
             return np.zeros(self.size, dtype=np.float32)
-        return np.asarray(self._bm25.get_scores_from_ids(ids), dtype=np.float32)  # type: ignore[attr-defined]
+        # Each term's postings (item rows and precomputed BM25 weights) summed in one bincount. bm25s's own
+        # get_scores_from_ids adds them term by term with np.add.at, about 3x slower here on the request path.
+        postings = [slice(self._indptr[t], self._indptr[t + 1]) for t in ids]
+        rows = np.concatenate([self._indices[p] for p in postings])
+        weights = np.concatenate([self._weights[p] for p in postings])
+        return np.bincount(rows, weights=weights, minlength=self.size).astype(np.float32)
 
     def search(self, query: str, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The best `k` rows with a positive score (fewer when fewer items share a term with the query), best first,
