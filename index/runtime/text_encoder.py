@@ -11,8 +11,6 @@ so that the index build can record it.
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from index.runtime.files import verify_files
+from index.runtime.lru import VectorCache
 from index.runtime.ort_session import make_session
 
 # Word pieces per text, [CLS] and [SEP] included; the rest is cut off. 256 is sentence-transformers' own limit for
@@ -71,9 +70,7 @@ class TextEncoder:
         self._measuring.no_truncation()
         self._measuring.no_padding()
         self.session: ort.InferenceSession = make_session(model_dir / model_name, providers=providers, threads=threads)
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
-        self._cache_lock = threading.Lock()  # the service reads the cache on three threads (see `cached`)
+        self._cache = VectorCache(cache_size)  # the service reads it on three threads (see `cached`)
 
     def _model_file(self, variant: str, check_cosine: bool) -> str:
         if variant == "fp32":
@@ -86,7 +83,12 @@ class TextEncoder:
         return INT8_FILE
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Embeddings (N, dim) float32, unit norm, in input order."""
+        """Embeddings (N, dim) float32, unit norm, in input order. The int8 graph embeds one text per call: dynamic
+        quantisation scales each call's activations by that call's range, so in a batch a text's embedding would
+        depend on the texts beside it (and on their padding); alone, it is the same in training, in the service's
+        encode stage, batched or not, and in evaluation."""
+        if self.variant == "int8":
+            batch_size = 1
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
@@ -135,17 +137,8 @@ class TextEncoder:
     def cached(self, text: str) -> np.ndarray | None:
         """The embedding of `text` if it is in the LRU cache (and mark it recently used), else None. Thread-safe:
         the service looks up on the event loop and the ranking thread, and remembers on the encode thread."""
-        with self._cache_lock:
-            vector = self._cache.get(text)
-            if vector is not None:
-                self._cache.move_to_end(text)
-            return vector
+        return self._cache.get(text)
 
     def remember(self, text: str, vector: np.ndarray) -> None:
         """Put an embedding in the LRU cache, evicting the least recently used beyond `cache_size` (thread-safe)."""
-        if self._cache_size <= 0:
-            return
-        with self._cache_lock:
-            self._cache[text] = vector
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(text, vector)
