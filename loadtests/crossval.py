@@ -14,7 +14,8 @@ query is thus ranked by a model that never saw it. Beside it, on the same querie
   test queries, recorded at training) passed, zero_shot_served where it refused it.
 
 Prints nDCG@10 per fold with mean and sample sd over folds, MRR and recall, and writes a JSON report. Work files go
-to --work (default build/crossval); each fold's training log is there. Exit codes: 0 done, 2 it could not run.
+to --work (default build/crossval); each fold's training log is there. Queries are embedded with the service's
+query encoder (RANK_QUERY_ENCODER) in training as in serving. Exit codes: 0 done, 2 it could not run.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
     zero_shot = load_in_process(args.work / "zero-shot-bundle", no_model, args.encoder)
     evaluation.add(ZERO_SHOT, served_rankings(zero_shot, data.queries, zero_shot.catalog))
 
+    # Train on the query embeddings the served path will give the model (RANK_QUERY_ENCODER, as in the service).
+    train_args = ["--query-encoder", zero_shot.engine.encoder.variant, *shlex.split(args.train_args)]
     trained: dict[str, QueryMetrics] = {}
     shipped: dict[str, QueryMetrics] = {}
     by_id = {m.query_id: m for m in evaluation.per_query[ZERO_SHOT]}
@@ -164,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     for fold in range(k):
         began = time.perf_counter()
         print(f"fold {fold + 1}/{k}: training, export, index ...", flush=True)
-        model_dir = train_fold(args.data, args.encoder, args.work, fold, k, shlex.split(args.train_args))
+        model_dir = train_fold(args.data, args.encoder, args.work, fold, k, train_args)
         version, passed, reason = gate_verdict(model_dir)
         served = load_in_process(model_dir / "bundle", model_dir, args.encoder, gate=False)
         held_out = [q for q in data.queries if fold_of(q.id, k) == fold]

@@ -94,6 +94,17 @@ def load_engine(
     )
     if encoder.name != bundle.schema.text_encoder:
         raise ArtifactError(f"text encoder {encoder.name} is not the bundle's {bundle.schema.text_encoder}")
+    trained_on = model.card.query_encoder if model is not None else encoder.variant
+    if trained_on != encoder.variant:
+        # Served either way (the embeddings agree to a cosine of 0.99), but not as it was trained and evaluated.
+        log.warning(
+            "model %s was trained on %s query embeddings and is served with %s ones; set RANK_QUERY_ENCODER=%s to "
+            "serve it as its model card's figures were measured",
+            model.version if model is not None else "",
+            trained_on,
+            encoder.variant,
+            trained_on,
+        )
     engine = RankingEngine(bundle, model, encoder, settings, metrics)
     engine.warm(settings.warmup_queries)
     log.info(

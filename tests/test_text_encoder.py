@@ -28,6 +28,14 @@ def test_int8_variant_records_its_cosine_and_keeps_it(encoder_dir: Path) -> None
     assert ((fp32 * int8).sum(1) / np.linalg.norm(int8, axis=1)).min() > 0.97
 
 
+def test_an_int8_embedding_does_not_depend_on_the_texts_beside_it(encoder_dir: Path) -> None:
+    # Dynamic int8 quantisation scales a call's activations by the whole batch's range: texts must go alone.
+    encoder = TextEncoder(encoder_dir, variant="int8")
+    texts = ["gin", "a smoky mezcal negroni in a rocks glass with a wide orange peel and a large clear ice cube"]
+    together = encoder.encode(texts)
+    assert np.array_equal(together, np.stack([encoder.encode([text])[0] for text in texts]))
+
+
 def test_int8_below_the_bar_is_refused(encoder_dir: Path, tmp_path: Path) -> None:
     for name in ("encoder.json", "tokenizer.json", "model.onnx", "model.int8.onnx"):
         (tmp_path / name).write_bytes((encoder_dir / name).read_bytes())

@@ -70,8 +70,9 @@ def candidates_table(recall: dict[str, float], k: int, choice: Choice) -> str:
     chosen = "+".join(choice.candidates.sources)
     lines = [
         f"Candidate generation (RRF of the sources), recall@{k} of relevant items (grade >= 2); served: {chosen} "
-        f"(best on val), prior: {choice.candidates.prior}",
-        f"  {'sources':<22} {'val':>7} {'test':>7}",
+        f"(best on the selection queries: val, plus train for options without the learned space), prior: "
+        f"{choice.candidates.prior}",
+        f"  {'sources':<22} {'select':>7} {'test':>7}",
     ]
     lines += [
         f"  {name:<22} {choice.recall[name]:>7.4f} {value:>7.4f}{'  *' if name == chosen else ''}"
@@ -130,7 +131,11 @@ def run_train(cfg: TrainConfig) -> int:
     started = time.perf_counter()
     require_data_dir(cfg.data_dir)  # the user's likeliest mistake, so it is the first thing checked
     dataset = load_dataset(
-        cfg.data_dir, TextEncoder(cfg.encoder_dir), num_candidates=cfg.num_candidates, holdout=cfg.holdout
+        cfg.data_dir,
+        TextEncoder(cfg.encoder_dir),
+        query_encoder=TextEncoder(cfg.encoder_dir, variant=cfg.query_encoder),
+        num_candidates=cfg.num_candidates,
+        holdout=cfg.holdout,
     )
     synthetic = "SYNTHETIC " if "synthetic" in dataset.name else ""
     log.info(
@@ -220,8 +225,8 @@ def run_train(cfg: TrainConfig) -> int:
                 "relevant_grade": RELEVANT_GRADE,
                 "sources": list(choice.candidates.sources),
                 "prior": choice.candidates.prior,
-                "val_recall": {name: round(value, 4) for name, value in choice.recall.items()},
-                "val_prior_ndcg@10": {name: round(value, 4) for name, value in choice.prior_ndcg.items()},
+                "selection_recall": {name: round(value, 4) for name, value in choice.recall.items()},
+                "selection_prior_ndcg@10": {name: round(value, 4) for name, value in choice.prior_ndcg.items()},
                 "test_recall": {name: round(value, 4) for name, value in candidate_recall.items()},
             },
             "training": {

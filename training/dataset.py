@@ -307,6 +307,7 @@ def load_dataset(
     data_dir: Path,
     encoder: TextEncoder,
     *,
+    query_encoder: TextEncoder | None = None,
     num_candidates: int = 100,
     image_dim: int | None = None,
     schema: FeatureSchema | None = None,
@@ -317,7 +318,8 @@ def load_dataset(
 
     Items that give an image path instead of an image_embedding are encoded with the ONNX image encoder at
     image_encoder_dir (default: artifacts/encoders/clip). `holdout` = (fold, folds) splits the queries for K-fold
-    cross-validation instead of as the data says (`index.data.records.fold_split`).
+    cross-validation instead of as the data says (`index.data.records.fold_split`). Queries are embedded with
+    `query_encoder` (the variant the service will embed them with), items with `encoder`; the same when not given.
     """
     require_data_dir(data_dir)
     source = items_path(data_dir)
@@ -336,7 +338,13 @@ def load_dataset(
         # that the stored features stay small and every graph keeps a non-empty image input.
         dim = image_dim or (len(first) if first is not None else 1)
         schema = schema_from_items(items, text_dim=encoder.dim, image_dim=dim, text_encoder=encoder.name)
-    log.info("encoding %d items' text and %d queries with %s", len(items), len(queries), encoder.name)
+    log.info(
+        "encoding %d items' text and %d queries (%s) with %s",
+        len(items),
+        len(queries),
+        (query_encoder or encoder).variant,
+        encoder.name,
+    )
     features = featurize(items, schema, encoder)
     candidates = Candidates(text_space(features), LexicalIndex.build([item.full_text for item in items]))
     splits = {}
@@ -345,7 +353,8 @@ def load_dataset(
         if not chosen:
             raise DataError(f"{data_dir}: no queries in split {split!r}")
         ids, texts = [q.id for q in chosen], [q.text for q in chosen]
-        splits[split] = build_lists(ids, texts, encoder.encode(texts), judged, candidates, num_candidates)
+        embedded = (query_encoder or encoder).encode(texts)
+        splits[split] = build_lists(ids, texts, embedded, judged, candidates, num_candidates)
     return Dataset(
         items=items,
         schema=schema,

@@ -51,6 +51,7 @@ class ModelCard:
     sources: tuple[str, ...]  # the candidate generator's sources, fused by RRF (index.runtime.hybrid.SOURCES)
     prior: str  # the zero-shot prior the ranker's score is a residual over (index.runtime.hybrid.PRIORS)
     raw: dict[str, Any]
+    query_encoder: str = "fp32"  # the MiniLM variant its training embedded queries with (fp32 before it was recorded)
 
     @classmethod
     def load(cls, model_dir: Path) -> ModelCard:
@@ -67,6 +68,7 @@ class ModelCard:
                 files=dict(data["files"]),
                 sources=tuple(data["candidates"]["sources"]),
                 prior=str(data["candidates"]["prior"]),
+                query_encoder=str(data.get("training", {}).get("query_encoder", "fp32")),
                 raw=data,
             )
         except (KeyError, TypeError, ValueError) as exc:
