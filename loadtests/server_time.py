@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
 import urllib.request
 from pathlib import Path
@@ -42,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     for text in texts:  # warm the query cache
         post(f"{args.url}/rank", {**body, "query": text})
     timings = {stage: [] for stage in STAGES}
+    run = secrets.token_hex(4)  # never-seen texts differ from every earlier run's too
     for i in range(args.requests):
-        text = texts[i % len(texts)] + (f" variant {i}" if args.never_seen else "")
+        text = texts[i % len(texts)] + (f" variant {run}-{i}" if args.never_seen else "")
         result = post(f"{args.url}/rank", {**body, "query": text})
         for stage in STAGES:
             timings[stage].append(result["timing_ms"][stage])

@@ -212,10 +212,19 @@ class RankingEngine:
     graphs; None for zero-shot serving) and one text encoder."""
 
     def __init__(
-        self, bundle: Bundle, model: ExportedModel | None, encoder: TextEncoder, settings: Settings, metrics: Metrics
+        self,
+        bundle: Bundle,
+        model: ExportedModel | None,
+        encoder: TextEncoder,
+        settings: Settings,
+        metrics: Metrics,
+        document_encoder: TextEncoder | None = None,
     ) -> None:
         bundle.check_compatible(model.card if model is not None else None)
         self.bundle, self.model, self.encoder = bundle, model, encoder
+        # /rerank text documents stand where catalog items stand, whose texts the index build embeds with the fp32
+        # graph, batched: `document_encoder` is that graph (the query `encoder` when none is given).
+        self.document_encoder = document_encoder or encoder
         self.settings, self.metrics = settings, metrics
         self.sources = model.card.sources if model is not None else ZERO_SHOT_SOURCES
         self.prior = model.card.prior if model is not None else ZERO_SHOT_PRIOR
@@ -303,8 +312,8 @@ class RankingEngine:
         return (isinstance(job, RerankJob) and bool(job.texts)) or self.encoder.cached(job.query) is None
 
     def embed(self, jobs: list[Job]) -> list[Embedded]:
-        """MiniLM embeddings for each job: its query (from the cache, or encoded and remembered) and its /rerank
-        text documents (encoded, not cached), with every text the jobs need encoded in one encoder call."""
+        """MiniLM embeddings for each job: its query (from the cache, or encoded and remembered; all misses in one
+        query-encoder call) and its /rerank text documents (encoded, not cached, in one document-encoder call)."""
         queries = list(dict.fromkeys(job.query for job in jobs))
         found: dict[str, np.ndarray] = {}
         for text in queries:
@@ -315,16 +324,19 @@ class RankingEngine:
         documents = [list(job.texts.values()) if isinstance(job, RerankJob) else [] for job in jobs]
         self.metrics.cache.labels("hit").inc(len(found))
         self.metrics.cache.labels("miss").inc(len(misses))
-        texts = misses + [text for docs in documents for text in docs]
-        vectors = self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32)
-        for text, vector in zip(misses, vectors, strict=False):
+        for text, vector in zip(misses, self._encode(self.encoder, misses), strict=True):
             self.encoder.remember(text, vector)
             found[text] = vector
-        out, start = [], len(misses)
+        vectors = self._encode(self.document_encoder, [text for docs in documents for text in docs])
+        out, start = [], 0
         for job, docs in zip(jobs, documents, strict=True):
             out.append(Embedded(found[job.query], vectors[start : start + len(docs)] if docs else None))
             start += len(docs)
         return out
+
+    @staticmethod
+    def _encode(encoder: TextEncoder, texts: list[str]) -> np.ndarray:
+        return encoder.encode(texts) if texts else np.zeros((0, encoder.dim), np.float32)
 
     def encode_batch(self, batch: list[Batched[Job]]) -> list[Embedded]:
         """`embed` for the encode stage's thread: each Embedded carries the stage's times (the job's wait for the

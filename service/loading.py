@@ -105,7 +105,11 @@ def load_engine(
             encoder.variant,
             trained_on,
         )
-    engine = RankingEngine(bundle, model, encoder, settings, metrics)
+    # /rerank text documents are embedded as the catalog's texts are: fp32, batched (RankingEngine.document_encoder).
+    documents = None
+    if encoder.variant != "fp32":
+        documents = TextEncoder(settings.encoder_dir, providers=providers, threads=settings.encoder_threads)
+    engine = RankingEngine(bundle, model, encoder, settings, metrics, document_encoder=documents)
     engine.warm(settings.warmup_queries)
     log.info(
         "loaded in %.1fs: model %s (canary diff %.1e), bundle %s (%d items, %s index on %s), candidates %s, "
