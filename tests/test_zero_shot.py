@@ -55,7 +55,10 @@ def test_zero_shot_served_ranking_equals_the_offline_zero_shot_lists(
     tiny: TinyPipeline, zero_shot_client: TestClient
 ) -> None:
     k = 30
-    dataset = load_dataset(tiny.data, TextEncoder(tiny.encoder), num_candidates=k)  # zero-shot lists: dense + BM25
+    queries = TextEncoder(tiny.encoder, variant=serving_settings(tiny).query_encoder.value)  # as the service embeds
+    dataset = load_dataset(
+        tiny.data, TextEncoder(tiny.encoder), query_encoder=queries, num_candidates=k
+    )  # dense + BM25
     test = dataset.splits["test"]
     for q in range(5):
         order = np.argsort(-test.evidence[q, :, 0], kind="stable")

@@ -115,7 +115,7 @@ def train_retriever(
         hidden=cfg.retrieval_hidden,
     )
     model = TwoTowerRetriever(model_cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.retrieval_lr, weight_decay=cfg.weight_decay)
     loss_fn = ListwiseSoftmaxLoss()
     text, image, attrs, mask = catalog_tensors(dataset.features, device)
     train_lists, val_lists = dataset.splits["train"], dataset.splits["val"]
@@ -163,8 +163,8 @@ def train_retriever(
             f"retriever epoch {epochs_run:3d}  loss {loss.item():.4f}  val recall@{cfg.num_candidates} {recall:.4f}"
             f"{'  *' if improved else ''}"
         )
-        if epochs_run - best[1] >= cfg.patience:
-            tqdm.write(f"early stop: no val recall gain for {cfg.patience} epochs")
+        if epochs_run - best[1] >= cfg.retrieval_patience:
+            tqdm.write(f"early stop: no val recall gain for {cfg.retrieval_patience} epochs")
             break
     model.load_state_dict(best[2])
     model.eval()

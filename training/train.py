@@ -58,6 +58,8 @@ class TrainConfig:
     retrieval_hidden: int = 256
     retrieval_epochs: int = 40
     retrieval_items_per_step: int = 8192
+    retrieval_lr: float = 2e-3  # the candidate generator's own (constant) rate and patience
+    retrieval_patience: int = 12
     # The MiniLM graph that embeds the queries ("int8" or "fp32"), the one the service serves queries with
     # (RANK_QUERY_ENCODER): the ranker learns from the embeddings it will be given. Items are always embedded fp32.
     query_encoder: str = "int8"
@@ -78,7 +80,14 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         positive = ("epochs", "batch_queries", "num_candidates", "dim", "heads", "hidden")
-        for name in (*positive, "retrieval_dim", "retrieval_hidden", "retrieval_epochs", "retrieval_items_per_step"):
+        retrieval = (
+            "retrieval_dim",
+            "retrieval_hidden",
+            "retrieval_epochs",
+            "retrieval_items_per_step",
+            "retrieval_patience",
+        )
+        for name in (*positive, *retrieval):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.query_encoder not in ("fp32", "int8"):
