@@ -70,9 +70,9 @@ def candidates_table(recall: dict[str, float], k: int, choice: Choice) -> str:
     chosen = "+".join(choice.candidates.sources)
     lines = [
         f"Candidate generation (RRF of the sources), recall@{k} of relevant items (grade >= 2); served: {chosen} "
-        f"(best on the selection queries: val, plus train for options without the learned space), prior: "
+        f"(best on the validation queries), prior: "
         f"{choice.candidates.prior}",
-        f"  {'sources':<22} {'select':>7} {'test':>7}",
+        f"  {'sources':<22} {'val':>7} {'test':>7}",
     ]
     lines += [
         f"  {name:<22} {choice.recall[name]:>7.4f} {value:>7.4f}{'  *' if name == chosen else ''}"

@@ -4,9 +4,8 @@ sources and prior.
 - `zero_shot_metrics`: MiniLM cosine, BM25 and their RRF, each over the whole catalog (its own top-K, ordered by its
   own score), scored end to end against the judgments: the quality gate compares the model with the best of them.
 - `choose_candidates`: which sources the model's candidate lists fuse (the option with the best recall@K on the
-  validation queries, and on the training queries too for options without the learned space, which was fitted to
-  them; zero-shot is preferred on a tie), then which prior its ranker is a residual over (the best nDCG@10 of the
-  prior alone on those lists, judged on the same queries).
+  validation queries; zero-shot is preferred on a tie), then which prior its ranker is a residual over (the best
+  nDCG@10 of the prior alone on those lists, judged on the same queries).
 """
 
 from __future__ import annotations
@@ -58,12 +57,12 @@ def zero_shot_metrics(dataset: Dataset, split: str, k: int) -> dict[str, Ranking
 
 
 def selection_lists(dataset: Dataset, candidates: Candidates, k: int) -> RankingLists:
-    """The queries a choice of candidates or prior is judged on: the validation queries, and for candidates that
-    use no learned space the training queries too. Nothing was fitted to the training queries there (dense and BM25
-    search are zero-shot), so their figures are as unbiased as validation's; and a small judged set needs every
-    query it has to tell two options apart (CISI's validation folds hold 9-21 queries)."""
-    splits = ("val",) if "learned" in candidates.sources else ("train", "val")
-    return RankingLists.concat([lists_for(dataset, split, candidates, k) for split in splits])
+    """The queries a choice of candidates or prior is judged on: the validation queries, the same for every option.
+    Judging the zero-shot options on the training queries as well (they were fitted to none) looked like free
+    evidence for small judged sets, but it compares options on different queries: on the tiny test catalog it picked
+    learned+dense (recall 0.56 on validation) over BM25 (0.48 on train+validation) where BM25 was the better on the
+    held-out queries (0.57 against 0.51)."""
+    return lists_for(dataset, "val", candidates, k)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +76,7 @@ class Choice:
 
 def choose_candidates(dataset: Dataset, learned: CandidateSpace, k: int) -> Choice:
     """The candidate sources with the best recall@K, then the prior with the best nDCG@10, each on the validation
-    queries (and the training queries where nothing learned is involved: `selection_lists`)."""
+    queries (`selection_lists`)."""
     base = dataclasses.replace(dataset.candidates, space=learned)
     recall = {}
     for sources in SOURCE_OPTIONS:
