@@ -6,8 +6,10 @@ import dataclasses
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -165,6 +167,34 @@ def test_a_query_being_encoded_does_not_hold_up_cached_ones(
         release.set()
         miss.join(30)
     assert statuses == [200]
+
+
+def test_a_burst_of_never_seen_queries_leaves_cached_ones_one_ranker_call_of_waiting(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight misses, each encode call stuck 0.5 s in MiniLM, arrive together; cached requests sent meanwhile wait for
+    the ranking thread at most about one ranker call (the batch in front of them, plus thread-scheduling slack),
+    never for an encode."""
+    engine = client.app.state.rank.engine
+    cached = ["a cached gin", "a cached rum", "a cached mint"]
+    for query in cached:
+        assert client.post("/rank", json={"query": query, "top_k": 3}).status_code == 200
+    encode = engine.encoder.encode
+
+    def slow(texts: list[str], *args: object, **kwargs: object) -> np.ndarray:
+        time.sleep(0.5)
+        return encode(texts)
+
+    monkeypatch.setattr(engine.encoder, "encode", slow)
+    with ThreadPoolExecutor(8) as pool:
+        misses = [pool.submit(client.post, "/rank", json={"query": f"new {uuid.uuid4()}"}) for _ in range(8)]
+        time.sleep(0.05)  # the misses are in MiniLM now
+        hits = [client.post("/rank", json={"query": query, "top_k": 3}).json() for query in cached * 3]
+        assert not all(miss.done() for miss in misses)  # the hits were answered while misses were encoding
+        statuses = [miss.result().status_code for miss in misses]
+    assert statuses == [200] * 8
+    one_ranker_call = max(hit["timing_ms"]["rank"] for hit in hits)
+    assert max(hit["timing_ms"]["queue"] for hit in hits) <= one_ranker_call + 25.0  # an encode would be 500
 
 
 def _keys(shape: type) -> set[str]:
