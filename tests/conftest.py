@@ -80,6 +80,7 @@ def build_tiny_pipeline(
         retrieval_epochs=retrieval_epochs,
         retrieval_dim=32,
         retrieval_hidden=64,
+        lr_grid="",  # one run at --lr: the fixtures test the pipeline, not the choice of rate
     )
     assert run_train(cfg) == 0
     assert run_export(cfg.out_dir) == 0  # raises ParityError unless ONNX scores like torch, masks included

@@ -31,7 +31,9 @@ def tiny_dataset(tiny: TinyPipeline):
 
 
 def _small_cfg(tiny: TinyPipeline, **overrides) -> TrainConfig:
-    base = dict(data_dir=tiny.data, encoder_dir=tiny.encoder, epochs=12, dim=32, hidden=64, patience=12, seed=4)
+    base = dict(
+        data_dir=tiny.data, encoder_dir=tiny.encoder, epochs=12, dim=32, hidden=64, patience=12, seed=4, lr_grid=""
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -93,6 +95,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["train", "--data-dir", "/nonexistent/data"], "does not exist"),
         (["train", "--loss", "ndcg"], "unknown loss 'ndcg'"),
         (["train", "--epochs", "0"], "epochs must be positive"),
+        (["train", "--lr-grid", "2e-3,fast"], "--lr-grid must be comma-separated numbers"),
         (["export", "--out-dir", "/nonexistent/artifacts"], "no checkpoint"),
     ],
 )
@@ -128,6 +131,24 @@ def test_scores_are_finite(tiny: TinyPipeline, tiny_dataset) -> None:
     tensors = FeatureTensors.of(tiny_dataset, torch.device("cpu"))
     scores = score_lists(result.model, tensors, tiny_dataset.splits["test"])
     assert np.isfinite(scores).all()
+
+
+def test_the_ranker_keeps_the_learning_rate_with_the_best_validation_ndcg(tiny: TinyPipeline, tiny_dataset) -> None:
+    alone = [train(_small_cfg(tiny, epochs=3, lr_grid=rate), tiny_dataset) for rate in ("1e-3", "3e-2")]
+    both = train(_small_cfg(tiny, epochs=3, lr_grid="1e-3,3e-2"), tiny_dataset)
+    best = max(alone, key=lambda run: run.best_val_ndcg)  # the first of equals, as the grid keeps
+    assert (both.lr, both.best_val_ndcg, both.best_epoch) == (best.lr, best.best_val_ndcg, best.best_epoch)
+    assert both.epochs_run == sum(run.epochs_run for run in alone)  # the time of every run is counted
+
+
+def test_the_retriever_keeps_the_learning_rate_with_the_best_validation_recall(
+    tiny: TinyPipeline, tiny_dataset
+) -> None:
+    small = dict(retrieval_epochs=2, retrieval_dim=16, retrieval_hidden=32)
+    alone = [train_retriever(_small_cfg(tiny, **small, lr_grid=rate), tiny_dataset) for rate in ("1e-3", "3e-2")]
+    both = train_retriever(_small_cfg(tiny, **small, lr_grid="1e-3,3e-2"), tiny_dataset)
+    best = max(alone, key=lambda run: run.best_val_recall)
+    assert (both.lr, both.best_val_recall) == (best.lr, best.best_val_recall)
 
 
 def test_retriever_finds_what_title_search_misses(tiny: TinyPipeline, toy_dataset) -> None:

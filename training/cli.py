@@ -99,7 +99,9 @@ def crossfit(cfg: TrainConfig, dataset: Dataset, retriever: RetrieverResult) -> 
     if not cfg.crossfit or train_queries < 2 * cfg.crossfit:
         log.info("cross-fitting off (--crossfit %d, %d training queries)", cfg.crossfit, train_queries)
         return None
-    parts = out_of_fold_spaces(cfg, dataset, max(1, retriever.best_epoch))
+    parts = out_of_fold_spaces(
+        dataclasses.replace(cfg, retrieval_lr=retriever.lr), dataset, max(1, retriever.best_epoch)
+    )
     train = dataset.splits["train"]
     in_sample = exact_search(
         learned_space(retriever.model, dataset.features, torch.device("cpu")), train.query_emb, cfg.num_candidates
@@ -148,10 +150,11 @@ def run_train(cfg: TrainConfig) -> int:
     )
     retriever = train_retriever(cfg, dataset)
     log.info(
-        "best val candidate recall@%d %.4f at epoch %d; %d epochs in %.1fs",
+        "best val candidate recall@%d %.4f at epoch %d (learning rate %g); %d epochs in %.1fs",
         cfg.num_candidates,
         retriever.best_val_recall,
         retriever.best_epoch,
+        retriever.lr,
         retriever.epochs_run,
         retriever.seconds,
     )
@@ -169,9 +172,10 @@ def run_train(cfg: TrainConfig) -> int:
 
     result = train(cfg, dataset)
     log.info(
-        "best val nDCG@10 %.4f at epoch %d; %d epochs in %.1fs (%.2fs/epoch on %s)",
+        "best val nDCG@10 %.4f at epoch %d (learning rate %g); %d epochs in %.1fs (%.2fs/epoch on %s)",
         result.best_val_ndcg,
         result.best_epoch,
+        result.lr,
         result.epochs_run,
         result.seconds,
         result.seconds_per_epoch,
@@ -205,7 +209,8 @@ def run_train(cfg: TrainConfig) -> int:
             "retriever_config": dataclasses.asdict(retriever.config),
             "candidates": {"sources": list(choice.candidates.sources), "prior": choice.candidates.prior},
             "schema": dataset.schema.to_dict(),
-            "train_config": cfg.to_dict(),
+            # the rates of the runs kept
+            "train_config": dataclasses.replace(cfg, lr=result.lr, retrieval_lr=retriever.lr).to_dict(),
             "step": result.steps,
             "best_val_ndcg": result.best_val_ndcg,
             "best_epoch": result.best_epoch,
@@ -233,10 +238,12 @@ def run_train(cfg: TrainConfig) -> int:
                 "device": result.device,
                 "epochs_run": result.epochs_run,
                 "best_epoch": result.best_epoch,
+                "lr": result.lr,
                 "seconds": round(result.seconds, 2),
                 "seconds_per_epoch": round(result.seconds_per_epoch, 3),
                 "best_val_ndcg@10": round(result.best_val_ndcg, 4),
                 "retriever_epochs_run": retriever.epochs_run,
+                "retriever_lr": retriever.lr,
                 "retriever_seconds": round(retriever.seconds, 2),
                 "retriever_best_val_recall": round(retriever.best_val_recall, 4),
                 "crossfit_parts": len(out_of_fold) if out_of_fold else 0,

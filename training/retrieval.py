@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from model.retrieval import RetrievalConfig, TwoTowerRetriever
 from training.dataset import CandidateSpace, Dataset, OutOfFold, RankingLists, exact_search, rows_recall
 from training.losses import ListwiseSoftmaxLoss
 from training.metrics import RELEVANT_GRADE
-from training.train import TrainConfig, seed_everything, select_device
+from training.train import TrainConfig, best_rate, seed_everything, select_device
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class RetrieverResult:
     best_epoch: int
     epochs_run: int
     seconds: float
+    lr: float  # the learning rate of the run kept
 
 
 def catalog_tensors(features: CandidateFeatures, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -99,7 +100,19 @@ def _labels(batch: list[tuple[np.ndarray, np.ndarray]], sample: np.ndarray) -> n
     return labels
 
 
-def train_retriever(
+def train_retriever(cfg: TrainConfig, dataset: Dataset) -> RetrieverResult:
+    """One retriever per learning rate of `cfg.retrieval_lrs`; the best val recall is kept (the earlier rate on a
+    tie). Its epochs and seconds count every run."""
+    runs = best_rate(
+        "retriever",
+        cfg.retrieval_lrs,
+        lambda lr: train_retriever_at(replace(cfg, retrieval_lr=lr), dataset),
+        lambda result: result.best_val_recall,
+    )
+    return replace(runs[0], epochs_run=sum(r.epochs_run for r in runs), seconds=sum(r.seconds for r in runs))
+
+
+def train_retriever_at(
     cfg: TrainConfig, dataset: Dataset, train_rows: np.ndarray | None = None, epochs: int | None = None
 ) -> RetrieverResult:
     """Train a TwoTowerRetriever on the train split's judgments, keeping the epoch with the best val recall; or,
@@ -175,12 +188,14 @@ def train_retriever(
         best_epoch=best[1],
         epochs_run=epochs_run,
         seconds=time.perf_counter() - started,
+        lr=cfg.retrieval_lr,
     )
 
 
 def out_of_fold_spaces(cfg: TrainConfig, dataset: Dataset, epochs: int) -> list[OutOfFold]:
     """Cross-fitting: the training queries split into `cfg.crossfit` parts; for each, the learned space of a
-    retriever trained on the other parts for `epochs` (the full retriever's best epoch). The ranker's training lists
+    retriever trained on the other parts for `epochs` at `cfg.retrieval_lr` (the full retriever's best epoch and
+    rate). The ranker's training lists
     are made from these, so the retrieval score it learns to weigh is one measured on queries the retriever did not
     see, as every served query is."""
     n = len(dataset.splits["train"])
@@ -190,7 +205,7 @@ def out_of_fold_spaces(cfg: TrainConfig, dataset: Dataset, epochs: int) -> list[
     for i, held in enumerate(parts):
         started = time.perf_counter()
         rest = np.setdiff1d(np.arange(n), held)
-        model = train_retriever(cfg, dataset, train_rows=rest, epochs=epochs).model
+        model = train_retriever_at(cfg, dataset, train_rows=rest, epochs=epochs).model
         out.append(OutOfFold(np.sort(held), learned_space(model, dataset.features, device)))
         log.info(
             "cross-fitting %d/%d: retriever on %d training queries for the other %d, %d epochs in %.1fs",

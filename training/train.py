@@ -13,9 +13,10 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from training.dataset import Dataset, RankingLists
 from training.losses import LOSSES, make_loss
 from training.metrics import NDCG_CONVENTION, evaluate_scores
 
+R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 
@@ -40,9 +42,13 @@ class TrainConfig:
     loss: str = "hybrid"
     epochs: int = 80
     batch_queries: int = 16
-    # 6e-3 and patience 20: the residual head starts at zero and ramps slowly at 2e-3 (SYNTHETIC test nDCG@10 0.919
-    # at 2e-3 / patience 12; 0.940-0.948 over three seeds at 6e-3, early-stopped near epoch 20; BENCHMARKS.md).
-    lr: float = 6e-3
+    # The ranker's peak learning rate and the candidate generator's are each chosen on the validation queries from
+    # `lr_grid` (one run per rate, the first wins a tie); `--lr-grid ""` trains at `lr` and `retrieval_lr` alone. No
+    # one rate serves both ends: a large judged set (SYNTHETIC, 600 training queries) needs 6e-3, since the
+    # residual head starts at zero and at 2e-3 is still climbing after 80 epochs; a small one (CISI, about 45 per
+    # fold) overfits within three epochs at 6e-3. BENCHMARKS.md, "Training: the learning rate", has the figures.
+    lr: float = 2e-3
+    lr_grid: str = "2e-3,6e-3"
     min_lr: float = 1e-4
     warmup_steps: int = 30
     weight_decay: float = 1e-4
@@ -58,7 +64,7 @@ class TrainConfig:
     retrieval_hidden: int = 256
     retrieval_epochs: int = 40
     retrieval_items_per_step: int = 8192
-    retrieval_lr: float = 2e-3  # the candidate generator's own (constant) rate and patience
+    retrieval_lr: float = 2e-3  # the candidate generator's own (constant) rate, without a grid, and patience
     retrieval_patience: int = 12
     # The MiniLM graph that embeds the queries ("int8" or "fp32"), the one the service serves queries with
     # (RANK_QUERY_ENCODER): the ranker learns from the embeddings it will be given. Items are always embedded fp32.
@@ -90,6 +96,11 @@ class TrainConfig:
         for name in (*positive, *retrieval):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if any(lr <= 0 for lr in (*self.ranker_lrs, *self.retrieval_lrs)):
+            raise ValueError(
+                f"learning rates must be positive, got lr={self.lr} retrieval_lr={self.retrieval_lr} "
+                f"lr_grid={self.lr_grid!r}"
+            )
         if self.query_encoder not in ("fp32", "int8"):
             raise ValueError(f"query_encoder must be fp32 or int8, got {self.query_encoder!r}")
         if self.crossfit == 1 or self.crossfit < 0:
@@ -99,6 +110,22 @@ class TrainConfig:
                 f"--folds needs K >= 3 and 0 <= --fold < K (test, validation and training folds), got "
                 f"folds={self.folds} fold={self.fold}"
             )
+
+    @property
+    def ranker_lrs(self) -> tuple[float, ...]:
+        """The ranker's learning rates to try, in order of preference on a tie."""
+        return self._grid() or (self.lr,)
+
+    @property
+    def retrieval_lrs(self) -> tuple[float, ...]:
+        """The candidate generator's learning rates to try, in order of preference on a tie."""
+        return self._grid() or (self.retrieval_lr,)
+
+    def _grid(self) -> tuple[float, ...]:
+        try:
+            return tuple(float(part) for part in self.lr_grid.split(",") if part.strip())
+        except ValueError:
+            raise ValueError(f"--lr-grid must be comma-separated numbers, got {self.lr_grid!r}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -123,6 +150,7 @@ class TrainResult:
     device: str
     steps: int
     optimizer_state: dict[str, Any]
+    lr: float  # the peak learning rate of the run kept
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -190,8 +218,34 @@ def score_lists(model: FusionRanker, tensors: FeatureTensors, lists: RankingList
     return out
 
 
+def best_rate(what: str, rates: tuple[float, ...], run: Callable[[float], R], score: Callable[[R], float]) -> list[R]:
+    """`run` at each learning rate, in order; the runs, the best by `score` first (the earlier rate on a tie)."""
+    runs = []
+    for rate in rates:
+        if len(rates) > 1:
+            tqdm.write(f"{what} at learning rate {rate:g}")
+        runs.append(run(rate))
+    order = sorted(range(len(runs)), key=lambda i: -score(runs[i]))  # a stable sort keeps the earlier of equals
+    if len(runs) > 1:
+        scores = ", ".join(f"{rate:g}: {score(r):.4f}" for rate, r in zip(rates, runs, strict=True))
+        tqdm.write(f"{what}: kept learning rate {rates[order[0]]:g} (validation {scores})")
+    return [runs[i] for i in order]
+
+
 def train(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
-    """Train a FusionRanker on dataset.splits['train'], selecting the epoch with the best val nDCG@10."""
+    """One run per learning rate of `cfg.ranker_lrs`; the run whose best epoch has the best val nDCG@10 is kept (the
+    earlier rate on a tie). Its epochs and seconds count every run."""
+    runs = best_rate("ranker", cfg.ranker_lrs, lambda lr: train_at(replace(cfg, lr=lr), dataset), _val_ndcg)
+    seconds, epochs = sum(run.seconds for run in runs), sum(run.epochs_run for run in runs)
+    return replace(runs[0], seconds=seconds, epochs_run=epochs, seconds_per_epoch=seconds / max(1, epochs))
+
+
+def _val_ndcg(result: TrainResult) -> float:
+    return result.best_val_ndcg
+
+
+def train_at(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
+    """Train a FusionRanker on dataset.splits['train'] at `cfg.lr`, selecting the epoch with the best val nDCG@10."""
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     use_amp = device.type == "cuda"
@@ -281,5 +335,6 @@ def train(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
         device=str(device),
         steps=step,
         optimizer_state=optimizer.state_dict(),
+        lr=cfg.lr,
         history=history,
     )
