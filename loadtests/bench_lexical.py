@@ -24,6 +24,8 @@ from typing import Any
 import bm25s
 import numpy as np
 
+from index.runtime.lexical import LexicalIndex
+
 try:
     import tantivy
 
@@ -121,6 +123,19 @@ def bm25s_retrieve(retriever: bm25s.BM25, query: str, mask: np.ndarray | None) -
     return res.documents[0][keep], res.scores[0][keep]
 
 
+def build_service(docs: list[str], path: Path) -> tuple[LexicalIndex, float]:
+    """The service's own index (`index.runtime.lexical`: bm25s postings, scored with one bincount per query)."""
+    start = time.perf_counter()
+    index = LexicalIndex.build(docs)
+    index.save(path)
+    return index, time.perf_counter() - start
+
+
+def service_search(index: LexicalIndex, query: str, mask: np.ndarray | None) -> Hits:
+    scores, rows = index.search(query, TOP_K, mask)
+    return rows, scores
+
+
 def build_tantivy(docs: list[str], mask: np.ndarray, path: Path) -> tuple[Any, float]:
     """Text field `body` (default tokenizer) plus an indexed u64 `allow` field for the filter."""
     start = time.perf_counter()
@@ -173,9 +188,11 @@ def bench_size(n: int, tmp: Path, notes: list[str]) -> list[tuple[Any, ...]]:
     retriever, build_s = build_bm25s(docs, tmp / f"bm25s_{n}")
     notes.append(f"{n} items: bm25s vocabulary {len(retriever.vocab_dict)}, {len(retriever.scores['data'])} postings.")
     fast = partial(bm25s_get_scores, retriever)
+    service, service_s = build_service(docs, tmp / f"service_{n}")
     candidates = [
         ("bm25s get_scores+argpartition", fast, build_s, tmp / f"bm25s_{n}"),
         ("bm25s retrieve", partial(bm25s_retrieve, retriever), build_s, tmp / f"bm25s_{n}"),
+        ("service LexicalIndex (bincount)", partial(service_search, service), service_s, tmp / f"service_{n}"),
     ]
     engine = None
     if tantivy is not None:
