@@ -94,13 +94,13 @@ def load_engine(
     )
     if encoder.name != bundle.schema.text_encoder:
         raise ArtifactError(f"text encoder {encoder.name} is not the bundle's {bundle.schema.text_encoder}")
-    trained_on = model.card.query_encoder if model is not None else encoder.variant
-    if trained_on != encoder.variant:
+    if model is not None and model.card.query_encoder != encoder.variant:
         # Served either way (the embeddings agree to a cosine of 0.99), but not as it was trained and evaluated.
+        trained_on = model.card.query_encoder
         log.warning(
             "model %s was trained on %s query embeddings and is served with %s ones; set RANK_QUERY_ENCODER=%s to "
             "serve it as its model card's figures were measured",
-            model.version if model is not None else "",
+            model.version,
             trained_on,
             encoder.variant,
             trained_on,

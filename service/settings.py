@@ -43,8 +43,9 @@ class Settings(BaseSettings):
     encoder_threads: int = Field(1, ge=1, le=64, description="intra-op threads of the MiniLM query encoder")
     faiss_threads: int = Field(1, ge=1, le=64, description="OpenMP threads for FAISS searches on the worker")
     query_cache_size: int = Field(10_000, ge=0)
-    # int8 by default: 2-3x faster on a cache miss than fp32, and the served nDCG@10 moved by less than the 0.005
-    # allowed on both evaluation sets (README, "The query encoder"); RANK_QUERY_ENCODER=fp32 restores the original.
+    # int8 by default: 2.5x faster on a cache miss than fp32; on one model it moves the served nDCG@10 by at most
+    # 0.0042 (SYNTHETIC) and 0.0022 (CISI) (BENCHMARKS.md, "The request path on 2026-12-03"). RANK_QUERY_ENCODER=fp32
+    # restores the original; train with the same variant (`--query-encoder`).
     query_encoder: EncoderVariant = EncoderVariant.INT8
     max_query_chars: int = Field(
         8192,

@@ -20,11 +20,18 @@ from index.cli_logging import configure_cli_logging
 from index.data.records import DataError
 from index.runtime.features import text_only_features
 from index.runtime.files import write_json
-from index.runtime.text_encoder import TextEncoder
 from model.fusion import FusionRanker
 from model.retrieval import TwoTowerRetriever
 from training.baselines import LambdaMART, text_cosine_scores
-from training.dataset import Dataset, OutOfFold, exact_search, load_dataset, require_data_dir, rows_recall
+from training.dataset import (
+    Dataset,
+    OutOfFold,
+    dataset_encoders,
+    exact_search,
+    load_dataset,
+    require_data_dir,
+    rows_recall,
+)
 from training.export import ParityError, run_export
 from training.metrics import NDCG_CONVENTION, RELEVANT_GRADE, RankingMetrics, evaluate_scores
 from training.retrieval import RetrieverResult, learned_space, out_of_fold_spaces, train_retriever
@@ -70,8 +77,7 @@ def candidates_table(recall: dict[str, float], k: int, choice: Choice) -> str:
     chosen = "+".join(choice.candidates.sources)
     lines = [
         f"Candidate generation (RRF of the sources), recall@{k} of relevant items (grade >= 2); served: {chosen} "
-        f"(best on the validation queries), prior: "
-        f"{choice.candidates.prior}",
+        f"(best on the validation queries), prior: {choice.candidates.prior}",
         f"  {'sources':<22} {'val':>7} {'test':>7}",
     ]
     lines += [
@@ -132,10 +138,11 @@ def evaluate_systems(
 def run_train(cfg: TrainConfig) -> int:
     started = time.perf_counter()
     require_data_dir(cfg.data_dir)  # the user's likeliest mistake, so it is the first thing checked
+    items, queries = dataset_encoders(cfg.encoder_dir, cfg.query_encoder)
     dataset = load_dataset(
         cfg.data_dir,
-        TextEncoder(cfg.encoder_dir),
-        query_encoder=TextEncoder(cfg.encoder_dir, variant=cfg.query_encoder),
+        items,
+        query_encoder=queries,
         num_candidates=cfg.num_candidates,
         holdout=cfg.holdout,
     )

@@ -303,6 +303,13 @@ def require_data_dir(data_dir: Path) -> None:
         raise DataError(f"data directory {data_dir} does not exist (run `make data` for the synthetic default)")
 
 
+def dataset_encoders(encoder_dir: Path, query_variant: str) -> tuple[TextEncoder, TextEncoder]:
+    """(items' encoder, queries' encoder) for `load_dataset`: items fp32, as the index build embeds them; queries
+    with `query_variant`, as the service will embed them; one graph, loaded once, when the two are the same."""
+    items = TextEncoder(encoder_dir)
+    return items, items if query_variant == items.variant else TextEncoder(encoder_dir, variant=query_variant)
+
+
 def load_dataset(
     data_dir: Path,
     encoder: TextEncoder,

@@ -43,11 +43,10 @@ from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_
 from index.runtime.features import CandidateFeatures, text_only_features
 from index.runtime.files import read_json, sha256_file, write_json
 from index.runtime.hybrid import RRF_K
-from index.runtime.text_encoder import TextEncoder
 from model.fusion import FusionConfig, FusionRanker
 from model.retrieval import RetrievalConfig, TwoTowerRetriever
 from model.schema import MODALITIES, FeatureSchema
-from training.dataset import Dataset, RankingLists, load_dataset
+from training.dataset import Dataset, RankingLists, dataset_encoders, load_dataset
 from training.metrics import NDCG_CONVENTION
 from training.retrieval import learned_space
 from training.train import FeatureTensors, TrainConfig, score_lists
@@ -153,10 +152,11 @@ def served_dataset(checkpoint: Checkpoint, data_dir: Path | None = None, encoder
     """The checkpoint's dataset with the candidate lists the model serves: its sources (its retriever's space among
     them) and its prior."""
     cfg = checkpoint.train_config
+    items, queries = dataset_encoders(encoder_dir or cfg.encoder_dir, cfg.query_encoder)
     dataset = load_dataset(
         data_dir or cfg.data_dir,
-        TextEncoder(encoder_dir or cfg.encoder_dir),
-        query_encoder=TextEncoder(encoder_dir or cfg.encoder_dir, variant=cfg.query_encoder),
+        items,
+        query_encoder=queries,
         num_candidates=cfg.num_candidates,
         schema=checkpoint.schema,
         holdout=cfg.holdout,

@@ -235,13 +235,11 @@ def best_rate(what: str, rates: tuple[float, ...], run: Callable[[float], R], sc
 def train(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
     """One run per learning rate of `cfg.ranker_lrs`; the run whose best epoch has the best val nDCG@10 is kept (the
     earlier rate on a tie). Its epochs and seconds count every run."""
-    runs = best_rate("ranker", cfg.ranker_lrs, lambda lr: train_at(replace(cfg, lr=lr), dataset), _val_ndcg)
+    runs = best_rate(
+        "ranker", cfg.ranker_lrs, lambda lr: train_at(replace(cfg, lr=lr), dataset), lambda run: run.best_val_ndcg
+    )
     seconds, epochs = sum(run.seconds for run in runs), sum(run.epochs_run for run in runs)
     return replace(runs[0], seconds=seconds, epochs_run=epochs, seconds_per_epoch=seconds / max(1, epochs))
-
-
-def _val_ndcg(result: TrainResult) -> float:
-    return result.best_val_ndcg
 
 
 def train_at(cfg: TrainConfig, dataset: Dataset) -> TrainResult:

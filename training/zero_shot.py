@@ -56,38 +56,31 @@ def zero_shot_metrics(dataset: Dataset, split: str, k: int) -> dict[str, Ranking
     return out
 
 
-def selection_lists(dataset: Dataset, candidates: Candidates, k: int) -> RankingLists:
-    """The queries a choice of candidates or prior is judged on: the validation queries, the same for every option.
-    Judging the zero-shot options on the training queries as well (they were fitted to none) looked like free
-    evidence for small judged sets, but it compares options on different queries: on the tiny test catalog it picked
-    learned+dense (recall 0.56 on validation) over BM25 (0.48 on train+validation) where BM25 was the better on the
-    held-out queries (0.57 against 0.51)."""
-    return lists_for(dataset, "val", candidates, k)
-
-
 @dataclasses.dataclass(frozen=True)
 class Choice:
     """What `choose_candidates` picked and the validation figures it picked by."""
 
     candidates: Candidates
-    recall: dict[str, float]  # "+"-joined sources -> recall@K on `selection_lists`
-    prior_ndcg: dict[str, float]  # prior -> nDCG@10 (e2e) of the prior alone on `selection_lists`
+    recall: dict[str, float]  # "+"-joined sources -> val recall@K
+    prior_ndcg: dict[str, float]  # prior -> val nDCG@10 (e2e) of the prior alone
 
 
 def choose_candidates(dataset: Dataset, learned: CandidateSpace, k: int) -> Choice:
     """The candidate sources with the best recall@K, then the prior with the best nDCG@10, each on the validation
-    queries (`selection_lists`)."""
+    queries, the same for every option. (Judging the zero-shot options on the training queries as well, which they
+    were fitted to none of, compared options on different queries: on the tiny test catalog it picked learned+dense,
+    recall 0.56 on validation, over BM25, 0.48 on train+validation, where BM25 was better held out: 0.57 to 0.51.)"""
     base = dataclasses.replace(dataset.candidates, space=learned)
     recall = {}
     for sources in SOURCE_OPTIONS:
-        recall["+".join(sources)] = selection_lists(
-            dataset, dataclasses.replace(base, sources=sources), k
+        recall["+".join(sources)] = lists_for(
+            dataset, "val", dataclasses.replace(base, sources=sources), k
         ).candidate_recall()
     best_sources = max(SOURCE_OPTIONS, key=lambda s: (recall["+".join(s)], -SOURCE_OPTIONS.index(s)))
     chosen = dataclasses.replace(base, sources=best_sources)
     prior_ndcg = {}
     for prior in PRIOR_OPTIONS:
-        lists = selection_lists(dataset, dataclasses.replace(chosen, prior=prior), k)
+        lists = lists_for(dataset, "val", dataclasses.replace(chosen, prior=prior), k)
         prior_ndcg[prior] = prior_metrics(lists).ndcg_at_10_e2e
     best_prior = max(PRIOR_OPTIONS, key=lambda p: (prior_ndcg[p], -PRIOR_OPTIONS.index(p)))
     log.info(
