@@ -1,15 +1,15 @@
 """MiniLM query-encoder benchmark: `.venv/bin/python -m loadtests.bench_encoder`.
 
-Encodes never-seen queries one per call, as the service's encode thread does for a lone cache miss (texts of
-data/synthetic/queries.jsonl, each made unique with a counter), with the fp32 and the fused int8 graph, at 1 and 2
-ONNX Runtime intra-op threads. Reports p50/p99 ms per query over `--queries` calls after a warm-up, measured side by
-side in one run (time.perf_counter), and the tokens per query. Prints a markdown table.
+Encodes never-seen queries one per call, as the service's encode thread does for a lone cache miss (drawn as the
+load test draws its never-seen tail: `loadtests.mix.never_seen_texts` over data/synthetic/queries.jsonl), with the
+fp32 and the fused int8 graph, at 1 and 2 ONNX Runtime intra-op threads. Reports p50/p99 ms per query over `--count`
+calls after a warm-up, measured side by side in one run (time.perf_counter), and the word pieces per query. Prints a
+markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from index.runtime.text_encoder import TextEncoder
+from loadtests.mix import load_queries, never_seen_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,17 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=500, help="timed calls per configuration (default 500)")
     parser.add_argument("--warmup", type=int, default=50)
     args = parser.parse_args(argv)
-    base = [json.loads(line)["text"] for line in args.queries.read_text().splitlines() if line.strip()]
+    queries = load_queries(args.queries)
     n = args.count + args.warmup
     configs = [(variant, threads) for variant in ("fp32", "int8") for threads in (1, 2)]
     encoders = {c: TextEncoder(args.encoder, variant=c[0], threads=c[1]) for c in configs}
     results: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
     # Interleaved rounds, each configuration on fresh texts, so machine drift hits all of them alike.
-    for r in range(5):
+    fresh = never_seen_texts(queries, seed=0)
+    sent: list[str] = []
+    for _ in range(5):
         for c in configs:
-            texts = [f"{base[i % len(base)]} {r} {c[0]} {c[1]} {i}" for i in range(n // 5)]
+            texts = [next(fresh) for _ in range(n // 5)]
             results[c] += timings(encoders[c], texts, args.warmup // 5)
-    tokens = encoders[configs[0]].token_counts(base[:n])
+            sent += texts
+    tokens = encoders[configs[0]].token_counts(sent)
     print(f"MiniLM query encoding, one never-seen query per call; median {int(np.median(tokens))} word pieces")
     print("| graph | intra-op threads | p50 ms | p99 ms |")
     print("| --- | --- | --- | --- |")

@@ -144,6 +144,14 @@ class QueryStream:
         return self.head[min(index, len(self.head) - 1)], False
 
 
+def never_seen_texts(queries: list[Query], seed: int) -> Iterator[str]:
+    """Endless never-seen query texts, drawn as the load test draws its tail (`QueryStream` with a tail share of 1):
+    real queries' words recombined, so they are as long as real queries, not padded with markers."""
+    stream = QueryStream(queries, MixConfig(tail_share=1.0, seed=seed))
+    while True:
+        yield stream.next()[0].text
+
+
 @dataclass
 class RequestMix:
     """Builds request bodies for /rank, /rerank and the invalid share."""

@@ -4,20 +4,25 @@
 
 Queries come from the dataset's queries.jsonl (a small set, cycled, so the query cache is warm after the first
 pass, as for head queries in production); the first pass is discarded. With `--never-seen` every request's text is
-new (a query with " variant <i>" appended), so each one pays for MiniLM. Prints p50/p99 per stage in ms.
+new, drawn as the load test draws its never-seen tail (`loadtests.mix.never_seen_texts`: two real queries' words
+recombined, so as long as real queries; a new seed each run), so each one pays for MiniLM. Prints p50/p99 per stage
+in ms, and the client's time per request (urllib, a new connection each) as `client`.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import secrets
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
+from loadtests.mix import load_queries, never_seen_texts
 from service.metrics import STAGES as SERVICE_STAGES
 
 STAGES = tuple(s for s in SERVICE_STAGES if not s.endswith("queue"))  # one request at a time: no queue
@@ -38,21 +43,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distinct", type=int, default=50, help="distinct queries cycled through")
     parser.add_argument("--never-seen", action="store_true", help="a new query text every request (cache misses)")
     args = parser.parse_args(argv)
-    texts = [json.loads(line)["text"] for line in args.queries.read_text().splitlines()][: args.distinct]
+    queries = load_queries(args.queries)
+    texts = [q.text for q in queries[: args.distinct]]
     body = {"top_k": 10, "num_candidates": args.candidates}
     for text in texts:  # warm the query cache
         post(f"{args.url}/rank", {**body, "query": text})
-    timings = {stage: [] for stage in STAGES}
-    run = secrets.token_hex(4)  # never-seen texts differ from every earlier run's too
-    for i in range(args.requests):
-        text = texts[i % len(texts)] + (f" variant {run}-{i}" if args.never_seen else "")
+    timings: dict[str, list[float]] = {stage: [] for stage in [*STAGES, "client"]}
+    # A new seed each run, so that a run's texts are not the ones an earlier run left in the service's cache.
+    fresh = never_seen_texts(queries, secrets.randbits(32))
+    sent = fresh if args.never_seen else itertools.cycle(texts)
+    for text in itertools.islice(sent, args.requests):
+        started = time.perf_counter()
         result = post(f"{args.url}/rank", {**body, "query": text})
+        timings["client"].append((time.perf_counter() - started) * 1000.0)
         for stage in STAGES:
             timings[stage].append(result["timing_ms"][stage])
     cache = "every query never seen" if args.never_seen else "warm query cache"
     print(f"/rank server-side time, {args.requests} requests, {args.candidates} candidates, {cache}")
     print(f"{'stage':<10} {'p50 ms':>8} {'p99 ms':>8}")
-    for stage in STAGES:
+    for stage in timings:
         values = np.asarray(timings[stage])
         print(f"{stage:<10} {np.percentile(values, 50):>8.3f} {np.percentile(values, 99):>8.3f}")
     return 0

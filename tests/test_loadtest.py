@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import http.server
+import itertools
 import json
 import math
 import shutil
@@ -110,6 +111,18 @@ def test_head_queries_repeat_zipf_like_and_tail_queries_never_repeat() -> None:
     # Zipf with s=1.1: the top query is drawn about 2^1.1 times as often as the second and far more than the median
     assert counts[0] > 1.5 * counts[1] and counts[0] > 20 * counts[len(counts) // 2]
     assert len(head) > 200, "the head should reach deep into the query set"
+
+
+def test_never_seen_texts_are_new_and_as_long_as_real_queries() -> None:
+    # The benchmarks' never-seen queries (server_time, bench_encoder): no marker padding them, so MiniLM's time on
+    # them is its time on a real query's length.
+    queries = _queries()
+    texts = list(itertools.islice(mix.never_seen_texts(queries, seed=3), 2000))
+    assert len(set(texts)) == len(texts) and not set(texts) & {q.text for q in queries}
+    real = sorted(len(q.text.split()) for q in queries)
+    drawn = sorted(len(t.split()) for t in texts)
+    assert drawn[len(drawn) // 2] <= real[len(real) // 2] + 1
+    assert texts[:50] == list(itertools.islice(mix.never_seen_texts(queries, seed=3), 50)), "seeded: reproducible"
 
 
 def test_request_bodies_vary_and_stay_valid() -> None:
