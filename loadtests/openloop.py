@@ -129,3 +129,14 @@ def capacity(
             break
         best = rate
     return best, tried
+
+
+def capacity_under(ladder: list[OpenLoopResult], max_p99_ms: float) -> float:
+    """From a ladder of rates tried in increasing order, the highest before the first that missed `max_p99_ms` (or
+    had an error); 0 when the first missed. Reads a ladder run against a looser threshold for a tighter one."""
+    best = 0.0
+    for result in sorted(ladder, key=lambda r: r.rate):
+        if result.errors or not result.p99_ms < max_p99_ms:
+            break
+        best = result.rate
+    return best

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -40,7 +41,7 @@ from service.errors import NoCanary, NoShadow, NothingToRollBack, NotReady
 from service.loading import load_engine
 from service.metrics import Metrics
 from service.protocol import RankRequest
-from service.settings import Settings
+from service.settings import EncoderVariant, Settings
 from service.shadow import Shadow
 from service.split import in_share
 
@@ -132,6 +133,7 @@ class AppState:
         the event loop."""
         self.publish(engine)
         s = self.settings
+        sys.setswitchinterval(s.switch_interval_us / 1e6)  # the process's, set here where its threads start
         if s.batching:
             batcher: MicroBatcher[Work, Outcome] = MicroBatcher(
                 process_work,
@@ -149,8 +151,11 @@ class AppState:
             # up the ranking of requests whose embeddings are cached (ONNX Runtime releases the GIL). /rerank text
             # documents (up to max_documents texts a request) get their own thread, so a never-seen /rank query
             # never waits behind them either.
-            self.encode_batcher = self._encode_stage("encode-stage")
-            self.document_batcher = self._encode_stage("document-stage")
+            # The int8 graph embeds one text per call (TextEncoder.encode), so a batch of misses gains nothing from
+            # being encoded together, and each would wait for the whole batch: take them one at a time instead.
+            one_at_a_time = s.query_encoder is EncoderVariant.INT8
+            self.encode_batcher = self._encode_stage("encode-stage", 1 if one_at_a_time else s.max_encode_batch)
+            self.document_batcher = self._encode_stage("document-stage", s.max_encode_batch)
             queries, documents = self.encode_batcher, self.document_batcher
             self.metrics.encode_queue_depth.set_function(lambda: queries.depth + documents.depth)
         if s.batching:
@@ -167,11 +172,11 @@ class AppState:
         _install_sighup(self)
         self.lifecycle.become_ready()
 
-    def _encode_stage(self, name: str) -> MicroBatcher[Work, Embedded]:
+    def _encode_stage(self, name: str, max_size: int) -> MicroBatcher[Work, Embedded]:
         stage: MicroBatcher[Work, Embedded] = MicroBatcher(
             process_encode_work,
             lambda work: 1,
-            max_size=self.settings.max_encode_batch,
+            max_size=max_size,
             max_queue=self.settings.max_queue,
             name=name,
         )

@@ -61,8 +61,15 @@ class Settings(BaseSettings):
     max_batch_candidates: int = Field(4096, ge=1, description="flush a micro-batch at this many candidates")
     max_batch: int | None = Field(None, ge=1, description="deprecated: use max_batch_candidates")
     encode_thread: bool = Field(True, description="encode cache misses on a thread of their own (with batching)")
-    max_encode_batch: int = Field(32, ge=1, description="most requests whose texts the encode thread embeds at once")
+    max_encode_batch: int = Field(
+        32, ge=1, description="most requests whose texts an encode thread embeds at once (int8 queries: 1)"
+    )
     max_delay_us: int = Field(0, ge=0, le=100_000, description="or when the oldest request has waited this long")
+    # How long a thread may hold the GIL while another waits for it (sys.setswitchinterval). Python's default,
+    # 5000 us, lets the event loop parse requests for that long while the ranking or encode thread waits to hand a
+    # result back; 500 cut make loadtest's never-seen p99 from 29-32 to 19-28 ms (BENCHMARKS.md, "The GIL's switch
+    # interval under the load test").
+    switch_interval_us: int = Field(500, ge=50, le=100_000, description="the interpreter's GIL switch interval")
     max_queue: int = Field(512, ge=1, description="requests waiting beyond this get 429")
     max_body_bytes: int = Field(1_000_000, ge=1_000, description="larger request bodies get 413")
     shadow_max_queue: int = Field(

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from loadtests.openloop import OpenLoopResult, capacity, open_loop
+from loadtests.openloop import OpenLoopResult, capacity, capacity_under, open_loop
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -71,3 +71,6 @@ def test_capacity_is_the_last_rate_that_met_the_p99_before_the_first_miss() -> N
     assert best == 20.0 and [r.rate for r in tried] == [10.0, 20.0, 40.0]
     best, _ = capacity(fake, [40.0], max_p99_ms=10.0)
     assert best == 0.0
+    # A tighter threshold read off the same ladder: the last rate before its own first miss.
+    assert capacity_under(tried, 3.0) == 10.0 and capacity_under(tried, 10.0) == 20.0
+    assert capacity_under(tried, 1.0) == 0.0 and capacity_under(tried, 50.0) == 40.0

@@ -197,6 +197,42 @@ def test_a_burst_of_never_seen_queries_leaves_cached_ones_one_ranker_call_of_wai
     assert max(hit["timing_ms"]["queue"] for hit in hits) <= one_ranker_call + 25.0  # an encode would be 500
 
 
+def test_int8_misses_are_encoded_one_at_a_time_each_answered_when_its_own_is_done(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The int8 graph embeds one text per call, so a burst of misses is taken one by one: the first is not held
+    until the last is encoded (with a batch of four, every one would report the whole batch's encode)."""
+    engine = client.app.state.rank.engine
+    assert engine.encoder.variant == "int8"
+    calls: list[int] = []
+    encode = engine.encoder.encode
+
+    def slow(texts: list[str], *args: object, **kwargs: object) -> np.ndarray:
+        calls.append(len(texts))
+        time.sleep(0.2)
+        return encode(texts)
+
+    monkeypatch.setattr(engine.encoder, "encode", slow)
+    with ThreadPoolExecutor(4) as pool:
+        misses = [pool.submit(client.post, "/rank", json={"query": f"new {uuid.uuid4()}"}) for _ in range(4)]
+        bodies = [miss.result().json() for miss in misses]
+    assert calls == [1, 1, 1, 1]
+    encodes = sorted(body["timing_ms"]["encode"] for body in bodies)
+    assert encodes[0] < 400 and encodes[-1] < 400  # each its own encode (200 ms), never the batch's 800
+
+
+def test_the_service_sets_the_gil_switch_interval_it_is_configured_with(tiny: TinyPipeline) -> None:
+    """Python's default (5 ms) lets the event loop hold the GIL that long while the ranking thread waits; the
+    service shortens it when it starts its threads."""
+    settings = serving_settings(tiny, switch_interval_us=300)
+    before = sys.getswitchinterval()
+    try:
+        with TestClient(create_app(settings)):
+            assert sys.getswitchinterval() == pytest.approx(300e-6)
+    finally:
+        sys.setswitchinterval(before)
+
+
 def _keys(shape: type) -> set[str]:
     return set(shape.__required_keys__) | set(shape.__optional_keys__)  # type: ignore[attr-defined]
 
