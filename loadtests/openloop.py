@@ -44,12 +44,18 @@ async def _request(
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
-    length = 0
+    headers = {}
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    await reader.readexactly(length)
+        headers[name.strip().lower()] = value.strip().lower()
+    if headers.get(b"transfer-encoding") == b"chunked":
+        # Ray Serve's proxy streams its answers chunked: read to the last chunk, or the rest of this answer would be
+        # read as the start of the next one on the same connection.
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        await reader.readuntil(b"\r\n")  # no trailers are sent: the empty line that ends the message
+    else:
+        await reader.readexactly(int(headers.get(b"content-length", b"0")))
     return status
 
 

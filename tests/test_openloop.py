@@ -16,6 +16,7 @@ from loadtests.openloop import OpenLoopResult, capacity, capacity_under, open_lo
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the real services
     work_seconds = 0.0
+    chunked = False
     lock = threading.Lock()  # one request at a time: a single-server queue
 
     def do_POST(self) -> None:  # noqa: N802 - the http.server API
@@ -25,6 +26,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = b'{"ok": true}'
         self.send_response(200)
         self.send_header("content-type", "application/json")
+        if self.chunked:  # as Ray Serve's proxy answers
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for part in (body[:5], body[5:], b""):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            return
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -35,7 +42,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server(request: pytest.FixtureRequest) -> Iterator[str]:
-    handler = type("Handler", (_Handler,), {"work_seconds": request.param, "lock": threading.Lock()})
+    work, chunked = request.param if isinstance(request.param, tuple) else (request.param, False)
+    handler = type("Handler", (_Handler,), {"work_seconds": work, "chunked": chunked, "lock": threading.Lock()})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -43,7 +51,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[str]:
     httpd.shutdown()
 
 
-@pytest.mark.parametrize("server", [0.002], indirect=True)
+@pytest.mark.parametrize("server", [0.002, (0.002, True)], indirect=True, ids=["content-length", "chunked"])
 def test_a_server_with_room_is_offered_the_rate_and_answers_fast(server: str) -> None:
     result = open_loop(server, "/rank", lambda i: {"query": f"q {i}"}, rate=50, seconds=2)
     assert result.sent == 100 and result.errors == 0
