@@ -202,8 +202,9 @@ class _Stages:
     last: float = field(default_factory=time.perf_counter)
 
     def lap(self, stage: str) -> None:
+        """Time since the last lap, added to `stage` (a stage may run in two pieces)."""
         now = time.perf_counter()
-        self.ms[stage] = (now - self.last) * 1000.0
+        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self.last) * 1000.0
         self.last = now
 
 
@@ -391,7 +392,8 @@ class RankingEngine:
         self, jobs: list[Job], vectors: dict[str, np.ndarray], projected: dict[str, np.ndarray], stages: _Stages
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Candidate rows per job (rerank jobs bring their own; rank jobs fuse the engine's sources) and the BM25
-        score of each candidate (0 for a rerank text document: `_gather` scores those)."""
+        score of each candidate (0 for a rerank text document: `_gather` scores those). Laps "retrieve", "lexical"
+        (BM25: whole-catalog scores when BM25 is a source, then the candidates' own) and "fuse"."""
         b = self.bundle
         ranked: dict[str, dict[int, np.ndarray]] = {}
         if "dense" in self.sources:
@@ -399,15 +401,17 @@ class RankingEngine:
         if "learned" in self.sources and b.retriever is not None:
             ranked["learned"] = self._search(b.retriever, jobs, projected)
         stages.lap("retrieve")
-        lexical = {query: b.lexical.scores(query) for query in dict.fromkeys(job.query for job in jobs)}
+        # Whole-catalog BM25 scores only when BM25 finds candidates; otherwise only the candidates' (below).
+        lexical = {}
         if "bm25" in self.sources:
+            lexical = {query: b.lexical.scores(query) for query in dict.fromkeys(job.query for job in jobs)}
             ranked["bm25"] = {
                 i: b.lexical.top(lexical[job.query], job.num_candidates, job.allowed)[1]
                 for i, job in enumerate(jobs)
                 if isinstance(job, RankJob)
             }
         stages.lap("lexical")
-        rows = []  # fused here: the caller's "fuse" lap
+        rows = []
         for i, job in enumerate(jobs):
             if isinstance(job, RerankJob):
                 rows.append(job.rows)
@@ -419,7 +423,13 @@ class RankingEngine:
                     lists["dense"] = self._search(b.dense, [job], vectors).get(0, np.zeros(0, np.int64))
                     fused = candidate_rows(lists, self.sources, job.num_candidates)
                 rows.append(fused)
-        return rows, [lexical[job.query][job_rows] for job, job_rows in zip(jobs, rows, strict=True)]
+        stages.lap("fuse")
+        bm25 = [
+            lexical[job.query][job_rows] if job.query in lexical else b.lexical.scores_at(job.query, job_rows)
+            for job, job_rows in zip(jobs, rows, strict=True)
+        ]
+        stages.lap("lexical")
+        return rows, bm25
 
     def _gather(
         self, jobs: list[Job], embedded: list[Embedded], rows: list[np.ndarray], bm25: list[np.ndarray]
@@ -456,7 +466,6 @@ class RankingEngine:
         stages.lap("project")
         vectors = {job.query: e.query for job, e in zip(jobs, embedded, strict=True)}
         rows, bm25 = self._retrieve(jobs, vectors, projected, stages)
-        stages.lap("fuse")
         cand = self._gather(jobs, embedded, rows, bm25)
         queries = np.stack([e.query for e in embedded])
         lengths = [len(r) for r in rows]

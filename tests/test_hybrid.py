@@ -9,7 +9,7 @@ import pytest
 from index.runtime.exported_model import ModelCard
 from index.runtime.files import ArtifactError
 from index.runtime.hybrid import RRF_K, candidate_rows, evidence, fuse, ranker_evidence
-from index.runtime.lexical import LexicalIndex, tokenize
+from index.runtime.lexical import LOOKUP_COST, LexicalIndex, tokenize
 from model.schema import FeatureSchema
 from service.loading import check_quality_gate
 
@@ -66,6 +66,31 @@ def test_bm25_finds_items_that_share_a_term_and_filters() -> None:
     assert tokenize("Gin-and-Tonic, 2 cl!") == ["gin", "and", "tonic", "2", "cl"]
     # a word the query says twice weighs twice (query term frequency, as bm25s's own retrieve and Lucene count it)
     np.testing.assert_allclose(index.scores("gin gin lime"), 2 * index.scores("gin") + index.scores("lime"), rtol=1e-6)
+
+
+def test_bm25_at_a_few_rows_is_the_whole_catalog_score_at_those_rows_bit_for_bit(monkeypatch) -> None:
+    """The request path scores only the candidates (`scores_at`); the ranker was trained on `scores`: they must
+    agree exactly, for repeated and unknown words, rows without the terms, repeated rows and no rows."""
+    rng = np.random.default_rng(0)
+    words = ["gin", "lime", "rum", "mint", "soda", "bitters", "sugar", "tonic", "a", "the"]
+    docs = [" ".join(rng.choice(words, size=rng.integers(0, 9))) for _ in range(400)]
+    index = LexicalIndex.build(docs)
+    assert index.size < LOOKUP_COST  # so that only the lookups below are tested, not the small-catalog shortcut
+    monkeypatch.setattr("index.runtime.lexical.LOOKUP_COST", 0)
+    for query in ["gin gin lime", "a the mint whisky", "whisky", "", "soda tonic a a a"]:
+        rows = rng.integers(0, len(docs), size=50)
+        np.testing.assert_array_equal(index.scores_at(query, rows), index.scores(query)[rows])
+        assert index.scores_at(query, np.zeros(0, np.int64)).shape == (0,)
+    # Postings out of row order (bm25s writes them in order; another writer might not): binary search would miss
+    # rows, so the index notices at load and scores the whole catalog instead.
+    csc = index._bm25.scores
+    gin = index._vocab["gin"]
+    span = slice(int(csc["indptr"][gin]), int(csc["indptr"][gin + 1]))
+    csc["indices"][span], csc["data"][span] = csc["indices"][span][::-1].copy(), csc["data"][span][::-1].copy()
+    shuffled = LexicalIndex(index._bm25, index._df, index.avg_length, index.params)
+    assert not shuffled._rows_sorted
+    rows = np.arange(len(docs))
+    np.testing.assert_array_equal(shuffled.scores_at("gin lime", rows), index.scores("gin lime")[rows])
 
 
 def test_bm25_scores_new_documents_like_catalog_items(tmp_path) -> None:

@@ -271,7 +271,7 @@ def build_lists(
     rows = candidates.rows(query_texts, query_emb, num_candidates)
     text = candidates.text.items
     dense = np.einsum("qkd,qd->qk", text[rows], query_emb)
-    bm25 = np.stack([candidates.lexical.scores(t)[r] for t, r in zip(query_texts, rows)])
+    bm25 = np.stack([candidates.lexical.scores_at(t, r) for t, r in zip(query_texts, rows)])
     found = evidence(dense.reshape(-1), bm25.reshape(-1), [rows.shape[1]] * len(rows))
     grades = np.zeros(rows.shape, dtype=np.int64)
     compliant = np.zeros(rows.shape, dtype=bool)

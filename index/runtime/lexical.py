@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 TOKEN = re.compile(r"[^\W_]+")  # runs of letters and digits (any script), after lowercasing
 STATS_FILE = "stats.json"
 DF_FILE = "df.npy"
+# One term's binary searches at a query's candidate rows (`scores_at`) cost about as much as summing this many
+# postings and catalog rows into a whole-catalog score vector: 12-19 us against 1.2-2 ns an element, measured on the
+# 5k and 100k SYNTHETIC bundles. Below it, scoring the whole catalog is the cheaper way to the same numbers.
+LOOKUP_COST = 10_000
 
 
 def tokenize(text: str) -> list[str]:
@@ -57,6 +61,12 @@ class LexicalIndex:
         # indices/weights[indptr[t]:indptr[t + 1]].
         csc = bm25.scores  # type: ignore[attr-defined]
         self._indptr, self._indices, self._weights = csc["indptr"], csc["indices"], csc["data"]
+        # `scores_at` binary-searches a term's postings, which needs each term's item rows ascending. bm25s writes
+        # them so (scipy's canonical CSC); an index that is not falls back to scoring the whole catalog.
+        steps = np.diff(self._indices.astype(np.int64))
+        column_starts = np.zeros(len(steps), dtype=bool)
+        column_starts[self._indptr[1:-1][(self._indptr[1:-1] > 0) & (self._indptr[1:-1] <= len(steps))] - 1] = True
+        self._rows_sorted = bool(np.all((steps > 0) | column_starts))
         self.avg_length = avg_length
         self.params = params
 
@@ -123,6 +133,29 @@ class LexicalIndex:
         rows = np.concatenate([self._indices[p] for p in postings])
         weights = np.concatenate([self._weights[p] for p in postings])
         return np.bincount(rows, weights=weights, minlength=self.size).astype(np.float32)
+
+    def scores_at(self, query: str, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) float32: exactly `scores(query)[rows]`, from the query terms' postings at those rows only.
+
+        The request path needs BM25 only for a query's ~100 candidates unless BM25 also finds candidates, and a
+        whole-catalog score vector costs O(catalog): 1.2 ms a query on the 100k bundle, where words like "a" and
+        "glass" are in almost every item. Each row's weights are added in the query's term order, as `scores` adds
+        them, so the two agree bit for bit."""
+        terms = self._term_ids(query)
+        postings = sum(int(self._indptr[t + 1] - self._indptr[t]) for t in terms)
+        if not self._rows_sorted or postings + self.size < LOOKUP_COST * len(terms):
+            return self.scores(query)[rows]
+        rows = np.asarray(rows, dtype=np.int64)
+        total = np.zeros(len(rows), dtype=np.float64)  # bincount sums in float64 too
+        for term in terms:
+            start, end = int(self._indptr[term]), int(self._indptr[term + 1])
+            if start == end:
+                continue
+            items = self._indices[start:end]
+            at = np.minimum(np.searchsorted(items, rows), end - start - 1)
+            found = items[at] == rows
+            total[found] += self._weights[start + at[found]]
+        return total.astype(np.float32)
 
     def search(self, query: str, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The best `k` rows with a positive score (fewer when fewer items share a term with the query), best first,
