@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
 from index.runtime.bundle import Bundle
 from index.runtime.exported_model import ExportedModel, ModelCard
+from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index, set_search_threads
 from index.runtime.files import ArtifactError, sha256_file
 from index.runtime.lexical import LexicalIndex
 
@@ -113,3 +117,25 @@ def test_a_changed_bm25_file_is_refused(tiny_copy: TinyPipeline) -> None:
     path.write_text(path.read_text() + " ")  # still valid JSON; only the checksum can tell
     with pytest.raises(ArtifactError, match="checksum mismatch for .*vocab.index.json"):
         Bundle.load(tiny_copy.bundle)
+
+
+def test_the_faiss_thread_cap_holds_on_the_thread_that_searches() -> None:
+    """OpenMP keeps omp_set_num_threads per calling thread: a cap set where the service loads would not hold on the
+    ranking thread, whose searches would then run one OpenMP thread per core."""
+    params = IndexParams(IndexKind.EXACT)
+    index = FaissIndex(build_index(np.eye(8, dtype=np.float32), params), params)
+    cap = (os.cpu_count() or 1) + 1  # never what a thread that was not capped gets
+    seen: list[int] = []
+
+    def search() -> None:
+        index.search(np.eye(8, dtype=np.float32)[:2], 3)
+        seen.append(faiss.omp_get_max_threads())
+
+    set_search_threads(cap)
+    try:
+        worker = threading.Thread(target=search)
+        worker.start()
+        worker.join()
+    finally:
+        set_search_threads(1)
+    assert seen == [cap]

@@ -38,9 +38,16 @@ class IndexParams:
         return IndexParams(IndexKind.HNSW if n_items >= HNSW_MIN_ITEMS else IndexKind.EXACT)
 
 
+_search_threads = 0  # 0: OpenMP's default (one thread per core); set_search_threads sets it
+
+
 def set_search_threads(threads: int) -> None:
-    """Cap FAISS's OpenMP pool. One by default in the service: the worker searches a few queries per batch, and an
-    uncapped pool spinning on every core starves the event loop (retrieve p99 44 ms vs 6 ms under load here)."""
+    """Cap FAISS's OpenMP pool on every thread that searches from now on. One by default in the service: the worker
+    searches a few queries per batch, and an uncapped pool spinning on every core starves the event loop (retrieve
+    p99 44 ms vs 6 ms under load here). OpenMP keeps this cap per calling thread (a thread that never set it gets
+    one thread per core), so `FaissIndex.search` applies it again on whichever thread searches."""
+    global _search_threads
+    _search_threads = threads
     faiss.omp_set_num_threads(threads)
 
 
@@ -92,6 +99,8 @@ class FaissIndex:
         """
         k = min(k, self.size)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if _search_threads:
+            faiss.omp_set_num_threads(_search_threads)  # a thread-local write: cheap beside any search
         if allowed is None:
             return self.index.search(queries, k)
         if self.device == "cuda":
