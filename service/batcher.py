@@ -11,6 +11,10 @@ ranker's cost grows with candidates. A single item larger than `max_size` still 
 There is exactly one worker thread per batcher, so whatever its `process_batch` touches has one owner: the service's
 ranking batcher is the only user of the FAISS indexes (GPU FAISS indexes are not thread-safe), and its encode
 batcher the only user of the MiniLM session.
+
+Batchers chain (`submit(..., then=Then(next_stage, make))`): the worker queues `make(result)` on the next stage itself,
+so that an item goes from one stage to the next without waiting for the event loop, which under load is busy
+parsing other requests; the caller awaits the last stage's result.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+Next = TypeVar("Next")
+Final = TypeVar("Final")
 
 
 class QueueFull(RuntimeError):
@@ -47,6 +53,16 @@ class _Pending(Generic[Item]):
     size: int
     enqueued: float
     deadline: float | None
+    then: Then[Any, Any, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Then(Generic[Result, Next, Final]):
+    """Where an item goes after its stage: `make(result)` is queued on `stage` by the worker that made `result`,
+    with the same deadline, and the caller gets `stage`'s result."""
+
+    stage: MicroBatcher[Next, Final]
+    make: Callable[[Result], Next]
 
 
 @dataclass
@@ -89,10 +105,24 @@ class MicroBatcher(Generic[Item, Result]):
     def depth(self) -> int:
         return len(self._queue)
 
-    async def submit(self, item: Item, deadline: float | None = None) -> Result:
-        """Queue `item` and wait for its result. `deadline` is a time.perf_counter() value, or None."""
+    @overload
+    async def submit(self, item: Item, deadline: float | None = None) -> Result: ...
+
+    @overload
+    async def submit(self, item: Item, deadline: float | None, then: Then[Result, Next, Final]) -> Final: ...
+
+    async def submit(
+        self, item: Item, deadline: float | None = None, then: Then[Result, Any, Any] | None = None
+    ) -> Any:
+        """Queue `item` and wait for its result, or with `then`, for the result of the stage it goes on to.
+        `deadline` is a time.perf_counter() value, or None."""
         loop = asyncio.get_running_loop()
-        pending = _Pending(item, loop.create_future(), loop, self.size_of(item), time.perf_counter(), deadline)
+        pending = _Pending(item, loop.create_future(), loop, self.size_of(item), time.perf_counter(), deadline, then)
+        self._enqueue(pending)
+        return await pending.future
+
+    def _enqueue(self, pending: _Pending[Item]) -> None:
+        """Queue `pending` (from the event loop, or from a previous stage's worker); QueueFull or ShuttingDown."""
         with self._cond:
             if self._closed:
                 raise ShuttingDown("the service is shutting down")
@@ -100,7 +130,6 @@ class MicroBatcher(Generic[Item, Result]):
                 raise QueueFull(f"the request queue is full ({self.max_queue} waiting)")
             self._queue.append(pending)
             self._cond.notify()
-        return await pending.future
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop accepting work, let the worker finish what is queued, then stop it."""
@@ -132,6 +161,19 @@ class MicroBatcher(Generic[Item, Result]):
                 size += pending.size
             return batch
 
+    @staticmethod
+    def _forward(pending: _Pending[Item], then: Then[Any, Any, Any], result: object) -> None:
+        """Queue the next stage's item for `pending`'s caller, from this worker thread; a refusal (a full or closed
+        next stage) or a failing `make` is the caller's error."""
+        try:
+            item = then.make(result)
+            stage = then.stage
+            stage._enqueue(
+                _Pending(item, pending.future, pending.loop, stage.size_of(item), time.perf_counter(), pending.deadline)
+            )
+        except Exception as exc:
+            pending.loop.call_soon_threadsafe(_resolve, pending.future, None, exc)
+
     def _run(self) -> None:
         while (batch := self._take_batch()) is not None:
             now = time.perf_counter()
@@ -149,8 +191,11 @@ class MicroBatcher(Generic[Item, Result]):
             except Exception as exc:  # a bug in process_batch must fail its requests, not kill the worker
                 results = [exc] * len(live)
             for pending, result in zip(live, results, strict=True):
-                error = result if isinstance(result, Exception) else None
-                pending.loop.call_soon_threadsafe(_resolve, pending.future, result, error)
+                if pending.then is not None and not isinstance(result, Exception):
+                    self._forward(pending, pending.then, result)
+                else:
+                    error = result if isinstance(result, Exception) else None
+                    pending.loop.call_soon_threadsafe(_resolve, pending.future, result, error)
         with self._cond:
             leftovers = list(self._queue)
             self._queue.clear()

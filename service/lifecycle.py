@@ -23,7 +23,7 @@ from prometheus_client import Gauge
 
 from index.runtime.files import ArtifactError
 from service.agreement import agreement
-from service.batcher import MicroBatcher
+from service.batcher import MicroBatcher, Then
 from service.engine import (
     Embedded,
     Job,
@@ -420,13 +420,17 @@ class AppState:
         deadline = started + timeout_ms / 1000.0 if timeout_ms else None
         encode = self.document_batcher if isinstance(job, RerankJob) and job.texts else self.encode_batcher
         encoded = engine.needs_encoding(job)
-        if encode is not None and encoded:
-            embedded = await encode.submit(Work(engine, job), deadline)
-            job = dataclasses.replace(job, embedded=embedded)
-        if self.batcher is not None:
-            outcome = await self.batcher.submit(Work(engine, job), deadline)
-        else:
+        outcome: Outcome
+        if self.batcher is None:
             outcome = engine.serve_one(job)
+        elif encode is not None and encoded:
+            # The encode thread queues the embedded job for ranking itself: no wait for the event loop in between.
+            def embedded(vectors: Embedded) -> Work:
+                return Work(engine, dataclasses.replace(job, embedded=vectors))
+
+            outcome = await encode.submit(Work(engine, job), deadline, Then(self.batcher, embedded))
+        else:
+            outcome = await self.batcher.submit(Work(engine, job), deadline)
         timing = dict(outcome.timing)
         timing["total"] = (time.perf_counter() - started) * 1000.0
         self.metrics.model_requests.labels(route, outcome.model_version).inc()

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from service.__main__ import settings_from_args
 from service.app import create_app
-from service.batcher import Batched, DeadlineExceeded, MicroBatcher, QueueFull, ShuttingDown
+from service.batcher import Batched, DeadlineExceeded, MicroBatcher, QueueFull, ShuttingDown, Then
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -127,6 +127,54 @@ def test_closed_batcher_refuses_new_work() -> None:
     batcher, _ = _batcher()
     batcher.close()
     assert isinstance(asyncio.run(_submit_all(batcher, [1]))[0], ShuttingDown)
+
+
+def test_a_chained_item_goes_to_the_next_stage_from_the_worker_without_the_event_loop() -> None:
+    """The encode stage hands a miss to the ranking stage itself: the ranking stage gets it while the event loop is
+    blocked (here by a sleep on the loop's thread; in the service, by parsing other requests)."""
+    ranking, seen = _batcher(max_size=100)
+    encode, _ = _batcher(max_size=100)  # items x 10
+
+    async def blocked_loop() -> int:
+        task = asyncio.create_task(encode.submit(4, None, Then(ranking, lambda encoded: encoded + 1)))
+        await asyncio.sleep(0)  # the task queues its item
+        deadline = time.perf_counter() + 10.0
+        while not seen and time.perf_counter() < deadline:
+            time.sleep(0.01)  # the loop's thread, busy: no callback, no task step can run
+        assert seen == [[41]], "the ranking stage did not get the item while the event loop was busy"
+        return await task
+
+    assert asyncio.run(blocked_loop()) == 410
+    encode.close()
+    ranking.close()
+
+
+def test_a_chain_fails_its_caller_when_the_next_stage_refuses_or_the_first_fails() -> None:
+    def slow(batch: list[Batched[int]]) -> list[int | Exception]:
+        time.sleep(0.2)
+        return [b.item for b in batch]
+
+    ranking, _ = _batcher(slow, max_size=1, max_queue=1)
+    encode, _ = _batcher(max_size=100)
+    then: Then[int, int, int] = Then(ranking, lambda encoded: encoded)
+
+    results = asyncio.run(_submit_all_then(encode, list(range(6)), then))
+    assert any(isinstance(r, QueueFull) for r in results) and 0 in results
+    ranking.close()
+    ranking, seen = _batcher(max_size=100)
+    failing, _ = _batcher(lambda batch: [ValueError("no embedding")] * len(batch))
+    result = asyncio.run(_submit_all_then(failing, [1], Then(ranking, lambda encoded: encoded)))[0]
+    assert isinstance(result, ValueError) and seen == []  # a failed first stage goes no further
+    closed, _ = _batcher()
+    closed.close()
+    result = asyncio.run(_submit_all_then(encode, [1], Then(closed, lambda encoded: encoded)))[0]
+    assert isinstance(result, ShuttingDown)
+    for batcher in (encode, ranking, failing):
+        batcher.close()
+
+
+async def _submit_all_then(batcher: MicroBatcher[int, int], items: list[int], then: Then[int, int, int]) -> list:
+    return await asyncio.gather(*(batcher.submit(i, None, then) for i in items), return_exceptions=True)
 
 
 def test_max_batch_candidates_is_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
