@@ -91,3 +91,23 @@ def test_text_past_128_word_pieces_is_embedded_and_past_the_limit_is_not(encoder
     )
     assert float(short @ longer) < 0.9999  # words after piece 128 still count
     np.testing.assert_allclose(too_long, past, atol=1e-6)  # words after the limit do not
+
+
+def test_the_encoder_benchmark_times_every_graph_back_to_back_and_after_each_pause(
+    encoder_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loadtests import bench_encoder
+
+    queries = tmp_path / "queries.jsonl"
+    texts = ["a gin fizz in a coupe", "smoky mezcal sour", "something green with mint", "a tall rum highball"]
+    queries.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    argv = ["--encoder", str(encoder_dir), "--queries", str(queries), "--count", "5", "--warmup", "5"]
+    assert bench_encoder.main([*argv, "--idle-ms", "0", "2"]) == 0
+    rows = [
+        line.split("|")[1:-1]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| fp32 |") or line.startswith("| int8 |")
+    ]
+    configs = [tuple(cell.strip() for cell in row[:3]) for row in rows]
+    assert configs == [(g, t, i) for g in ("fp32", "int8") for t in ("1", "2") for i in ("0", "2")]
+    assert all(float(row[3]) > 0 for row in rows)
