@@ -197,6 +197,7 @@ class RunInfo:
     slo_file: str
     started_at: str
     elapsed_s: float = 0.0
+    warm_up: str = ""  # what the query cache held when the run began (loadtests.run --warm-up)
     ready: dict[str, Any] = field(default_factory=dict)
     service_env: dict[str, str] = field(default_factory=dict)
     locust_version: str = ""
@@ -442,6 +443,7 @@ def render_markdown(report: Report) -> str:
         f"- load: Locust FastHttpUser ({info.locust_version}), {info.users} users spawned at {info.spawn_rate:g}/s, "
         f"each at {info.user_rps:g} requests/s (Poisson), {info.duration_s:g} s; mix seed {info.mix_seed}; queries "
         f"`{info.queries}`",
+        *([f"- query-cache warm-up: {info.warm_up}"] if info.warm_up else []),
         f"- machine: {platform.node()}, {_cpus()} CPUs, {platform.system()} {platform.release()}, Python "
         f"{platform.python_version()}; load generator and service share it"
         + (

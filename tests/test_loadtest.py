@@ -429,6 +429,14 @@ def test_loadtest_against_a_running_service_passes_and_reports(
         assert f"]({chart})" in text
     assert (run_dir / "metrics-before.prom").exists() and (run_dir / "metrics-after.prom").exists()
 
+    # the warm-up sent every query of the set before the first scrape (the status counts above match Locust's
+    # requests alone), so in the run only the never-seen tail (10% of /rank) misses the query cache
+    queries = (tiny.data / "queries.jsonl").read_text().splitlines()
+    assert f"each of the {len(queries)} queries of the set sent once" in summary["info"]["warm_up"]
+    assert "query-cache warm-up: head" in text
+    cache = summary["extras"]["query_cache"]
+    assert cache["misses"] > 0 and cache["hit_ratio"] > 0.75
+
 
 @pytest.mark.integration
 @needs_locust
