@@ -543,6 +543,24 @@ class RankingEngine:
             raise result
         return result
 
+    def prefill(self, texts: Sequence[str], room: int) -> tuple[int, int]:
+        """Embed the first `room` of `texts` not yet cached into the query cache, normalised as requests are; texts
+        that are no valid query are skipped. Returns (embedded, skipped as invalid)."""
+        fresh: list[str] = []
+        invalid = 0
+        for text in texts:
+            try:
+                query = normalize_query(text, self.settings.max_query_chars)
+            except RequestError:
+                invalid += 1
+                continue
+            if self.encoder.cached(query) is None and query not in fresh:
+                fresh.append(query)
+        fresh = fresh[:room]
+        for query, vector in zip(fresh, self._encode(self.encoder, fresh), strict=True):
+            self.encoder.remember(query, vector)
+        return len(fresh), invalid
+
     def warm(self, queries: int) -> None:
         """Run the whole path a few times so first requests do not pay for lazy initialisation."""
         limit = self.settings.max_query_chars

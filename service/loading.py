@@ -3,6 +3,7 @@ the artifacts (at start-up and for every hot swap) or says in one sentence what 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from service.metrics import Metrics
 from service.settings import Device, Settings
 
 log = logging.getLogger("service")
+
+WARM_PROGRESS_EVERY = 1000  # query-log lines between progress lines while the query cache warms
 
 
 def resolve_providers(settings: Settings) -> list[str]:
@@ -63,6 +66,59 @@ def check_quality_gate(card: ModelCard, min_ndcg: float, require_beats_baseline:
             f"{baselines[best]} on the same queries; serve zero-shot instead (`make index MODEL=none` and "
             "`make serve MODEL=none`), or set RANK_REQUIRE_BEATS_BASELINE=false"
         )
+
+
+def read_query_log(path: Path) -> list[str]:
+    """The queries of a query log: one per line, or a JSON object with a `text` per line (JSONL such as
+    data/synthetic/queries.jsonl). Blank lines and objects without a string `text` are left out; OSError or
+    UnicodeDecodeError when the file cannot be read as text."""
+    texts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                text = json.loads(line).get("text")
+            except (json.JSONDecodeError, AttributeError):
+                text = None
+            if isinstance(text, str):
+                texts.append(text)
+            continue
+        texts.append(line)
+    return texts
+
+
+def warm_query_cache(engine: RankingEngine, path: Path) -> None:
+    """Embed a query log's queries into the engine's query cache (RANK_WARM_QUERIES_FILE). A log that cannot be
+    read is a warning, never a reason not to start: the cache then fills from traffic, as it would without one."""
+    started = time.perf_counter()
+    try:
+        texts = read_query_log(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("the query cache starts cold: cannot read RANK_WARM_QUERIES_FILE %s (%s)", path, exc)
+        return
+    limit = engine.settings.query_cache_size
+    log.info("warming the query cache with up to %d of the %d queries of %s", limit, len(texts), path)
+    embedded = invalid = 0
+    for start in range(0, len(texts), WARM_PROGRESS_EVERY):
+        if embedded >= limit:
+            break
+        added, bad = engine.prefill(texts[start : start + WARM_PROGRESS_EVERY], limit - embedded)
+        embedded, invalid = embedded + added, invalid + bad
+        if len(texts) > WARM_PROGRESS_EVERY:
+            log.info(
+                "query cache: %d queries embedded (%d of %d lines read)",
+                embedded,
+                min(start + WARM_PROGRESS_EVERY, len(texts)),
+                len(texts),
+            )
+    log.info(
+        "query cache warm: %d queries embedded in %.1fs; %d lines were not a valid query",
+        embedded,
+        time.perf_counter() - started,
+        invalid,
+    )
 
 
 def load_engine(
@@ -111,6 +167,8 @@ def load_engine(
         documents = TextEncoder(settings.encoder_dir, providers=providers, threads=settings.encoder_threads)
     engine = RankingEngine(bundle, model, encoder, settings, metrics, document_encoder=documents)
     engine.warm(settings.warmup_queries)
+    if settings.warm_queries_file is not None:
+        warm_query_cache(engine, settings.warm_queries_file)
     log.info(
         "loaded in %.1fs: model %s (canary diff %.1e), bundle %s (%d items, %s index on %s), candidates %s, "
         "prior %s, ranker on %s",

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     default_candidates: int = Field(100, ge=1)
     max_documents: int = Field(1000, ge=1)
     warmup_queries: int = Field(20, ge=0)
+    # A cold query cache makes every popular query miss once: on the load test's mix, 22% of /rank requests ran
+    # MiniLM instead of 10%, and the client p99 doubled (BENCHMARKS.md, "make loadtest on a warm query cache").
+    warm_queries_file: Path | None = Field(
+        None,
+        description="query log (one query per line, or JSONL with `text`), most popular first: embedded into the "
+        "query cache before the service turns ready and before a reload switches",
+    )
     batching: bool = True
     max_batch_candidates: int = Field(4096, ge=1, description="flush a micro-batch at this many candidates")
     max_batch: int | None = Field(None, ge=1, description="deprecated: use max_batch_candidates")

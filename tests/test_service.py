@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import subprocess
 import sys
 import threading
@@ -10,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -339,6 +341,34 @@ def test_served_time_is_split_by_whether_minilm_ran(client: TestClient) -> None:
     assert client.post("/rank", json={"query": query}).status_code == 200
     assert client.post("/rank", json={"query": query}).status_code == 200
     assert (served("yes"), served("no")) == (before[0] + 1, before[1] + 1)
+
+
+def test_a_query_log_warms_the_query_cache_and_an_unreadable_one_does_not_stop_the_start(
+    tiny: TinyPipeline, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = tmp_path / "queries.log"  # JSONL and plain lines; a line without text and one too long to be a query
+    log.write_text('{"text": "  Pink   gin in a coupe "}\n\nsmoky mezcal sour\n{"id": "q9"}\n' + "x" * 9000 + "\n")
+    app = create_app(serving_settings(tiny, warm_queries_file=log))
+    with caplog.at_level(logging.INFO, logger="service"), TestClient(app) as client:
+        registry = client.app.state.rank.metrics.registry
+        version = client.app.state.rank.engine.model_version
+
+        def served(encoded: str) -> float:
+            labels = {"route": "/rank", "encoded": encoded, "model_version": version}
+            return registry.get_sample_value("rank_served_seconds_count", labels) or 0.0
+
+        for query in ("Pink gin  in a coupe", "smoky mezcal sour"):  # normalised as requests are
+            assert client.post("/rank", json={"query": query}).status_code == 200
+        assert (served("yes"), served("no")) == (0, 2)
+        assert client.post("/rank", json={"query": "a query not in the log"}).status_code == 200
+        assert served("yes") == 1
+    assert "2 queries embedded" in caplog.text and "1 lines were not a valid query" in caplog.text
+
+    caplog.clear()
+    app = create_app(serving_settings(tiny, warm_queries_file=tmp_path / "missing.log"))
+    with caplog.at_level(logging.WARNING, logger="service"), TestClient(app) as client:
+        assert client.get("/health/ready").status_code == 200
+    assert "query cache starts cold" in caplog.text and "missing.log" in caplog.text
 
 
 def test_not_ready_until_started(tiny: TinyPipeline) -> None:
