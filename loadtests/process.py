@@ -52,7 +52,8 @@ def free_port() -> int:
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _request(url: str, body: Any, timeout: float) -> tuple[int, bytes]:
+def request_json(url: str, body: Any, timeout: float) -> tuple[int, bytes]:
+    """GET `url` (body None) or POST `body` as JSON, straight to the address; the status and the body, 4xx/5xx too."""
     data = None if body is None else json.dumps(body).encode()
     headers = {} if body is None else {"content-type": "application/json"}
     try:
@@ -111,7 +112,7 @@ def wait_ready(
                 output,
             )
         try:
-            status, content = _request(f"{url}{path}", body, request_timeout)
+            status, content = request_json(f"{url}{path}", body, request_timeout)
             if status == 200:
                 return content
         except OSError:  # refused while it starts, or a timeout: try again

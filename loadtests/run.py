@@ -28,8 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.mix import load_queries
-from loadtests.process import NotReady, Service, stop_group, wait_ready
+from loadtests.process import NotReady, Service, request_json, stop_group, wait_ready
 from loadtests.promstats import series
 from loadtests.report import RunInfo, Scrapes, build_report, write_charts, write_report
 from loadtests.slo import SloError, load_objectives
@@ -54,16 +52,8 @@ class RunError(RuntimeError):
 WARM_UP_WORKERS = 2  # concurrent warm-up requests: enough to overlap the round trips, few enough to be gentle
 
 
-def fetch(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def scrape(url: str) -> str:
-    status, body = fetch(f"{url}/metrics")
+    status, body = request_json(f"{url}/metrics", None, 5.0)
     if status != 200:
         raise RunError(f"{url}/metrics answered HTTP {status}")
     return body.decode()
@@ -74,16 +64,13 @@ def warm_up(url: str, texts: list[str]) -> float:
     holds them; returns the seconds it took. RunError names the first query not answered 200."""
 
     def send(text: str) -> None:
-        body = json.dumps({"query": text, "top_k": 1}).encode()
-        request = urllib.request.Request(f"{url}/rank", body, {"content-type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=30.0) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:200]
-            raise RunError(f"the warm-up query {text!r} was answered HTTP {exc.code}: {detail}") from None
+            status, content = request_json(f"{url}/rank", {"query": text, "top_k": 1}, 30.0)
         except OSError as exc:
             raise RunError(f"the warm-up query {text!r} failed: {exc}") from None
+        if status != 200:
+            detail = content.decode(errors="replace")[:200]
+            raise RunError(f"the warm-up query {text!r} was answered HTTP {status}: {detail}")
 
     started = time.monotonic()
     with ThreadPoolExecutor(WARM_UP_WORKERS) as pool:

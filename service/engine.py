@@ -325,15 +325,20 @@ class RankingEngine:
         documents = [list(job.texts.values()) if isinstance(job, RerankJob) else [] for job in jobs]
         self.metrics.cache.labels("hit").inc(len(found))
         self.metrics.cache.labels("miss").inc(len(misses))
-        for text, vector in zip(misses, self._encode(self.encoder, misses), strict=True):
-            self.encoder.remember(text, vector)
-            found[text] = vector
+        found.update(zip(misses, self._encode_and_remember(misses), strict=True))
         vectors = self._encode(self.document_encoder, [text for docs in documents for text in docs])
         out, start = [], 0
         for job, docs in zip(jobs, documents, strict=True):
             out.append(Embedded(found[job.query], vectors[start : start + len(docs)] if docs else None))
             start += len(docs)
         return out
+
+    def _encode_and_remember(self, queries: list[str]) -> np.ndarray:
+        """The query encoder's embeddings of `queries`, each put in the query cache."""
+        vectors = self._encode(self.encoder, queries)
+        for query, vector in zip(queries, vectors, strict=True):
+            self.encoder.remember(query, vector)
+        return vectors
 
     @staticmethod
     def _encode(encoder: TextEncoder, texts: list[str]) -> np.ndarray:
@@ -546,7 +551,7 @@ class RankingEngine:
     def prefill(self, texts: Sequence[str], room: int) -> tuple[int, int]:
         """Embed the first `room` of `texts` not yet cached into the query cache, normalised as requests are; texts
         that are no valid query are skipped. Returns (embedded, skipped as invalid)."""
-        fresh: list[str] = []
+        fresh: dict[str, None] = {}  # ordered and de-duplicated
         invalid = 0
         for text in texts:
             try:
@@ -554,12 +559,11 @@ class RankingEngine:
             except RequestError:
                 invalid += 1
                 continue
-            if self.encoder.cached(query) is None and query not in fresh:
-                fresh.append(query)
-        fresh = fresh[:room]
-        for query, vector in zip(fresh, self._encode(self.encoder, fresh), strict=True):
-            self.encoder.remember(query, vector)
-        return len(fresh), invalid
+            if self.encoder.cached(query) is None:
+                fresh[query] = None
+        new = list(fresh)[:room]
+        self._encode_and_remember(new)
+        return len(new), invalid
 
     def warm(self, queries: int) -> None:
         """Run the whole path a few times so first requests do not pay for lazy initialisation."""
