@@ -2,9 +2,11 @@
 
 Encodes never-seen queries one per call, as the service's encode thread does for a lone cache miss (drawn as the
 load test draws its never-seen tail: `loadtests.mix.never_seen_texts` over data/synthetic/queries.jsonl), with the
-fp32 and the fused int8 graph, at 1 and 2 ONNX Runtime intra-op threads, back to back and after an idle pause
-(`--idle-ms`). Reports p50/p99 ms per query over `--count` calls after a warm-up, measured side by side in one run
-(time.perf_counter), and the word pieces per query. Prints a markdown table.
+fp32 and the fused int8 graph, back to back and after an idle pause (`--idle-ms`), at 1 intra-op thread and at 2 on
+the session the service uses when no other stage has work (`TextEncoder.idle_session`, whose threads spin only
+briefly after a run). Reports p50/p99 ms per query over `--count` calls after a warm-up, measured side by side in one
+run (time.perf_counter), the process's CPU time per call (time.process_time, pauses included: what a spinning
+thread burns counts), and the word pieces per query. Prints a markdown table.
 
 The pause is what the service's encode thread sees at one request at a time: it sleeps between misses while the
 client reads its answer and sends the next query, and an encode that follows an idle gap runs slower on this kind of
@@ -26,18 +28,22 @@ from loadtests.mix import load_queries, never_seen_texts
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timings(encoder: TextEncoder, texts: list[str], warmup: int, idle_ms: float = 0.0) -> list[float]:
-    """ms per single-text encode call, each after `idle_ms` of sleep, after `warmup` calls that are not counted."""
+def timings(
+    encoder: TextEncoder, texts: list[str], warmup: int, idle_ms: float = 0.0, idle: bool = False
+) -> tuple[list[float], float]:
+    """ms per single-text encode call (`idle`: on the idle session), each after `idle_ms` of sleep, after `warmup`
+    calls that are not counted; and the process's CPU seconds over the counted calls and their pauses."""
     for text in texts[:warmup]:
-        encoder.encode([text])
+        encoder.encode([text], idle=idle)
     out = []
+    cpu = time.process_time()
     for text in texts[warmup:]:
         if idle_ms > 0:
             time.sleep(idle_ms / 1000.0)
         started = time.perf_counter()
-        encoder.encode([text])
+        encoder.encode([text], idle=idle)
         out.append((time.perf_counter() - started) * 1000.0)
-    return out
+    return out, time.process_time() - cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,26 +58,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     queries = load_queries(args.queries)
     n = args.count + args.warmup
-    graphs = [(variant, threads) for variant in ("fp32", "int8") for threads in (1, 2)]
-    encoders = {g: TextEncoder(args.encoder, variant=g[0], threads=g[1]) for g in graphs}
-    configs = [(variant, threads, idle) for variant, threads in graphs for idle in args.idle_ms]
+    encoders = {variant: TextEncoder(args.encoder, variant=variant, idle_threads=2) for variant in ("fp32", "int8")}
+    configs = [(variant, threads, idle) for variant in encoders for threads in (1, 2) for idle in args.idle_ms]
     results: dict[tuple[str, int, float], list[float]] = {c: [] for c in configs}
+    cpu_seconds = dict.fromkeys(configs, 0.0)
     # Interleaved rounds, each configuration on fresh texts, so machine drift hits all of them alike.
     fresh = never_seen_texts(queries, seed=0)
     sent: list[str] = []
     for _ in range(5):
         for c in configs:
             texts = [next(fresh) for _ in range(n // 5)]
-            results[c] += timings(encoders[c[:2]], texts, args.warmup // 5, c[2])
+            ms, cpu = timings(encoders[c[0]], texts, args.warmup // 5, c[2], idle=c[1] == 2)
+            results[c] += ms
+            cpu_seconds[c] += cpu
             sent += texts
-    tokens = encoders[graphs[0]].token_counts(sent)
+    tokens = encoders["fp32"].token_counts(sent)
     print(f"MiniLM query encoding, one never-seen query per call; median {int(np.median(tokens))} word pieces")
-    print("| graph | intra-op threads | idle before each call, ms | p50 ms | p99 ms |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| graph | intra-op threads | idle before each call, ms | p50 ms | p99 ms | process CPU ms per call |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for c in configs:
         ms = sorted(results[c])
         p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
-        print(f"| {c[0]} | {c[1]} | {c[2]:g} | {statistics.median(ms):.3f} | {p99:.3f} |")
+        cpu_ms = cpu_seconds[c] * 1000.0 / len(ms)
+        print(f"| {c[0]} | {c[1]} | {c[2]:g} | {statistics.median(ms):.3f} | {p99:.3f} | {cpu_ms:.3f} |")
     return 0
 
 

@@ -95,6 +95,7 @@ class MicroBatcher(Generic[Item, Result]):
     _queue: deque[_Pending[Item]] = field(default_factory=deque, init=False)
     _cond: threading.Condition = field(default_factory=threading.Condition, init=False)
     _closed: bool = field(default=False, init=False)
+    _busy: bool = field(default=False, init=False)  # process_batch is running
     _thread: threading.Thread | None = field(default=None, init=False)
 
     def start(self) -> None:
@@ -104,6 +105,12 @@ class MicroBatcher(Generic[Item, Result]):
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being processed: the worker thread is asleep. A hint, read without the lock:
+        work may arrive the moment after."""
+        return not self._busy and not self._queue
 
     @overload
     async def submit(self, item: Item, deadline: float | None = None) -> Result: ...
@@ -186,10 +193,13 @@ class MicroBatcher(Generic[Item, Result]):
                     live.append(pending)
             if not live:
                 continue
+            self._busy = True
             try:
                 results = self.process_batch([Batched(p.item, now - p.enqueued) for p in live])
             except Exception as exc:  # a bug in process_batch must fail its requests, not kill the worker
                 results = [exc] * len(live)
+            finally:
+                self._busy = False
             for pending, result in zip(live, results, strict=True):
                 if pending.then is not None and not isinstance(result, Exception):
                     self._forward(pending, pending.then, result)

@@ -163,9 +163,10 @@ def process_work(batch: list[Batched[Work]]) -> list[Outcome | Exception]:
     return _per_engine(batch, RankingEngine.process_batch)
 
 
-def process_encode_work(batch: list[Batched[Work]]) -> list[Embedded | Exception]:
-    """The encode stage: MiniLM for a micro-batch of jobs that need it (`RankingEngine.encode_batch`)."""
-    return _per_engine(batch, RankingEngine.encode_batch)
+def process_encode_work(batch: list[Batched[Work]], idle: bool = False) -> list[Embedded | Exception]:
+    """The encode stage: MiniLM for a micro-batch of jobs that need it (`RankingEngine.encode_batch`); `idle`: no
+    other stage has work, so MiniLM may use the other cores."""
+    return _per_engine(batch, lambda engine, jobs: engine.encode_batch(jobs, idle))
 
 
 def normalize_query(text: str, max_chars: int, field_name: str = "query") -> str:
@@ -312,9 +313,10 @@ class RankingEngine:
         """Whether `job` has text to run through MiniLM: a query not in the cache, or /rerank text documents."""
         return (isinstance(job, RerankJob) and bool(job.texts)) or self.encoder.cached(job.query) is None
 
-    def embed(self, jobs: list[Job]) -> list[Embedded]:
+    def embed(self, jobs: list[Job], idle: bool = False) -> list[Embedded]:
         """MiniLM embeddings for each job: its query (from the cache, or encoded and remembered; all misses in one
-        query-encoder call) and its /rerank text documents (encoded, not cached, in one document-encoder call)."""
+        query-encoder call) and its /rerank text documents (encoded, not cached, in one document-encoder call).
+        `idle`: nothing else is running, so the query encoder may use its idle session's threads."""
         queries = list(dict.fromkeys(job.query for job in jobs))
         found: dict[str, np.ndarray] = {}
         for text in queries:
@@ -325,7 +327,8 @@ class RankingEngine:
         documents = [list(job.texts.values()) if isinstance(job, RerankJob) else [] for job in jobs]
         self.metrics.cache.labels("hit").inc(len(found))
         self.metrics.cache.labels("miss").inc(len(misses))
-        found.update(zip(misses, self._encode_and_remember(misses), strict=True))
+        self.metrics.query_encodes.labels(str(self.encoder.threads_for(idle))).inc(len(misses))
+        found.update(zip(misses, self._encode_and_remember(misses, idle), strict=True))
         vectors = self._encode(self.document_encoder, [text for docs in documents for text in docs])
         out, start = [], 0
         for job, docs in zip(jobs, documents, strict=True):
@@ -333,22 +336,22 @@ class RankingEngine:
             start += len(docs)
         return out
 
-    def _encode_and_remember(self, queries: list[str]) -> np.ndarray:
+    def _encode_and_remember(self, queries: list[str], idle: bool = False) -> np.ndarray:
         """The query encoder's embeddings of `queries`, each put in the query cache."""
-        vectors = self._encode(self.encoder, queries)
+        vectors = self._encode(self.encoder, queries, idle)
         for query, vector in zip(queries, vectors, strict=True):
             self.encoder.remember(query, vector)
         return vectors
 
     @staticmethod
-    def _encode(encoder: TextEncoder, texts: list[str]) -> np.ndarray:
-        return encoder.encode(texts) if texts else np.zeros((0, encoder.dim), np.float32)
+    def _encode(encoder: TextEncoder, texts: list[str], idle: bool = False) -> np.ndarray:
+        return encoder.encode(texts, idle=idle) if texts else np.zeros((0, encoder.dim), np.float32)
 
-    def encode_batch(self, batch: list[Batched[Job]]) -> list[Embedded]:
+    def encode_batch(self, batch: list[Batched[Job]], idle: bool = False) -> list[Embedded]:
         """`embed` for the encode stage's thread: each Embedded carries the stage's times (the job's wait for the
         thread, and the batch's encoding)."""
         started = time.perf_counter()
-        made = self.embed([b.item for b in batch])
+        made = self.embed([b.item for b in batch], idle)
         encode_ms = (time.perf_counter() - started) * 1000.0
         return [
             dataclasses.replace(e, timing={"encode_queue": b.queue_seconds * 1000.0, "encode": encode_ms})

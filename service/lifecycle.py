@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -23,7 +24,7 @@ from prometheus_client import Gauge
 
 from index.runtime.files import ArtifactError
 from service.agreement import agreement
-from service.batcher import MicroBatcher, Then
+from service.batcher import Batched, MicroBatcher, Then
 from service.engine import (
     Embedded,
     Job,
@@ -154,8 +155,12 @@ class AppState:
             # The int8 graph embeds one text per call (TextEncoder.encode), so a batch of misses gains nothing from
             # being encoded together, and each would wait for the whole batch: take them one at a time instead.
             one_at_a_time = s.query_encoder is EncoderVariant.INT8
-            self.encode_batcher = self._encode_stage("encode-stage", 1 if one_at_a_time else s.max_encode_batch)
-            self.document_batcher = self._encode_stage("document-stage", s.max_encode_batch)
+            self.encode_batcher = self._encode_stage(
+                "encode-stage",
+                1 if one_at_a_time else s.max_encode_batch,
+                lambda batch: process_encode_work(batch, self._idle()),
+            )
+            self.document_batcher = self._encode_stage("document-stage", s.max_encode_batch, process_encode_work)
             queries, documents = self.encode_batcher, self.document_batcher
             self.metrics.encode_queue_depth.set_function(lambda: queries.depth + documents.depth)
         if s.batching:
@@ -172,9 +177,16 @@ class AppState:
         _install_sighup(self)
         self.lifecycle.become_ready()
 
-    def _encode_stage(self, name: str, max_size: int) -> MicroBatcher[Work, Embedded]:
+    def _idle(self) -> bool:
+        """Whether no stage but the query encoder's has work: then a miss may use the cores they would need."""
+        others = (self.batcher, self.document_batcher, self.shadow_batcher)
+        return all(stage is None or stage.idle for stage in others)
+
+    def _encode_stage(
+        self, name: str, max_size: int, process: Callable[[list[Batched[Work]]], list[Embedded | Exception]]
+    ) -> MicroBatcher[Work, Embedded]:
         stage: MicroBatcher[Work, Embedded] = MicroBatcher(
-            process_encode_work,
+            process,
             lambda work: 1,
             max_size=max_size,
             max_queue=self.settings.max_queue,

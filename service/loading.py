@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -147,6 +148,7 @@ def load_engine(
         providers=providers,
         variant=settings.query_encoder.value,
         threads=settings.encoder_threads,
+        idle_threads=min(settings.encoder_idle_threads, os.cpu_count() or 1),
     )
     if encoder.name != bundle.schema.text_encoder:
         raise ArtifactError(f"text encoder {encoder.name} is not the bundle's {bundle.schema.text_encoder}")

@@ -125,6 +125,13 @@ class Metrics:
         self.cache = Counter(
             "rank_query_cache_total", "Query-embedding cache lookups by result.", ["result"], registry=self.registry
         )
+        self.query_encodes = Counter(
+            "rank_query_encodes_total",
+            "Queries MiniLM embedded (cache misses), by the intra-op threads it ran on: the idle session's while no "
+            "other stage had work, else one.",
+            ["threads"],
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "rank_batch_size",
             "Candidates scored per ranker call (one call serves a whole micro-batch).",

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     allow_cpu_fallback: bool = True
     ort_threads: int = Field(1, ge=1, le=64, description="intra-op threads of the ranker's ONNX graphs")
     encoder_threads: int = Field(1, ge=1, le=64, description="intra-op threads of the MiniLM query encoder")
+    encoder_idle_threads: int = Field(
+        2, ge=1, le=64, description="intra-op threads of the MiniLM query encoder when no other stage has work"
+    )
     faiss_threads: int = Field(1, ge=1, le=64, description="OpenMP threads for FAISS searches on the worker")
     query_cache_size: int = Field(10_000, ge=0)
     # int8 by default: 2.5x faster on a cache miss than fp32; on one model it moves the served nDCG@10 by at most

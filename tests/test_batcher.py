@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -120,6 +121,27 @@ def test_a_failing_batch_fails_its_items_and_the_worker_survives() -> None:
     batcher, _ = _batcher(flaky, max_size=1, max_delay_us=0)
     assert isinstance(asyncio.run(_submit_all(batcher, [1]))[0], RuntimeError)
     assert asyncio.run(_submit_all(batcher, [2])) == [2]
+    batcher.close()
+
+
+def test_a_batcher_is_idle_only_with_nothing_queued_and_nothing_being_processed() -> None:
+    """The encode stage reads `idle` of the other stages to decide whether MiniLM may take their cores."""
+    inside, release = threading.Event(), threading.Event()
+
+    def held(batch: list[Batched[int]]) -> list[int | Exception]:
+        inside.set()
+        release.wait(30)
+        return [b.item for b in batch]
+
+    batcher, _ = _batcher(held, max_size=1)
+    assert batcher.idle
+    with ThreadPoolExecutor(1) as pool:
+        done = pool.submit(asyncio.run, _submit_all(batcher, [1]))
+        assert inside.wait(30)
+        assert not batcher.idle  # processing, nothing queued
+        release.set()
+        assert done.result(30) == [1]
+    assert batcher.idle
     batcher.close()
 
 

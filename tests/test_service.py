@@ -199,6 +199,45 @@ def test_a_burst_of_never_seen_queries_leaves_cached_ones_one_ranker_call_of_wai
     assert max(hit["timing_ms"]["queue"] for hit in hits) <= one_ranker_call + 25.0  # an encode would be 500
 
 
+def test_a_miss_takes_the_idle_encoder_threads_only_while_no_other_stage_has_work(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone, a miss's MiniLM may use the second core; while the ranking thread works, the ranking thread keeps it."""
+    engine = client.app.state.rank.engine
+    assert engine.model is not None
+    idle_flags: list[bool] = []
+    encode, score = engine.encoder.encode, engine.model.score
+    ranking, release = threading.Event(), threading.Event()
+
+    def recorded(texts: list[str], *args: object, idle: bool = False, **kwargs: object) -> np.ndarray:
+        idle_flags.append(idle)
+        return encode(texts, *args, idle=idle, **kwargs)
+
+    def held(*args: object, **kwargs: object) -> np.ndarray:
+        if not release.is_set():
+            ranking.set()
+            release.wait(30)
+        return score(*args, **kwargs)
+
+    assert client.post("/rank", json={"query": "a cached gin"}).status_code == 200
+    monkeypatch.setattr(engine.encoder, "encode", recorded)
+    assert client.post("/rank", json={"query": f"alone {uuid.uuid4()}"}).status_code == 200
+    assert idle_flags == [True]
+    monkeypatch.setattr(engine.model, "score", held)
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(client.post, "/rank", json={"query": "a cached gin"})
+        assert ranking.wait(30)  # the ranking thread is in a ranker call
+        miss = threading.Thread(target=client.post, args=("/rank",), kwargs={"json": {"query": f"new {uuid.uuid4()}"}})
+        miss.start()
+        deadline = time.monotonic() + 30
+        while len(idle_flags) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+        miss.join(30)
+        assert busy.result(30).status_code == 200
+    assert idle_flags == [True, False]
+
+
 def test_int8_misses_are_encoded_one_at_a_time_each_answered_when_its_own_is_done(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,17 +18,24 @@ def default_providers() -> list[str]:
     return [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
 
 
-def make_session(path: Path, *, providers: list[str] | None = None, threads: int = 1) -> ort.InferenceSession:
+def make_session(
+    path: Path, *, providers: list[str] | None = None, threads: int = 1, spin_us: int | None = None
+) -> ort.InferenceSession:
     """An InferenceSession with full graph optimisation and a small, fixed thread pool.
 
     One intra-op thread by default: the request path runs many small graphs, where thread hand-off costs more than
     it saves, and the service's concurrency comes from batching, not from splitting one small matmul.
+
+    `spin_us` bounds how long the pool's idle threads spin before they sleep (ONNX Runtime's default spins for
+    milliseconds, a core kept busy after every run); None keeps the default.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if spin_us is not None:
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers or default_providers())
     except Exception as exc:  # onnxruntime raises several unrelated types for a bad file

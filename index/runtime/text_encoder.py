@@ -33,6 +33,12 @@ MAX_TOKENS = 256
 COUNT_BATCH = 4096  # texts tokenised at a time by count_truncated (untruncated encodings of long texts are big)
 INT8_FILE = "model.int8.onnx"
 INT8_MIN_COSINE = 0.99  # mean cosine to fp32 an int8 variant must have recorded to be used
+# How long the idle session's pool threads spin for more work before they sleep. ONNX Runtime's default spin keeps a
+# core busy for milliseconds after every run; without spinning, waking the second thread for each of MiniLM's
+# operators made an encode slower than on one thread. Against one thread, at one never-seen request at a time on
+# this 2-core machine (BENCHMARKS.md, "MiniLM on the idle cores"): no spin 3.06/2.98 ms encode p50 against
+# 2.72/2.61; 300 us 1.89/1.88; 1000 us 1.81/1.83; 5000 us 2.14/1.72, with a p99 of 6.4 ms.
+IDLE_SPIN_US = 1000
 
 
 class TextEncoder:
@@ -47,6 +53,7 @@ class TextEncoder:
         variant: str = "fp32",
         check_cosine: bool = True,
         threads: int = 1,
+        idle_threads: int = 1,
     ) -> None:
         model_dir = Path(model_dir)
         info_path = model_dir / "encoder.json"
@@ -70,6 +77,15 @@ class TextEncoder:
         self._measuring.no_truncation()
         self._measuring.no_padding()
         self.session: ort.InferenceSession = make_session(model_dir / model_name, providers=providers, threads=threads)
+        # A second session of the same graph with more intra-op threads, for when nothing else needs the cores
+        # (`encode(..., idle=True)`). Its embeddings equal the one-thread session's bit for bit (tests check it, for
+        # both variants), so which session made a cached embedding never changes a ranking.
+        self.threads, self.idle_threads = threads, max(threads, idle_threads)
+        self.idle_session: ort.InferenceSession | None = None
+        if self.idle_threads > threads:
+            self.idle_session = make_session(
+                model_dir / model_name, providers=providers, threads=self.idle_threads, spin_us=IDLE_SPIN_US
+            )
         self._cache = VectorCache(cache_size)  # the service reads it on three threads (see `cached`)
 
     def _model_file(self, variant: str, check_cosine: bool) -> str:
@@ -82,11 +98,13 @@ class TextEncoder:
             raise ValueError(f"the int8 text encoder's recorded cosine to fp32 is {recorded}, below {INT8_MIN_COSINE}")
         return INT8_FILE
 
-    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 64, *, idle: bool = False) -> np.ndarray:
         """Embeddings (N, dim) float32, unit norm, in input order. The int8 graph embeds one text per call: dynamic
         quantisation scales each call's activations by that call's range, so in a batch a text's embedding would
         depend on the texts beside it (and on their padding); alone, it is the same in training, in the service's
-        encode stage, batched or not, and in evaluation."""
+        encode stage, batched or not, and in evaluation. `idle`: the caller has the machine's other cores to spare,
+        so run on the idle session's threads when there is one (the same embeddings, sooner)."""
+        session = self.idle_session if idle and self.idle_session is not None else self.session
         if self.variant == "int8":
             batch_size = 1
         out = np.empty((len(texts), self.dim), dtype=np.float32)
@@ -96,8 +114,12 @@ class TextEncoder:
             ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
             mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
             feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            out[start : start + len(chunk)] = self.session.run(None, feeds)[0]
+            out[start : start + len(chunk)] = session.run(None, feeds)[0]
         return out
+
+    def threads_for(self, idle: bool) -> int:
+        """The intra-op threads `encode(..., idle=idle)` runs on."""
+        return self.idle_threads if idle else self.threads
 
     def token_counts(self, texts: list[str]) -> np.ndarray:
         """Word pieces of each text, [CLS] and [SEP] included, before truncation (int64, in input order)."""
