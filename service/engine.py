@@ -316,7 +316,7 @@ class RankingEngine:
     def embed(self, jobs: list[Job], idle: bool = False) -> list[Embedded]:
         """MiniLM embeddings for each job: its query (from the cache, or encoded and remembered; all misses in one
         query-encoder call) and its /rerank text documents (encoded, not cached, in one document-encoder call).
-        `idle`: nothing else is running, so the query encoder may use its idle session's threads."""
+        `idle`: nothing else is running, so both encoders may use their idle sessions' threads."""
         queries = list(dict.fromkeys(job.query for job in jobs))
         found: dict[str, np.ndarray] = {}
         for text in queries:
@@ -329,7 +329,7 @@ class RankingEngine:
         self.metrics.cache.labels("miss").inc(len(misses))
         self.metrics.query_encodes.labels(str(self.encoder.threads_for(idle))).inc(len(misses))
         found.update(zip(misses, self._encode_and_remember(misses, idle), strict=True))
-        vectors = self._encode(self.document_encoder, [text for docs in documents for text in docs])
+        vectors = self._encode(self.document_encoder, [text for docs in documents for text in docs], idle)
         out, start = [], 0
         for job, docs in zip(jobs, documents, strict=True):
             out.append(Embedded(found[job.query], vectors[start : start + len(docs)] if docs else None))

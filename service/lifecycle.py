@@ -158,9 +158,13 @@ class AppState:
             self.encode_batcher = self._encode_stage(
                 "encode-stage",
                 1 if one_at_a_time else s.max_encode_batch,
-                lambda batch: process_encode_work(batch, self._idle()),
+                lambda batch: process_encode_work(batch, self._alone(self.encode_batcher)),
             )
-            self.document_batcher = self._encode_stage("document-stage", s.max_encode_batch, process_encode_work)
+            self.document_batcher = self._encode_stage(
+                "document-stage",
+                s.max_encode_batch,
+                lambda batch: process_encode_work(batch, self._alone(self.document_batcher)),
+            )
             queries, documents = self.encode_batcher, self.document_batcher
             self.metrics.encode_queue_depth.set_function(lambda: queries.depth + documents.depth)
         if s.batching:
@@ -177,10 +181,10 @@ class AppState:
         _install_sighup(self)
         self.lifecycle.become_ready()
 
-    def _idle(self) -> bool:
-        """Whether no stage but the query encoder's has work: then a miss may use the cores they would need."""
-        others = (self.batcher, self.document_batcher, self.shadow_batcher)
-        return all(stage is None or stage.idle for stage in others)
+    def _alone(self, stage: MicroBatcher[Work, Embedded] | None) -> bool:
+        """Whether no stage but `stage` has work: then its MiniLM call may use the cores the others would need."""
+        stages = (self.batcher, self.encode_batcher, self.document_batcher, self.shadow_batcher)
+        return all(other is None or other is stage or other.idle for other in stages)
 
     def _encode_stage(
         self, name: str, max_size: int, process: Callable[[list[Batched[Work]]], list[Embedded | Exception]]

@@ -142,13 +142,14 @@ def load_engine(
     set_search_threads(settings.faiss_threads)
     use_gpu = settings.device is not Device.CPU and gpu_available()
     bundle = Bundle.load(bundle_dir or settings.bundle_dir, use_gpu=use_gpu)
+    idle_threads = min(settings.encoder_idle_threads, os.cpu_count() or 1)
     encoder = TextEncoder(
         settings.encoder_dir,
         cache_size=settings.query_cache_size,
         providers=providers,
         variant=settings.query_encoder.value,
         threads=settings.encoder_threads,
-        idle_threads=min(settings.encoder_idle_threads, os.cpu_count() or 1),
+        idle_threads=idle_threads,
     )
     if encoder.name != bundle.schema.text_encoder:
         raise ArtifactError(f"text encoder {encoder.name} is not the bundle's {bundle.schema.text_encoder}")
@@ -166,7 +167,9 @@ def load_engine(
     # /rerank text documents are embedded as the catalog's texts are: fp32, batched (RankingEngine.document_encoder).
     documents = None
     if encoder.variant != "fp32":
-        documents = TextEncoder(settings.encoder_dir, providers=providers, threads=settings.encoder_threads)
+        documents = TextEncoder(
+            settings.encoder_dir, providers=providers, threads=settings.encoder_threads, idle_threads=idle_threads
+        )
     engine = RankingEngine(bundle, model, encoder, settings, metrics, document_encoder=documents)
     engine.warm(settings.warmup_queries)
     if settings.warm_queries_file is not None:

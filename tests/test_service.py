@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -199,19 +200,23 @@ def test_a_burst_of_never_seen_queries_leaves_cached_ones_one_ranker_call_of_wai
     assert max(hit["timing_ms"]["queue"] for hit in hits) <= one_ranker_call + 25.0  # an encode would be 500
 
 
-def test_a_miss_takes_the_idle_encoder_threads_only_while_no_other_stage_has_work(
+def test_minilm_takes_the_idle_threads_only_while_no_other_stage_has_work(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Alone, a miss's MiniLM may use the second core; while the ranking thread works, the ranking thread keeps it."""
+    """Alone, a query miss's or /rerank documents' MiniLM call may use the second core; while the ranking thread
+    works, the ranking thread keeps it."""
     engine = client.app.state.rank.engine
-    assert engine.model is not None
-    idle_flags: list[bool] = []
-    encode, score = engine.encoder.encode, engine.model.score
+    assert engine.model is not None and engine.document_encoder is not engine.encoder
+    calls: list[tuple[str, bool]] = []
+    score = engine.model.score
     ranking, release = threading.Event(), threading.Event()
 
-    def recorded(texts: list[str], *args: object, idle: bool = False, **kwargs: object) -> np.ndarray:
-        idle_flags.append(idle)
-        return encode(texts, *args, idle=idle, **kwargs)
+    def recording(name: str, encode: Any) -> Any:
+        def recorded(texts: list[str], *args: object, idle: bool = False, **kwargs: object) -> np.ndarray:
+            calls.append((name, idle))
+            return encode(texts, *args, idle=idle, **kwargs)
+
+        return recorded
 
     def held(*args: object, **kwargs: object) -> np.ndarray:
         if not release.is_set():
@@ -219,23 +224,27 @@ def test_a_miss_takes_the_idle_encoder_threads_only_while_no_other_stage_has_wor
             release.wait(30)
         return score(*args, **kwargs)
 
+    def requests() -> list[tuple[str, dict]]:
+        texts = [f"a gin fizz {uuid.uuid4()}", "a rum punch"]
+        return [("/rank", {"query": f"new {uuid.uuid4()}"}), ("/rerank", {"query": "a cached gin", "documents": texts})]
+
     assert client.post("/rank", json={"query": "a cached gin"}).status_code == 200
-    monkeypatch.setattr(engine.encoder, "encode", recorded)
-    assert client.post("/rank", json={"query": f"alone {uuid.uuid4()}"}).status_code == 200
-    assert idle_flags == [True]
+    monkeypatch.setattr(engine.encoder, "encode", recording("query", engine.encoder.encode))
+    monkeypatch.setattr(engine.document_encoder, "encode", recording("documents", engine.document_encoder.encode))
+    for path, body in requests():
+        assert client.post(path, json=body).status_code == 200
+    assert calls == [("query", True), ("documents", True)]
     monkeypatch.setattr(engine.model, "score", held)
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(3) as pool:
         busy = pool.submit(client.post, "/rank", json={"query": "a cached gin"})
         assert ranking.wait(30)  # the ranking thread is in a ranker call
-        miss = threading.Thread(target=client.post, args=("/rank",), kwargs={"json": {"query": f"new {uuid.uuid4()}"}})
-        miss.start()
+        sent = [pool.submit(client.post, path, json=body) for path, body in requests()]
         deadline = time.monotonic() + 30
-        while len(idle_flags) < 2 and time.monotonic() < deadline:
+        while len(calls) < 4 and time.monotonic() < deadline:
             time.sleep(0.01)
         release.set()
-        miss.join(30)
-        assert busy.result(30).status_code == 200
-    assert idle_flags == [True, False]
+        assert [r.result(30).status_code for r in [busy, *sent]] == [200, 200, 200]
+    assert sorted(calls[2:]) == [("documents", False), ("query", False)]
 
 
 def test_int8_misses_are_encoded_one_at_a_time_each_answered_when_its_own_is_done(
