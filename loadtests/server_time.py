@@ -1,12 +1,14 @@
-"""Server-side time of /rank per stage, from the service's own `timing_ms`, over N sequential requests.
+"""Server-side time of /rank (or /rerank) per stage, from the service's own `timing_ms`, over N sequential requests.
 
     .venv/bin/python -m loadtests.server_time --url http://127.0.0.1:8000 --requests 1000 --candidates 100
 
 Queries come from the dataset's queries.jsonl (a small set, cycled, so the query cache is warm after the first
 pass, as for head queries in production); the first pass is discarded. With `--never-seen` every request's text is
 new, drawn as the load test draws its never-seen tail (`loadtests.mix.never_seen_texts`: two real queries' words
-recombined, so as long as real queries; a new seed each run), so each one pays for MiniLM. Prints p50/p99 per stage
-in ms, and the client's time per request (urllib, a new connection each) as `client`.
+recombined, so as long as real queries; a new seed each run), so each one pays for MiniLM. With `--rerank-documents
+N` each request is a /rerank of a cached query and N catalog titles (items.jsonl beside the queries) sent as text
+documents, drawn afresh each request, so each one pays for MiniLM over N documents. Prints p50/p99 per stage in ms,
+and the client's time per request (urllib, a new connection each) as `client`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import random
 import secrets
 import sys
 import time
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtests.mix import load_queries, never_seen_texts
+from loadtests.mix import load_documents, load_queries, never_seen_texts
 from service.metrics import STAGES as SERVICE_STAGES
 
 STAGES = tuple(s for s in SERVICE_STAGES if not s.endswith("queue"))  # one request at a time: no queue
@@ -42,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=Path, default=Path("data/synthetic/queries.jsonl"))
     parser.add_argument("--distinct", type=int, default=50, help="distinct queries cycled through")
     parser.add_argument("--never-seen", action="store_true", help="a new query text every request (cache misses)")
+    parser.add_argument(
+        "--rerank-documents", type=int, default=0, help="/rerank with this many text documents instead of /rank"
+    )
     args = parser.parse_args(argv)
     queries = load_queries(args.queries)
     texts = [q.text for q in queries[: args.distinct]]
@@ -52,14 +58,29 @@ def main(argv: list[str] | None = None) -> int:
     # A new seed each run, so that a run's texts are not the ones an earlier run left in the service's cache.
     fresh = never_seen_texts(queries, secrets.randbits(32))
     sent = fresh if args.never_seen else itertools.cycle(texts)
+    titles = load_documents(args.queries.with_name("items.jsonl"))[1] if args.rerank_documents else []
+    if len(titles) < args.rerank_documents:
+        parser.error(
+            f"--rerank-documents {args.rerank_documents}: items.jsonl beside the queries has {len(titles)} titles"
+        )
+    rng = random.Random(secrets.randbits(32))
     for text in itertools.islice(sent, args.requests):
         started = time.perf_counter()
-        result = post(f"{args.url}/rank", {**body, "query": text})
+        if args.rerank_documents:
+            documents = rng.sample(titles, args.rerank_documents)
+            timing = post(f"{args.url}/rerank", {"query": text, "documents": documents, "top_n": 5})["meta"][
+                "timing_ms"
+            ]
+        else:
+            timing = post(f"{args.url}/rank", {**body, "query": text})["timing_ms"]
         timings["client"].append((time.perf_counter() - started) * 1000.0)
         for stage in STAGES:
-            timings[stage].append(result["timing_ms"][stage])
+            timings[stage].append(timing[stage])
     cache = "every query never seen" if args.never_seen else "warm query cache"
-    print(f"/rank server-side time, {args.requests} requests, {args.candidates} candidates, {cache}")
+    if args.rerank_documents:
+        print(f"/rerank server-side time, {args.requests} requests, {args.rerank_documents} text documents, {cache}")
+    else:
+        print(f"/rank server-side time, {args.requests} requests, {args.candidates} candidates, {cache}")
     print(f"{'stage':<10} {'p50 ms':>8} {'p99 ms':>8}")
     for stage in timings:
         values = np.asarray(timings[stage])

@@ -335,6 +335,22 @@ def server(tiny: TinyPipeline) -> Iterator[LiveService]:
         service.stop()
 
 
+@pytest.mark.integration
+def test_server_time_reports_every_stage_of_rank_and_of_a_text_rerank(
+    server: LiveService, tiny: TinyPipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loadtests import server_time
+
+    common = ["--url", server.url, "--requests", "4", "--distinct", "2", "--queries", str(tiny.data / "queries.jsonl")]
+    for extra, title in (["--never-seen"], "/rank"), (["--rerank-documents", "3"], "/rerank"):
+        assert server_time.main([*common, *extra]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"{title} server-side time, 4 requests")
+        rows = {line.split()[0]: float(line.split()[1]) for line in out.splitlines()[2:]}
+        assert set(rows) == {*server_time.STAGES, "client"}
+        assert rows["encode"] > 0 and rows["client"] >= rows["total"] > 0  # MiniLM ran for every request
+
+
 def _slo_file(path: Path, server_ms: float, client_ms: float) -> Path:
     """An SLO file of the repo's kinds with other thresholds (the tests are about the mechanics, not this machine's
     speed): cached /rank server p99, /rank client p99 and the error rate."""
