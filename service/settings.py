@@ -41,8 +41,11 @@ class Settings(BaseSettings):
     allow_cpu_fallback: bool = True
     ort_threads: int = Field(1, ge=1, le=64, description="intra-op threads of the ranker's ONNX graphs")
     encoder_threads: int = Field(1, ge=1, le=64, description="intra-op threads of the MiniLM query encoder")
+    # Off by default: the idle pair lowers a lone miss's p50 but raises the p99 of mixed traffic by 2-3 ms at every
+    # rate, because requests that arrive during its run find both cores taken (BENCHMARKS.md, "MiniLM on the idle
+    # cores"). For sparse or /rerank-text-heavy traffic, 2 on a 2-core machine.
     encoder_idle_threads: int = Field(
-        2, ge=1, le=64, description="intra-op threads of the MiniLM query encoder when no other stage has work"
+        1, ge=1, le=64, description="intra-op threads of MiniLM (queries, /rerank texts) when no other stage has work"
     )
     faiss_threads: int = Field(1, ge=1, le=64, description="OpenMP threads for FAISS searches on the worker")
     query_cache_size: int = Field(10_000, ge=0)

@@ -203,8 +203,8 @@ def test_a_burst_of_never_seen_queries_leaves_cached_ones_one_ranker_call_of_wai
 def test_minilm_takes_the_idle_threads_only_while_no_other_stage_has_work(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Alone, a query miss's or /rerank documents' MiniLM call may use the second core; while the ranking thread
-    works, the ranking thread keeps it."""
+    """Alone, a query miss's or /rerank documents' MiniLM call is offered the idle threads (how many that is, is
+    RANK_ENCODER_IDLE_THREADS's business); while the ranking thread works, the ranking thread keeps its core."""
     engine = client.app.state.rank.engine
     assert engine.model is not None and engine.document_encoder is not engine.encoder
     calls: list[tuple[str, bool]] = []
