@@ -327,7 +327,8 @@ class RankingEngine:
         documents = [list(job.texts.values()) if isinstance(job, RerankJob) else [] for job in jobs]
         self.metrics.cache.labels("hit").inc(len(found))
         self.metrics.cache.labels("miss").inc(len(misses))
-        self.metrics.query_encodes.labels(str(self.encoder.threads_for(idle))).inc(len(misses))
+        if misses:  # a cached request on the ranking thread passes here too: no metric work for it
+            self.metrics.query_encodes.labels(str(self.encoder.threads_for(idle))).inc(len(misses))
         found.update(zip(misses, self._encode_and_remember(misses, idle), strict=True))
         vectors = self._encode(self.document_encoder, [text for docs in documents for text in docs], idle)
         out, start = [], 0

@@ -14,7 +14,6 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -24,7 +23,7 @@ from prometheus_client import Gauge
 
 from index.runtime.files import ArtifactError
 from service.agreement import agreement
-from service.batcher import Batched, MicroBatcher, Then
+from service.batcher import MicroBatcher, Then
 from service.engine import (
     Embedded,
     Job,
@@ -155,16 +154,8 @@ class AppState:
             # The int8 graph embeds one text per call (TextEncoder.encode), so a batch of misses gains nothing from
             # being encoded together, and each would wait for the whole batch: take them one at a time instead.
             one_at_a_time = s.query_encoder is EncoderVariant.INT8
-            self.encode_batcher = self._encode_stage(
-                "encode-stage",
-                1 if one_at_a_time else s.max_encode_batch,
-                lambda batch: process_encode_work(batch, self._alone(self.encode_batcher)),
-            )
-            self.document_batcher = self._encode_stage(
-                "document-stage",
-                s.max_encode_batch,
-                lambda batch: process_encode_work(batch, self._alone(self.document_batcher)),
-            )
+            self.encode_batcher = self._encode_stage("encode-stage", 1 if one_at_a_time else s.max_encode_batch)
+            self.document_batcher = self._encode_stage("document-stage", s.max_encode_batch)
             queries, documents = self.encode_batcher, self.document_batcher
             self.metrics.encode_queue_depth.set_function(lambda: queries.depth + documents.depth)
         if s.batching:
@@ -186,11 +177,10 @@ class AppState:
         stages = (self.batcher, self.encode_batcher, self.document_batcher, self.shadow_batcher)
         return all(other is None or other is stage or other.idle for other in stages)
 
-    def _encode_stage(
-        self, name: str, max_size: int, process: Callable[[list[Batched[Work]]], list[Embedded | Exception]]
-    ) -> MicroBatcher[Work, Embedded]:
+    def _encode_stage(self, name: str, max_size: int) -> MicroBatcher[Work, Embedded]:
+        """A MiniLM stage on a thread of its own; each batch may use the idle threads when it is alone (`_alone`)."""
         stage: MicroBatcher[Work, Embedded] = MicroBatcher(
-            process,
+            lambda batch: process_encode_work(batch, self._alone(stage)),
             lambda work: 1,
             max_size=max_size,
             max_queue=self.settings.max_queue,

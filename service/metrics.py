@@ -128,7 +128,7 @@ class Metrics:
         self.query_encodes = Counter(
             "rank_query_encodes_total",
             "Queries MiniLM embedded (cache misses), by the intra-op threads it ran on: the idle session's while no "
-            "other stage had work, else one.",
+            "other stage had work, else RANK_ENCODER_THREADS.",
             ["threads"],
             registry=self.registry,
         )
