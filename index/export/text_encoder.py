@@ -12,6 +12,7 @@ import logging
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -62,14 +63,12 @@ def export_text_encoder(out_dir: Path) -> Path:
     onnx_path = out_dir / "model.onnx"
     with torch.inference_mode():
         reference = model(*inputs).numpy()
-    torch_to_onnx(
-        model,
-        inputs,
-        onnx_path,
-        input_names=["input_ids", "attention_mask", "token_type_ids"],
-        output_names=["sentence_embedding"],
-        dynamic_shapes=dynamic,
-    )
+    signature: dict[str, Any] = {
+        "input_names": ["input_ids", "attention_mask", "token_type_ids"],
+        "output_names": ["sentence_embedding"],
+        "dynamic_shapes": dynamic,
+    }
+    torch_to_onnx(model, inputs, onnx_path, **signature)
     shutil.copy(source / "tokenizer.json", out_dir / "tokenizer.json")
     info = {
         "name": ENCODER_NAME,
@@ -91,15 +90,7 @@ def export_text_encoder(out_dir: Path) -> Path:
     # add_int8_variant); model.onnx stays the dynamo export, so the fp32 embeddings do not change with it.
     fusable = out_dir / "model.fusable.onnx"
     eager = _MeanPooledEncoder(AutoModel.from_pretrained(str(source), attn_implementation="eager")).eval()
-    torch_to_onnx(
-        eager,
-        inputs,
-        fusable,
-        input_names=["input_ids", "attention_mask", "token_type_ids"],
-        output_names=["sentence_embedding"],
-        dynamic_shapes=dynamic,
-        exporter="torchscript",
-    )
+    torch_to_onnx(eager, inputs, fusable, **signature, exporter="torchscript")
     try:
         add_int8_variant(out_dir, fusable)
     finally:

@@ -38,31 +38,14 @@ def torch_to_onnx(
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # tracing's notes on Python branches
+        specific: dict[str, Any]
         if exporter == "torchscript":
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                input_names=input_names,
-                output_names=output_names,
-                # The TorchScript exporter names its dynamic axes instead of taking Dim objects.
-                dynamic_axes={
-                    name: {axis: dim.__name__ for axis, dim in axes.items()} for name, axes in dynamic_shapes.items()
-                },
-                dynamo=False,
-                opset_version=opset_version or TORCHSCRIPT_OPSET,
-                verbose=False,
-            )
-            return
+            # The TorchScript exporter names its dynamic axes instead of taking Dim objects.
+            axes = {name: {axis: dim.__name__ for axis, dim in dims.items()} for name, dims in dynamic_shapes.items()}
+            specific = {"dynamo": False, "dynamic_axes": axes, "opset_version": opset_version or TORCHSCRIPT_OPSET}
+        else:
+            specific = {"dynamo": True, "dynamic_shapes": dynamic_shapes, "opset_version": opset_version}
+            specific["external_data"] = False  # the weights inside the one file
         torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_shapes=dynamic_shapes,
-            dynamo=True,
-            opset_version=opset_version,
-            external_data=False,
-            verbose=False,
+            module, args, str(path), input_names=input_names, output_names=output_names, verbose=False, **specific
         )
