@@ -11,20 +11,12 @@ thread burns counts), and the word pieces per query. Prints a markdown table.
 The pause is what the service's encode thread sees at one request at a time: it sleeps between misses while the
 client reads its answer and sends the next query, and an encode that follows an idle gap runs slower on this kind of
 machine than one of a tight loop (its caches and the CPU's clock are cold).
-
-`--unfused` also times, side by side, an int8 graph without fused attention: the same quantisation
-(`index.export.text_encoder.add_int8_variant`) of the dynamo export, model.onnx, in which ONNX Runtime's optimizer
-finds no attention to fuse (as the int8 graph was made before the fusion); built in a temporary directory, in
-seconds.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,20 +26,6 @@ from index.runtime.text_encoder import TextEncoder
 from loadtests.mix import load_queries, never_seen_texts
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def unfused_int8(encoder_dir: Path, work: Path) -> TextEncoder:
-    """The int8 variant quantised from the unfused dynamo graph (model.onnx), in `work`."""
-    from index.export.text_encoder import add_int8_variant  # needs torch, as `make encoder` does
-
-    for name in ("encoder.json", "tokenizer.json", "model.onnx"):
-        shutil.copy(encoder_dir / name, work / name)
-    logging.disable(logging.WARNING)  # the quantiser's advice on pre-processing, and the expected no-fusion warning
-    try:
-        add_int8_variant(work, work / "model.onnx")
-    finally:
-        logging.disable(logging.NOTSET)
-    return TextEncoder(work, variant="int8", check_cosine=False, idle_threads=2)
 
 
 def timings(
@@ -77,24 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--idle-ms", type=float, nargs="+", default=[0.0, 3.0], help="pauses before each call (default 0 3)"
     )
-    parser.add_argument("--unfused", action="store_true", help="also time int8 quantised from the unfused graph")
-    parser.add_argument(
-        "--threads", type=int, nargs="+", choices=[1, 2], default=[1, 2], help="intra-op threads (default 1 2)"
-    )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as work:
-        encoders = {variant: TextEncoder(args.encoder, variant=variant, idle_threads=2) for variant in ("fp32", "int8")}
-        if args.unfused:
-            encoders["int8 unfused"] = unfused_int8(args.encoder, Path(work))
-        print_table(encoders, args)
-    return 0
-
-
-def print_table(encoders: dict[str, TextEncoder], args: argparse.Namespace) -> None:
-    """Time every graph at every thread count and pause, in interleaved rounds, and print the markdown table."""
     queries = load_queries(args.queries)
     n = args.count + args.warmup
-    configs = [(variant, threads, idle) for variant in encoders for threads in args.threads for idle in args.idle_ms]
+    encoders = {variant: TextEncoder(args.encoder, variant=variant, idle_threads=2) for variant in ("fp32", "int8")}
+    configs = [(variant, threads, idle) for variant in encoders for threads in (1, 2) for idle in args.idle_ms]
     results: dict[tuple[str, int, float], list[float]] = {c: [] for c in configs}
     cpu_seconds = dict.fromkeys(configs, 0.0)
     # Interleaved rounds, each configuration on fresh texts, so machine drift hits all of them alike.
@@ -116,6 +81,7 @@ def print_table(encoders: dict[str, TextEncoder], args: argparse.Namespace) -> N
         p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
         cpu_ms = cpu_seconds[c] * 1000.0 / len(ms)
         print(f"| {c[0]} | {c[1]} | {c[2]:g} | {statistics.median(ms):.3f} | {p99:.3f} | {cpu_ms:.3f} |")
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
@@ -63,12 +61,14 @@ def export_text_encoder(out_dir: Path) -> Path:
     onnx_path = out_dir / "model.onnx"
     with torch.inference_mode():
         reference = model(*inputs).numpy()
-    signature: dict[str, Any] = {
-        "input_names": ["input_ids", "attention_mask", "token_type_ids"],
-        "output_names": ["sentence_embedding"],
-        "dynamic_shapes": dynamic,
-    }
-    torch_to_onnx(model, inputs, onnx_path, **signature)
+    torch_to_onnx(
+        model,
+        inputs,
+        onnx_path,
+        input_names=["input_ids", "attention_mask", "token_type_ids"],
+        output_names=["sentence_embedding"],
+        dynamic_shapes=dynamic,
+    )
     shutil.copy(source / "tokenizer.json", out_dir / "tokenizer.json")
     info = {
         "name": ENCODER_NAME,
@@ -86,15 +86,7 @@ def export_text_encoder(out_dir: Path) -> Path:
     if diff > 1e-4:
         raise RuntimeError(f"exported text encoder disagrees with PyTorch: max abs diff {diff:.2e}")
     log.info("text encoder exported to %s (max abs diff vs PyTorch %.1e)", out_dir, diff)
-    # The int8 variant starts from a second export of the same weights that ONNX Runtime can fuse (see
-    # add_int8_variant); model.onnx stays the dynamo export, so the fp32 embeddings do not change with it.
-    fusable = out_dir / "model.fusable.onnx"
-    eager = _MeanPooledEncoder(AutoModel.from_pretrained(str(source), attn_implementation="eager")).eval()
-    torch_to_onnx(eager, inputs, fusable, **signature, exporter="torchscript")
-    try:
-        add_int8_variant(out_dir, fusable)
-    finally:
-        fusable.unlink(missing_ok=True)
+    add_int8_variant(out_dir)
     return out_dir
 
 
@@ -121,40 +113,27 @@ def _probe_texts() -> list[str]:
     ]
 
 
-def add_int8_variant(out_dir: Path, source: Path) -> dict[str, float]:
-    """Write model.int8.onnx from `source`, an fp32 export of the encoder in the operator pattern ONNX Runtime's
-    BERT optimizer recognises: fuse it (each layer's attention into one Attention operator, layer norms with their
-    residual adds), then quantise the weights of its matmuls and attention projections to int8, per channel, with
-    activations quantised dynamically. Activation x activation products (inside attention) and the word-embedding
-    table stay fp32, which keeps the variant close to fp32. Records its cosine to fp32 (model.onnx) in encoder.json;
-    refuses to keep a variant below INT8_MIN_COSINE.
-
-    The fusion is what makes the variant fast: with it, a short query's encode takes about a fifth less time than the
-    same quantisation of the unfused dynamo graph (BENCHMARKS.md, "A fused int8 MiniLM")."""
+def add_int8_variant(out_dir: Path) -> dict[str, float]:
+    """Write model.int8.onnx: ORT's BERT fusions, then dynamic int8 quantisation of the weight matmuls (per channel;
+    activation x activation matmuls stay fp32, which keeps attention accurate). Records its cosine to fp32 in
+    encoder.json; refuses to keep a variant below INT8_MIN_COSINE."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers import optimizer
 
     from index.runtime.text_encoder import INT8_FILE, INT8_MIN_COSINE, TextEncoder
 
     fused = out_dir / "model.fused.onnx"
-    optimized = optimizer.optimize_model(str(source), model_type="bert", num_heads=12, hidden_size=384)
-    attention = optimized.get_fused_operator_statistics().get("Attention", 0)
-    if attention == 0:
-        log.warning("ONNX Runtime fused no attention layers: the int8 encoder will be slower than it can be")
-    log.info("fused %d attention layers for the int8 variant", attention)
-    optimized.save_model_to_file(str(fused))
-    try:
-        quantize_dynamic(
-            fused,
-            out_dir / INT8_FILE,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["MatMul", "Attention"],
-            # The fused operators are in ONNX Runtime's own domain, where ONNX's shape inference finds no types.
-            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-    finally:
-        fused.unlink(missing_ok=True)
+    optimizer.optimize_model(
+        str(out_dir / "model.onnx"), model_type="bert", num_heads=12, hidden_size=384
+    ).save_model_to_file(str(fused))
+    quantize_dynamic(
+        fused,
+        out_dir / INT8_FILE,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        extra_options={"MatMulConstBOnly": True},
+    )
+    fused.unlink()
     texts = _probe_texts()
     reference = TextEncoder(out_dir).encode(texts)
     info = json.loads((out_dir / "encoder.json").read_text())
