@@ -116,7 +116,11 @@ def _probe_texts() -> list[str]:
 def add_int8_variant(out_dir: Path) -> dict[str, float]:
     """Write model.int8.onnx: ORT's BERT fusions, then dynamic int8 quantisation of the weight matmuls (per channel;
     activation x activation matmuls stay fp32, which keeps attention accurate). Records its cosine to fp32 in
-    encoder.json; refuses to keep a variant below INT8_MIN_COSINE."""
+    encoder.json; refuses to keep a variant below INT8_MIN_COSINE.
+
+    The fusions find the layer norms and GELUs of this dynamo export but not its attention. A fusable export was
+    4-5% faster, but the ranker trained on its queries lost its lead over LambdaMART (BENCHMARKS.md, "A fused int8
+    MiniLM: tried, reverted")."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers import optimizer
 
