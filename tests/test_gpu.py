@@ -65,7 +65,9 @@ def test_training_picks_cuda_with_bf16_by_itself(tiny: TinyPipeline) -> None:
 def test_ranker_runs_on_the_cuda_provider_and_matches_cpu(tiny: TinyPipeline) -> None:
     gpu, cpu = ExportedModel(tiny.model), ExportedModel(tiny.model, providers=["CPUExecutionProvider"])
     assert gpu.providers[0] == CUDA
-    assert gpu.check_canaries() <= 1e-3 and cpu.check_canaries() <= 1e-4
+    # TF32 off: with it, scores moved by 2e-4 on an H200, past the export's parity tolerance.
+    assert gpu.session.get_provider_options()[CUDA]["use_tf32"] == "0"
+    assert gpu.check_canaries() <= 1e-4 and cpu.check_canaries() <= 1e-4
 
 
 @pytest.mark.gpu
