@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from index.runtime import text_encoder
+from index.runtime.ort_session import CPU, CUDA, make_session
 from index.runtime.text_encoder import INT8_MIN_COSINE, MAX_TOKENS, TextEncoder
 
 
@@ -45,6 +47,22 @@ def test_the_idle_sessions_threads_give_the_same_embeddings_bit_for_bit(encoder_
     texts = ["gin", "a smoky mezcal negroni in a rocks glass with a wide orange peel", "something not too sweet"]
     assert np.array_equal(encoder.encode(texts), encoder.encode(texts, idle=True))
     assert TextEncoder(encoder_dir, variant=variant).idle_session is None  # one thread asked for: no second session
+
+
+def test_the_int8_graph_runs_on_the_cpu_provider_even_where_cuda_is_asked_for(
+    encoder_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its quantised matmuls have CPU kernels only; on CUDA the graph ran in pieces, twice as slow (BENCHMARKS, GPU)."""
+    asked: list[list[str] | None] = []
+
+    def recording(path: Path, *, providers: list[str] | None = None, **kwargs: object) -> object:
+        asked.append(providers)
+        return make_session(path, providers=providers, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(text_encoder, "make_session", recording)
+    TextEncoder(encoder_dir, variant="int8", providers=[CUDA, CPU], idle_threads=2)
+    TextEncoder(encoder_dir, variant="fp32", providers=[CUDA, CPU])
+    assert asked == [[CPU], [CPU], [CUDA, CPU]]
 
 
 def test_int8_below_the_bar_is_refused(encoder_dir: Path, tmp_path: Path) -> None:

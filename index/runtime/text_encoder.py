@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from index.runtime.files import verify_files
 from index.runtime.lru import VectorCache
-from index.runtime.ort_session import make_session
+from index.runtime.ort_session import CPU, make_session
 
 # Word pieces per text, [CLS] and [SEP] included; the rest is cut off. 256 is sentence-transformers' own limit for
 # all-MiniLM-L6-v2 (max_seq_length in the package's sentence_bert_config.json; "input text longer than 256 word
@@ -76,6 +76,10 @@ class TextEncoder:
         self._measuring = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._measuring.no_truncation()
         self._measuring.no_padding()
+        if variant == "int8":
+            # Its quantised matmuls have CPU kernels only: on the CUDA provider the graph ran in pieces, with copies
+            # between host and GPU at every layer (never-seen encode p50 5.4 ms on an H200 host, BENCHMARKS "GPU").
+            providers = [CPU]
         self.session: ort.InferenceSession = make_session(model_dir / model_name, providers=providers, threads=threads)
         # A second session of the same graph with more intra-op threads, for when nothing else needs the cores
         # (`encode(..., idle=True)`). Its embeddings equal the one-thread session's bit for bit (tests check it, for
