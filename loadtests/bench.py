@@ -73,6 +73,13 @@ def zipf_cumulative(n: int, s: float = ZIPF_S) -> list[float]:
     return out
 
 
+def benchmark_bodies(queries: Path) -> list[dict]:
+    """The /rank bodies of the benchmark's 100 queries: the last 100 of a queries.jsonl (the SYNTHETIC test split's
+    tail), top 10 of 100 candidates."""
+    texts = [json.loads(line)["text"] for line in queries.read_text().splitlines()]
+    return [{"query": t, "top_k": 10, "num_candidates": 100} for t in texts[-100:]]
+
+
 class Bodies:
     """The /rank bodies of a traffic mix, for the open-loop generator (the wrk script draws the same way)."""
 
@@ -397,8 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     if "ray-serve" in args.systems and not args.bench_python.exists():
         print(f"error: {args.bench_python} is missing; `make bench` creates it", file=sys.stderr)
         return 2
-    texts = [json.loads(line)["text"] for line in args.queries.read_text().splitlines()]
-    bodies = [{"query": t, "top_k": 10, "num_candidates": 100} for t in texts[-100:]]
+    bodies = benchmark_bodies(args.queries)
     runs: list[Run] = []
     ladders: dict[str, list[OpenLoopResult]] = {}
     for system in args.systems:

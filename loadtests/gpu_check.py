@@ -38,7 +38,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadtests.bench import TRAFFIC, Bodies
+from loadtests.bench import TRAFFIC, Bodies, benchmark_bodies
 from loadtests.openloop import OpenLoopResult, capacity, open_loop
 from loadtests.process import free_port, stop_group, wait_ready
 
@@ -88,8 +88,7 @@ def gpu_visible(allow_cpu_faiss: bool) -> tuple[list[str], bool]:
 
 def capacity_table(url: str, rates: list[float], seconds: float = 5.0, max_p99_ms: float = 10.0) -> str:
     """`make bench`'s capacity ladder on the 10%-never-seen mix, over the last 100 SYNTHETIC queries as there."""
-    texts = [json.loads(line)["text"] for line in (ROOT / "data/synthetic/queries.jsonl").read_text().splitlines()]
-    bodies = [{"query": t, "top_k": 10, "num_candidates": 100} for t in texts[-100:]]
+    bodies = benchmark_bodies(ROOT / "data/synthetic/queries.jsonl")
     mix = TRAFFIC["mix 10%"]
 
     def at(rate: float) -> OpenLoopResult:
@@ -215,10 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         ready, tables = server_rows({**env, "RANK_QUERY_ENCODER": "int8"}, args.requests, args.capacity_rates)
         if not args.rehearse:  # the default int8 MiniLM's quantised matmuls are CPU kernels; fp32 runs all on CUDA
             tables += server_rows({**env, "RANK_QUERY_ENCODER": "fp32"}, args.requests)[1]
-        faiss_on_cpu_allowed = args.allow_cpu_faiss and not gpu_faiss
+        # FAISS without a GPU build got past gpu_visible only with --allow-cpu-faiss; with one, it must be used.
         if not args.rehearse and (
-            ready["provider"] != "CUDAExecutionProvider"
-            or (ready["retriever_device"] != "cuda" and not faiss_on_cpu_allowed)
+            ready["provider"] != "CUDAExecutionProvider" or (gpu_faiss and ready["retriever_device"] != "cuda")
         ):
             raise StepFailed(
                 f"service: not on the GPU: provider {ready['provider']}, FAISS {ready['retriever_device']}"
