@@ -13,7 +13,8 @@ import onnxruntime as ort
 
 from index.runtime.bundle import Bundle
 from index.runtime.exported_model import MODEL_CARD_FILE, ExportedModel, ModelCard
-from index.runtime.faiss_index import gpu_available, set_search_threads
+from index.runtime.faiss_gpu import gpu_available
+from index.runtime.faiss_index import set_search_threads
 from index.runtime.files import ArtifactError
 from index.runtime.ort_session import CPU, CUDA
 from index.runtime.text_encoder import TextEncoder

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from index.runtime.exported_model import ExportedModel
-from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index, gpu_available
+from index.runtime.faiss_gpu import gpu_available
+from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index
 from index.runtime.files import ArtifactError
 from index.runtime.ort_session import CUDA
 from service.loading import load_engine
@@ -21,7 +22,7 @@ from .conftest import TinyPipeline, serving_settings
 
 needs_torch_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
 needs_ort_cuda = pytest.mark.skipif(CUDA not in ort.get_available_providers(), reason="onnxruntime-gpu not installed")
-needs_faiss_gpu = pytest.mark.skipif(not gpu_available(), reason="faiss-gpu not installed or no GPU")
+needs_faiss_gpu = pytest.mark.skipif(not gpu_available(), reason="no FAISS GPU build, no GPU, or no working GPU search")
 
 
 def test_required_gpu_that_is_missing_fails_start_up(tiny: TinyPipeline) -> None:

@@ -1,7 +1,8 @@
 """Candidate generation with FAISS: inner-product search over unit-norm item vectors (the model's retrieval space).
 
 Exact (IndexFlatIP) for small catalogs; HNSW above `HNSW_MIN_ITEMS`, where exact search costs more than the
-ranking budget. A GPU copy is made when the faiss GPU build is installed and a GPU is visible.
+ranking budget. A GPU copy is made when `faiss_gpu.gpu_available()`: a FAISS GPU build, a visible GPU, and a test
+search there that matches the CPU's.
 """
 
 from __future__ import annotations
@@ -49,10 +50,6 @@ def set_search_threads(threads: int) -> None:
     global _search_threads
     _search_threads = threads
     faiss.omp_set_num_threads(threads)
-
-
-def gpu_available() -> bool:
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
 def build_index(vectors: np.ndarray, params: IndexParams) -> faiss.Index:
