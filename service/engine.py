@@ -32,7 +32,7 @@ from index.runtime.exported_model import ExportedModel, retrieval_scores
 from index.runtime.faiss_index import FaissIndex
 from index.runtime.features import text_only_features
 from index.runtime.hybrid import ZERO_SHOT_PRIOR, ZERO_SHOT_SOURCES, candidate_rows, evidence, ranker_evidence
-from index.runtime.lru import VectorCache
+from index.runtime.lru import LruCache
 from index.runtime.text_encoder import TextEncoder
 from service.batcher import Batched
 from service.errors import RequestError
@@ -232,7 +232,11 @@ class RankingEngine:
         self.prior = model.card.prior if model is not None else ZERO_SHOT_PRIOR
         self._codes = self._categorical_codes()
         # Cached queries skip the query tower too (the projection is this engine's model's, hence its own cache).
-        self._projected = VectorCache(settings.query_cache_size)
+        self._projected: LruCache[str, np.ndarray] = LruCache(settings.query_cache_size)
+        # And their candidates: rows and BM25 scores by (query, depth), read-only; the bundle's, hence per engine.
+        self._candidates: LruCache[tuple[str, int], tuple[np.ndarray, np.ndarray]] = LruCache(
+            settings.candidate_cache_size
+        )
 
     @property
     def model_version(self) -> str:
@@ -398,6 +402,34 @@ class RankingEngine:
         return out
 
     def _retrieve(
+        self, jobs: list[Job], vectors: dict[str, np.ndarray], projected: dict[str, np.ndarray], stages: _Stages
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Candidate rows per job and the BM25 score of each candidate: an unfiltered /rank job's from the candidate
+        cache when its query and depth were served before, the others' found afresh (`_find_candidates`, which laps
+        its stages even with nothing to find) and the unfiltered /rank ones remembered."""
+        keys = [
+            (job.query, job.num_candidates) if isinstance(job, RankJob) and job.allowed is None else None
+            for job in jobs
+        ]
+        known = {}
+        for i, key in enumerate(keys):
+            if key is not None and (hit := self._candidates.get(key)) is not None:
+                known[i] = hit
+        fresh = [i for i in range(len(jobs)) if i not in known]
+        rows, bm25 = self._find_candidates([jobs[i] for i in fresh], vectors, projected, stages)
+        found = {i: (job_rows, job_bm25) for i, job_rows, job_bm25 in zip(fresh, rows, bm25, strict=True)}
+        for i in fresh:
+            if (key := keys[i]) is not None:
+                for array in found[i]:
+                    array.flags.writeable = False  # shared by every later hit: nothing may write into it
+                self._candidates.put(key, found[i])
+        cacheable = sum(key is not None for key in keys)
+        self.metrics.candidate_cache.labels("hit").inc(len(known))
+        self.metrics.candidate_cache.labels("miss").inc(cacheable - len(known))
+        both = [known[i] if i in known else found[i] for i in range(len(jobs))]
+        return [rows for rows, _ in both], [bm25 for _, bm25 in both]
+
+    def _find_candidates(
         self, jobs: list[Job], vectors: dict[str, np.ndarray], projected: dict[str, np.ndarray], stages: _Stages
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Candidate rows per job (rerank jobs bring their own; rank jobs fuse the engine's sources) and the BM25

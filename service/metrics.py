@@ -125,6 +125,12 @@ class Metrics:
         self.cache = Counter(
             "rank_query_cache_total", "Query-embedding cache lookups by result.", ["result"], registry=self.registry
         )
+        self.candidate_cache = Counter(
+            "rank_candidate_cache_total",
+            "Candidate-list cache lookups of unfiltered /rank jobs, by result.",
+            ["result"],
+            registry=self.registry,
+        )
         self.query_encodes = Counter(
             "rank_query_encodes_total",
             "Queries MiniLM embedded (cache misses), by the intra-op threads it ran on: the idle session's while no "

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
 
 from service.app import create_app
-from service.engine import RankingEngine
+from service.engine import RankingEngine, RankOutcome
 from service.lifecycle import Lifecycle, Phase
 from service.metrics import STAGES, Metrics
 from service.protocol import RankedItem, RankRequest, RankResponse, RerankResponse
@@ -389,6 +389,49 @@ def test_served_time_is_split_by_whether_minilm_ran(client: TestClient) -> None:
     assert client.post("/rank", json={"query": query}).status_code == 200
     assert client.post("/rank", json={"query": query}).status_code == 200
     assert (served("yes"), served("no")) == (before[0] + 1, before[1] + 1)
+
+
+def test_a_repeated_query_reuses_its_candidates_and_ranks_exactly_the_same(client: TestClient) -> None:
+    registry = client.app.state.rank.metrics.registry
+
+    def lookups() -> tuple[float, float]:
+        count = registry.get_sample_value
+        return count("rank_candidate_cache_total", {"result": "hit"}) or 0.0, count(
+            "rank_candidate_cache_total", {"result": "miss"}
+        ) or 0.0
+
+    query = "a query for the candidate cache, sent by no other test"
+    before = lookups()
+    first = client.post("/rank", json={"query": query, "top_k": 10, "num_candidates": 40}).json()
+    assert lookups() == (before[0], before[1] + 1)
+    again = client.post("/rank", json={"query": query, "top_k": 10, "num_candidates": 40}).json()
+    assert lookups() == (before[0] + 1, before[1] + 1)
+    assert [(x["id"], x["score"]) for x in again["results"]] == [(x["id"], x["score"]) for x in first["results"]]
+    assert set(again["timing_ms"]) == set(STAGES)
+    # Another depth is another candidate list; a filtered request is never looked up (its rows depend on the filter).
+    client.post("/rank", json={"query": query, "top_k": 10, "num_candidates": 50})
+    assert lookups() == (before[0] + 1, before[1] + 2)
+    filtered = client.post("/rank", json={"query": query, "top_k": 3, "filters": {"glass": "coupe"}})
+    assert filtered.status_code == 200 and lookups() == (before[0] + 1, before[1] + 2)
+    assert all(x["attributes"]["glass"] == "coupe" for x in filtered.json()["results"])
+
+
+def test_without_the_candidate_cache_every_lookup_misses_and_rankings_do_not_change(
+    tiny: TinyPipeline, client: TestClient
+) -> None:
+    cached = client.app.state.rank.engine  # reuse the loaded artifacts: only the setting is under test
+    metrics = Metrics()
+    settings = serving_settings(tiny, candidate_cache_size=0)
+    uncached = RankingEngine(cached.bundle, cached.model, cached.encoder, settings, metrics, cached.document_encoder)
+    request = RankRequest(query="another query for the candidate cache", top_k=10)
+    for _ in range(2):  # the second pass: a hit in the cached engine, a miss in the other
+        with_cache = cached.serve_one(cached.prepare_rank(request))
+        without = uncached.serve_one(uncached.prepare_rank(request))
+        assert isinstance(with_cache, RankOutcome) and isinstance(without, RankOutcome)
+        assert (with_cache.ids, with_cache.scores) == (without.ids, without.scores)
+    count = metrics.registry.get_sample_value
+    assert count("rank_candidate_cache_total", {"result": "miss"}) == 2
+    assert not count("rank_candidate_cache_total", {"result": "hit"})
 
 
 def test_a_query_log_warms_the_query_cache_and_an_unreadable_one_does_not_stop_the_start(

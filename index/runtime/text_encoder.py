@@ -18,7 +18,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from index.runtime.files import verify_files
-from index.runtime.lru import VectorCache
+from index.runtime.lru import LruCache
 from index.runtime.ort_session import CPU, make_session
 
 # Word pieces per text, [CLS] and [SEP] included; the rest is cut off. 256 is sentence-transformers' own limit for
@@ -90,7 +90,8 @@ class TextEncoder:
             self.idle_session = make_session(
                 model_dir / model_name, providers=providers, threads=self.idle_threads, spin_us=IDLE_SPIN_US
             )
-        self._cache = VectorCache(cache_size)  # the service reads it on three threads (see `cached`)
+        # The service reads it on three threads (see `cached`).
+        self._cache: LruCache[str, np.ndarray] = LruCache(cache_size)
 
     def _model_file(self, variant: str, check_cosine: bool) -> str:
         if variant == "fp32":
