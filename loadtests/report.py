@@ -39,6 +39,8 @@ from service.metrics import STAGES
 
 ROUTES = ("/rank", "/rerank")
 QUANTILES = (0.5, 0.95, 0.99)
+# The service's caches, by the key of their lookups in the summary: unfiltered /rank repeats skip FAISS and BM25.
+CACHES = {"query_cache": "rank_query_cache_total", "candidate_cache": "rank_candidate_cache_total"}
 
 
 @dataclass(frozen=True)
@@ -360,14 +362,15 @@ def build_report(run_dir: Path, info: RunInfo, scrapes: Scrapes, objectives: lis
         "batch_requests": scrapes.mean_and_quantiles("rank_batch_requests"),
         "candidates_per_request": scrapes.mean_and_quantiles("rank_candidates"),
     }
-    cache = scrapes.counter("rank_query_cache_total", ("result",))
-    if cache is not None:
-        hits, misses = cache.get(("hit",), 0.0), cache.get(("miss",), 0.0)
-        extras["query_cache"] = {
-            "hits": hits,
-            "misses": misses,
-            "hit_ratio": hits / (hits + misses) if hits + misses else None,
-        }
+    for key, metric in CACHES.items():
+        cache = scrapes.counter(metric, ("result",))
+        if cache is not None:
+            hits, misses = cache.get(("hit",), 0.0), cache.get(("miss",), 0.0)
+            extras[key] = {
+                "hits": hits,
+                "misses": misses,
+                "hit_ratio": hits / (hits + misses) if hits + misses else None,
+            }
     rejections = scrapes.counter("rank_rejections_total", ("reason",))
     extras["rejections"] = None if rejections is None else {k[0]: v for k, v in rejections.items() if v}
     drops = scrapes.counter("rank_deadline_drops_total")
@@ -547,17 +550,18 @@ def render_markdown(report: Report) -> str:
             "n/a" if value is None else f"{value['calls']:.0f} calls, mean {value['mean']:.1f}, p99 {value['p99']:.1f}"
         )
         lines.append(f"| {label} | {shown} |")
-    cache = report.extras.get("query_cache")
-    lines.append(
-        "| query cache (`rank_query_cache_total`) | "
-        + (
-            "n/a"
-            if not cache
-            else f"{cache['hits']:.0f} hits, {cache['misses']:.0f} misses"
-            + (f", hit ratio {cache['hit_ratio']:.1%}" if cache["hit_ratio"] is not None else "")
+    for key, metric in CACHES.items():
+        cache = report.extras.get(key)
+        lines.append(
+            f"| {key.replace('_', ' ')} (`{metric}`) | "
+            + (
+                "n/a"
+                if not cache
+                else f"{cache['hits']:.0f} hits, {cache['misses']:.0f} misses"
+                + (f", hit ratio {cache['hit_ratio']:.1%}" if cache["hit_ratio"] is not None else "")
+            )
+            + " |"
         )
-        + " |"
-    )
     rejections = report.extras.get("rejections")
     lines.append(
         "| rejections, 429 (`rank_rejections_total`) | "

@@ -7,6 +7,8 @@ MiniLM call) and projected into the retrieval space in one query-tower call (the
 searches with the same depth go to each FAISS index as one batch (`retrieve`), BM25 scores each distinct query once
 (`lexical`), the candidate lists are fused and their evidence computed (`fuse`), and every candidate of every job is
 scored in ONE ranker call. A batch of one job is exactly the unbatched path, so rankings do not depend on batching.
+An unfiltered /rank job whose query and depth this engine served before takes its candidates (rows and BM25 scores)
+from the candidate cache and skips retrieve, lexical and fuse; its ranking is the same either way.
 
 Without a trained model (a zero-shot bundle) candidates come from dense and BM25 search and are ordered by the
 zero-shot prior (`index.runtime.hybrid`): the same code path, with the prior as the score.

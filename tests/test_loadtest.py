@@ -452,6 +452,10 @@ def test_loadtest_against_a_running_service_passes_and_reports(
     assert "query-cache warm-up: head" in text
     cache = summary["extras"]["query_cache"]
     assert cache["misses"] > 0 and cache["hit_ratio"] > 0.75
+    # the warm-up's /rank requests also left their candidate lists behind: the head's repeats skip FAISS and BM25
+    candidates = summary["extras"]["candidate_cache"]
+    assert candidates["misses"] > 0 and candidates["hit_ratio"] > 0.5
+    assert "| candidate cache (`rank_candidate_cache_total`) |" in text
 
 
 @pytest.mark.integration
