@@ -216,17 +216,18 @@ def main(argv: list[str] | None = None) -> int:
             "OMP_NUM_THREADS": "1",
         }
         ready, tables = server_rows({**env, "RANK_QUERY_ENCODER": "int8"}, args.requests, args.capacity_rates)
-        if not args.rehearse:  # the default int8 MiniLM's quantised matmuls are CPU kernels; fp32 runs all on CUDA
-            tables += server_rows({**env, "RANK_QUERY_ENCODER": "fp32"}, args.requests)[1]
-            cpu = {**env, "RANK_QUERY_ENCODER": "int8", "RANK_DEVICE": "cpu"}
-            tables += server_rows(cpu, args.requests, args.capacity_rates)[1]
-        # FAISS without a GPU build got past gpu_visible only with --allow-cpu-faiss; with one, it must be used.
+        # Checked before the other rows are spent on it. FAISS that cannot search on the GPU got past gpu_visible only
+        # with --allow-cpu-faiss; FAISS that can must be used.
         if not args.rehearse and (
             ready["provider"] != "CUDAExecutionProvider" or (gpu_faiss and ready["retriever_device"] != "cuda")
         ):
             raise StepFailed(
                 f"service: not on the GPU: provider {ready['provider']}, FAISS {ready['retriever_device']}"
             )
+        if not args.rehearse:  # the default int8 MiniLM's quantised matmuls are CPU kernels; fp32 runs all on CUDA
+            tables += server_rows({**env, "RANK_QUERY_ENCODER": "fp32"}, args.requests)[1]
+            cpu = {**env, "RANK_QUERY_ENCODER": "int8", "RANK_DEVICE": "cpu"}
+            tables += server_rows(cpu, args.requests, args.capacity_rates)[1]
         lap("service and bench rows")
     except StepFailed as exc:
         print(f"error: {exc} (logs in {WORK})", file=sys.stderr)

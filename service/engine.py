@@ -413,23 +413,18 @@ class RankingEngine:
             (job.query, job.num_candidates) if isinstance(job, RankJob) and job.allowed is None else None
             for job in jobs
         ]
-        known = {}
-        for i, key in enumerate(keys):
-            if key is not None and (hit := self._candidates.get(key)) is not None:
-                known[i] = hit
-        fresh = [i for i in range(len(jobs)) if i not in known]
+        cached = [self._candidates.get(key) if key is not None else None for key in keys]
+        fresh = [i for i, hit in enumerate(cached) if hit is None]
         rows, bm25 = self._find_candidates([jobs[i] for i in fresh], vectors, projected, stages)
-        found = {i: (job_rows, job_bm25) for i, job_rows, job_bm25 in zip(fresh, rows, bm25, strict=True)}
-        for i in fresh:
+        found = dict(zip(fresh, zip(rows, bm25, strict=True), strict=True))
+        for i, (job_rows, job_bm25) in found.items():
             if (key := keys[i]) is not None:
-                for array in found[i]:
-                    array.flags.writeable = False  # shared by every later hit: nothing may write into it
-                self._candidates.put(key, found[i])
-        cacheable = sum(key is not None for key in keys)
-        self.metrics.candidate_cache.labels("hit").inc(len(known))
-        self.metrics.candidate_cache.labels("miss").inc(cacheable - len(known))
-        both = [known[i] if i in known else found[i] for i in range(len(jobs))]
-        return [rows for rows, _ in both], [bm25 for _, bm25 in both]
+                job_rows.flags.writeable = job_bm25.flags.writeable = False  # every later hit shares them
+                self._candidates.put(key, (job_rows, job_bm25))
+        self.metrics.candidate_cache.labels("hit").inc(len(jobs) - len(fresh))
+        self.metrics.candidate_cache.labels("miss").inc(sum(keys[i] is not None for i in fresh))
+        both = [hit if hit is not None else found[i] for i, hit in enumerate(cached)]
+        return [job_rows for job_rows, _ in both], [job_bm25 for _, job_bm25 in both]
 
     def _find_candidates(
         self, jobs: list[Job], vectors: dict[str, np.ndarray], projected: dict[str, np.ndarray], stages: _Stages

@@ -394,11 +394,10 @@ def test_served_time_is_split_by_whether_minilm_ran(client: TestClient) -> None:
 def test_a_repeated_query_reuses_its_candidates_and_ranks_exactly_the_same(client: TestClient) -> None:
     registry = client.app.state.rank.metrics.registry
 
-    def lookups() -> tuple[float, float]:
-        count = registry.get_sample_value
-        return count("rank_candidate_cache_total", {"result": "hit"}) or 0.0, count(
-            "rank_candidate_cache_total", {"result": "miss"}
-        ) or 0.0
+    def lookups() -> tuple[float, ...]:  # (hits, misses) so far
+        return tuple(
+            registry.get_sample_value("rank_candidate_cache_total", {"result": r}) or 0.0 for r in ("hit", "miss")
+        )
 
     query = "a query for the candidate cache, sent by no other test"
     before = lookups()
