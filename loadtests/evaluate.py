@@ -46,8 +46,9 @@ import numpy as np
 from tqdm import tqdm
 
 from index.cli_logging import configure_cli_logging
-from index.data.readers import find_data_file, find_judgments, read_items, read_judgments, read_queries
+from index.data.readers import find_data_file, find_judgments
 from index.data.records import DataError, Item, Query, fold_of
+from index.data.verdict import read_catalog
 from index.offline.text_cache import encode_texts as cached_embeddings
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index
 from index.runtime.lexical import TOKEN, LexicalIndex, LexicalParams
@@ -110,8 +111,7 @@ def load_eval_data(data_dir: Path, split: str = "test") -> EvalData:
         raise DataError(f"data directory {data_dir} does not exist (run `make data` for the SYNTHETIC default)")
     if split not in SPLITS:
         raise DataError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    items_file = find_data_file(data_dir, "items")
-    if items_file is None:
+    if find_data_file(data_dir, "items") is None:
         raise DataError(f"{data_dir} has no items.jsonl or items.parquet")
     queries_file = find_data_file(data_dir, "queries")
     if queries_file is None:
@@ -122,12 +122,14 @@ def load_eval_data(data_dir: Path, split: str = "test") -> EvalData:
             f"{data_dir} has no judgments (judgments.jsonl, judgments.parquet or a TREC qrels file): "
             "there is nothing to measure quality against"
         )
-    items = read_items(items_file)
-    queries = read_queries(queries_file)
-    judgments = read_judgments(judgments_file, query_ids={q.id for q in queries}, item_ids={i.id for i in items})
+    # The verdict training and indexing give (index.data.verdict): skipped items, judgments and unjudged queries are
+    # left out here as there, each defect logged once.
+    screened = read_catalog(data_dir)
+    screened.log(log)
+    items, queries, judgments = screened.items, screened.queries, screened.judgments
     if not judgments:
-        raise DataError(f"{judgments_file} holds no judgments: there is nothing to measure quality against")
-    chosen = [q for q in queries if split == "all" or q.split == split]
+        raise DataError(f"{judgments_file} holds no usable judgments: there is nothing to measure quality against")
+    chosen = [q for q in screened.judged_queries if split == "all" or q.split == split]
     if not chosen:
         raise DataError(f"{data_dir}: no queries in split {split!r}")
     wanted = {q.id for q in chosen}

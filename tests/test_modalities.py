@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 
 from index.data.records import DataError, Item
-from index.offline.featurize import featurize, schema_from_items
+from index.data.verdict import schema_from_items
+from index.offline.featurize import featurize
 from index.offline.ingest import IngestConfig, ingest
 from index.runtime.bundle import Bundle
 from index.runtime.features import text_only_features

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from index.data.readers import read_image_manifest, read_items
-from index.data.records import NOTHING_TO_RANK, DataError, ImageRow, Modality, parse_item, raw_modalities
+from index.data.records import ImageRow, Modality, parse_item, raw_modalities
 
 TEXT, IMAGE, ATTRIBUTES = Modality.TEXT, Modality.IMAGE, Modality.ATTRIBUTES
 
@@ -50,13 +50,11 @@ def test_any_non_empty_subset_of_modalities_is_an_item(raw: dict, expected: set[
         {"id": "a", "title": None, "image": None, "image_embedding": None},
     ],
 )
-def test_an_item_with_nothing_to_rank_on_is_one_error_saying_what_to_add(raw: dict) -> None:
+def test_an_item_with_nothing_to_rank_on_is_well_formed_with_no_modality(raw: dict) -> None:
+    """Whether such an item is used is the verdict's (index.data.verdict skips it, counted), not a format error."""
     parsed = parse_item(raw)
-    assert not parsed.ok and parsed.record is None
-    assert [(p.field, p.message) for p in parsed.problems] == [(None, NOTHING_TO_RANK)]
-    assert "." not in NOTHING_TO_RANK and all(  # one sentence, naming every field that would do
-        name in NOTHING_TO_RANK for name in ("'title'", "'text'", "'image'", "'image_embedding'", "'attributes'")
-    )
+    assert parsed.ok and parsed.problems == []
+    assert parsed.record is not None and parsed.record.modalities == frozenset()
 
 
 def test_other_item_rules_are_unchanged() -> None:
@@ -95,17 +93,10 @@ def _manifest(tmp_path: Path) -> Path:
     return tmp_path / "manifest.csv"
 
 
-def test_reader_refuses_an_item_with_nothing_naming_file_and_line(tmp_path: Path) -> None:
-    path = _write(tmp_path / "items.jsonl", [{"id": "a", "title": "fine"}, {"id": "b", "title": " "}])
-    with pytest.raises(DataError) as caught:
-        read_items(path)
-    assert str(caught.value) == f"{path}:2: {NOTHING_TO_RANK}"
-
-
-def test_reader_refuses_a_catalog_with_nothing_to_rank_on(tmp_path: Path) -> None:
-    path = _write(tmp_path / "items.jsonl", [{"id": "a"}, {"id": "b", "attributes": {}}])
-    with pytest.raises(DataError, match="has no text, image or attributes"):
-        read_items(path)
+def test_reader_reads_an_item_with_nothing_and_its_blank_title_is_not_text(tmp_path: Path) -> None:
+    path = _write(tmp_path / "items.jsonl", [{"id": "a", "title": "fine"}, {"id": "b", "title": " ", "text": "x"}])
+    fine, blank = read_items(path)
+    assert blank.full_text == "x" and blank.display_title == "x" and fine.full_text == "fine"
 
 
 def test_parquet_null_attributes_are_no_attributes(tmp_path: Path) -> None:
@@ -118,7 +109,7 @@ def test_parquet_null_attributes_are_no_attributes(tmp_path: Path) -> None:
 
 def test_boolean_attributes_are_encoded_not_read_as_missing() -> None:
     """schema_from_items keeps booleans as the strings "True"/"False"; encoding a True must find that slot."""
-    from index.offline.featurize import schema_from_items
+    from index.data.verdict import schema_from_items
     from model.schema import FeatureSchema
 
     raws = [

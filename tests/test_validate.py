@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from index.data.records import NOTHING_TO_RANK
 from index.data.validate import Problem, Severity, validate
 from training.synthetic import SyntheticConfig, write_dataset
 
@@ -71,16 +70,16 @@ def test_every_planted_problem_is_reported_where_it_is(bad_dataset: Path) -> Non
     assert "3 values, expected 384" in _find(problems, "items.jsonl", 6, "text_embedding").message
     assert "non-empty string" in _find(problems, "queries.jsonl", 2, "text").message
     assert "must be one of train, val, test" in _find(problems, "queries.jsonl", 2, "split").message
-    assert "unknown item 'zzz'" in _find(problems, "judgments.jsonl", 2, "item_id").message
     assert "integer 0..3, got 7" in _find(problems, "judgments.jsonl", 3, "grade").message
-    assert "unknown query 'q9'" in _find(problems, "judgments.jsonl", 4, "query_id").message
     assert "true or false" in _find(problems, "judgments.jsonl", 4, "compliant").message
     assert "again (first on line 1)" in _find(problems, "judgments.jsonl", 5, None).message
-    # items b and d have no attributes: one warning for the file, at the first of them
-    lacking = _find(problems, "items.jsonl", 2, None)
-    assert lacking.severity is Severity.WARNING and lacking.message.startswith("2 of 4 items have no attributes")
-    assert len(problems) == 14, [str(p) for p in problems]
-    assert [p for p in problems if p.severity is not Severity.ERROR] == [lacking]
+    # a judgment of an unknown item is not an error: training skips it, and the validator says so, counted
+    unknown = _find(problems, "judgments.jsonl", 2, None)
+    assert unknown.severity is Severity.WARNING and unknown.message == (
+        "1 of 4 judgments name an item that is not in the catalog (judgments.jsonl:2 (q1 -> zzz)): skipped"
+    )
+    assert len(problems) == 12, [str(p) for p in problems]
+    assert [p for p in problems if p.severity is not Severity.ERROR] == [unknown]
 
 
 def test_qrels_and_parquet_are_checked_too(bad_dataset: Path) -> None:
@@ -94,7 +93,7 @@ def test_qrels_and_parquet_are_checked_too(bad_dataset: Path) -> None:
     )
     problems = validate(bad_dataset).problems
     assert "duplicates id 'a' (first on line 1)" in _find(problems, "items.parquet", 3, "id").message
-    assert "unknown item 'nobody'" in _find(problems, "qrels.txt", 2, "item_id").message
+    assert "(qrels.txt:2 (q1 -> nobody)): skipped" in _find(problems, "qrels.txt", 2, None).message
     assert "integer 0..3, got 7" in _find(problems, "qrels.txt", 3, "grade").message
     assert "expected 4 columns" in _find(problems, "qrels.txt", 4, None).message
 
@@ -113,9 +112,10 @@ def test_cli_lists_problems_and_exits_non_zero(bad_dataset: Path) -> None:
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     assert f"{bad_dataset / 'judgments.jsonl'}:3: error: grade: must be an integer 0..3, got 7" in lines
+    # the modality counts are of what training will use: only item 'a' is well-formed
     assert lines[-1] == (
-        f"{bad_dataset}: 13 errors, 1 warning; "
-        "read 4 items (4 with text, 4 with an image, 2 with attributes), 2 queries, 4 judgments"
+        f"{bad_dataset}: 11 errors, 1 warning; "
+        "read 4 items (1 with text, 1 with an image, 1 with attributes), 1 queries, 4 judgments"
     )
 
 
@@ -140,19 +140,25 @@ def test_an_item_needs_only_one_modality(tmp_path: Path, item: dict, counts: tup
     assert report.problems == [] and _counts(report.counts) == counts
 
 
-def test_items_with_nothing_are_errors_and_a_catalog_with_nothing_is_refused(tmp_path: Path) -> None:
+def test_items_with_nothing_are_skipped_and_a_catalog_with_nothing_is_refused(tmp_path: Path) -> None:
     _jsonl(tmp_path / "items.jsonl", [{"id": "a", "title": "gin"}, {"id": "b", "title": ""}, {"id": "c"}])
-    problems = validate(tmp_path).problems
-    assert _find(problems, "items.jsonl", 2, None).message == NOTHING_TO_RANK
-    assert _find(problems, "items.jsonl", 3, None).message == NOTHING_TO_RANK
-    assert len(problems) == 3  # and one warning: 2 of 3 items have no text
+    report = validate(tmp_path)
+    assert report.errors == [] and len(report.warnings) == 1
+    skipped = _find(report.problems, "items.jsonl", 2, None)
+    assert skipped.message == (
+        "2 of 3 items have nothing the model can use (no text, no image, no value of an attribute it reads: none) "
+        "(items.jsonl:2 (b), items.jsonl:3 (c)): skipped: no candidate source can find them and the ranker has "
+        "nothing to attend to"
+    )
+    assert report.counts["items_skipped"] == 2 and report.counts["items_kept"] == 1
     _jsonl(tmp_path / "items.jsonl", [{"id": "a"}, {"id": "b", "attributes": {}}])
     report = validate(tmp_path)
     catalog = _find(report.problems, "items.jsonl", None, None)
     assert catalog.severity is Severity.ERROR and catalog.message == (
-        "no item has text, an image or attributes: there is nothing to rank on"
+        "no item has anything the model can use (text, an image, or a value of an attribute it reads: none); "
+        "add a 'title' or 'text' to the items"
     )
-    assert len(report.errors) == 3 and report.warnings == []
+    assert len(report.errors) == 1 and report.warnings == []
 
 
 def test_a_modality_some_items_lack_is_one_warning_per_file(tmp_path: Path) -> None:
@@ -171,14 +177,16 @@ def test_a_modality_some_items_lack_is_one_warning_per_file(tmp_path: Path) -> N
     assert report.errors == [] and len(report.warnings) == 2
     text, image = report.warnings
     assert (text.line, text.field) == (1, None) and text.message == (
-        "200 of 2000 items have no text (a 'title', a 'text' or a 'text_embedding'), the first of them here: "
-        "they are ranked on what they have"
+        "200 of 2000 items have no text the model can use (a 'title', a 'text' or a 'text_embedding'), the first of "
+        "them here: they are ranked on what they have"
     )
-    assert image.line == 1 and image.message.startswith("1500 of 2000 items have no image (an 'image' path or")
+    assert image.line == 1 and image.message.startswith("1500 of 2000 items have no image the model can use (an")
     assert _counts(report.counts) == (2000, 1800, 500, 2000)
     # a modality that no item has (a catalog without pictures) is no warning
     _jsonl(tmp_path / "items.jsonl", [{k: v for k, v in item.items() if k != "image_embedding"} for item in items])
-    assert [w.message.split(" (")[0] for w in validate(tmp_path).warnings] == ["200 of 2000 items have no text"]
+    assert [w.message.split(" (")[0] for w in validate(tmp_path).warnings] == [
+        "200 of 2000 items have no text the model can use"
+    ]
 
 
 def test_an_image_manifest_counts_as_images_only(tmp_path: Path) -> None:

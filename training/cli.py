@@ -230,6 +230,8 @@ def run_train(cfg: TrainConfig) -> int:
         {
             "dataset": dataset.name,
             "synthetic": bool(synthetic),
+            # what the catalog's verdict kept and skipped: the counts `make validate` prints for the same data
+            "catalog": dataset.screened.counts if dataset.screened is not None else {},
             "convention": NDCG_CONVENTION,
             "test": {name: m.as_dict() for name, m in results.items()},
             "candidates": {

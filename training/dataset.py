@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from index.data.readers import find_data_file, find_judgments, items_path, read_items, read_judgments, read_queries
+from index.data.readers import find_data_file, find_judgments
 from index.data.records import SPLITS, DataError, Item, Judgment
-from index.offline.featurize import featurize, schema_from_items
+from index.data.verdict import Screened, read_catalog
+from index.offline.featurize import featurize
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index
 from index.runtime.features import CandidateFeatures
 from index.runtime.hybrid import ZERO_SHOT_PRIOR, ZERO_SHOT_SOURCES, candidate_rows, evidence, ranker_evidence
@@ -172,6 +173,7 @@ class Dataset:
     name: str
     judged: Judged
     candidates: Candidates  # how the lists were made
+    screened: Screened | None = None  # what the catalog's verdict kept and skipped (None for a dataset made in code)
 
     @property
     def item_vectors(self) -> np.ndarray:
@@ -323,28 +325,33 @@ def load_dataset(
 ) -> Dataset:
     """Read items/queries/judgments from data_dir, encode them and build the per-split candidate lists.
 
-    Items that give an image path instead of an image_embedding are encoded with the ONNX image encoder at
-    image_encoder_dir (default: artifacts/encoders/clip). `holdout` = (fold, folds) splits the queries for K-fold
-    cross-validation instead of as the data says (`index.data.records.fold_split`). Queries are embedded with
-    `query_encoder` (the variant the service will embed them with), items with `encoder`; the same when not given.
+    Every record goes through the catalog's verdict (`index.data.verdict`, the same as `make validate`'s): items
+    with nothing the model can use, judgments of unknown or skipped items and of unknown queries are skipped, and
+    queries nobody judged are left out; each defect is logged as one warning with its count. Items that give an
+    image path instead of an image_embedding are encoded with the ONNX image encoder at image_encoder_dir (default:
+    artifacts/encoders/clip). `holdout` = (fold, folds) splits the queries for K-fold cross-validation instead of
+    as the data says (`index.data.records.fold_split`). Queries are embedded with `query_encoder` (the variant the
+    service will embed them with), items with `encoder`; the same when not given.
     """
     require_data_dir(data_dir)
-    source = items_path(data_dir)
-    items = [
-        dataclasses.replace(item, image=str(source.parent / item.image)) if item.image else item
-        for item in read_items(source)
-    ]
-    items = encode_item_images(items, image_encoder_dir)
-    queries = read_queries(find_data_file(data_dir, "queries") or data_dir / "queries.jsonl", holdout)
+    if find_data_file(data_dir, "queries") is None or not find_judgments(data_dir).exists():
+        raise DataError(
+            f"{data_dir}: training needs queries (queries.jsonl or .parquet) and judgments (judgments.jsonl or "
+            ".parquet, or TREC qrels); without them build a zero-shot bundle with `make index MODEL=none`"
+        )
+    screened = read_catalog(data_dir, schema=schema, text_measure=encoder, holdout=holdout)
+    screened.log(log)
+    items = encode_item_images(screened.items, image_encoder_dir)
+    queries = screened.judged_queries
     rows = {item.id: i for i, item in enumerate(items)}
-    judgments = read_judgments(find_judgments(data_dir), query_ids={q.id for q in queries}, item_ids=set(rows))
-    judged = judged_by_row(judgments, rows)
+    judged = judged_by_row(screened.judgments, rows)
     if schema is None:
         first = next((i.image_embedding for i in items if i.image_embedding is not None), None)
         # A catalog with no image at all gets image_dim 1: a placeholder column, always zero and always masked, so
-        # that the stored features stay small and every graph keeps a non-empty image input.
+        # that the stored features stay small and every graph keeps a non-empty image input. The attributes are
+        # the ones the verdict was given with.
         dim = image_dim or (len(first) if first is not None else 1)
-        schema = schema_from_items(items, text_dim=encoder.dim, image_dim=dim, text_encoder=encoder.name)
+        schema = dataclasses.replace(screened.schema, text_dim=encoder.dim, image_dim=dim, text_encoder=encoder.name)
     log.info(
         "encoding %d items' text and %d queries (%s) with %s",
         len(items),
@@ -370,4 +377,5 @@ def load_dataset(
         name=data_dir.name,
         judged=judged,
         candidates=candidates,
+        screened=screened,
     )

@@ -360,7 +360,11 @@ def run_export(out_dir: Path) -> int:
         "name": "fusion-ranker",
         "version": version,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "dataset": {"name": metrics["dataset"], "synthetic": metrics["synthetic"]},
+        "dataset": {
+            "name": metrics["dataset"],
+            "synthetic": metrics["synthetic"],
+            "catalog": metrics.get("catalog", {}),
+        },
         "feature_schema": schema.to_dict(),
         "model_config": raw["model_config"],
         "retriever_config": raw["retriever_config"],

@@ -1,10 +1,10 @@
 """One reader per file kind of the user data format: items, queries, judgments (or TREC qrels), image manifests.
 
 Each kind is read by one `scan_*` function that decodes the file, parses every record with `index.data.records`
-and applies the rules that span records (unique ids, known references, one attribute type, what modalities the
-items have: counted, and warned about once per file when some items lack one). Where its problems go
-is the caller's choice: `read_*` raises `DataError` at the first error (training, indexing and ingestion), the
-validator collects them all (`index.data.validate`).
+and applies the rules of the format that span records (unique ids, one judgment per pair). Where its problems go is
+the caller's choice: `RaiseOnError` stops at the first error (training, indexing and ingestion), the validator
+collects them all (`index.data.validate`). What a well-formed record is worth to the model (an item with nothing
+to rank on, a judgment of an unknown item, a query nobody judged) is decided after the scan, by `index.data.verdict`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ from typing import Any, Generic, Protocol
 
 from index.data.records import (
     DATA_SUFFIXES,
-    MODALITY_FIELDS,
     QRELS_FILES,
     DataError,
     ImageRow,
     Item,
     Judgment,
-    Modality,
     Parsed,
     Query,
     Record,
@@ -33,13 +31,11 @@ from index.data.records import (
     VectorDims,
     fold_split,
     hash_split,
-    is_number,
     parse_image_row,
     parse_item,
     parse_judgment,
     parse_qrels_line,
     parse_query,
-    raw_modalities,
 )
 
 
@@ -61,12 +57,15 @@ class Problem:
 
 @dataclass
 class Scanned(Generic[Record]):
-    """What a scan read: the usable records, and the keys (ids, or judged pairs) of every record that named one,
-    usable or not, so that references to a record with a bad field are not reported again as unknown."""
+    """What a scan read: the usable records, and the line of every record that named a key (an id, or a judged
+    pair), usable or not, so that references to a record with a bad field are not reported again as unknown."""
 
     records: list[Record]
-    keys: set[Any]
-    modalities: dict[Modality, int] = field(default_factory=dict)  # items: how many of `keys` have each modality
+    lines: dict[Any, int] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> set[Any]:
+        return set(self.lines)
 
 
 class ProblemSink(Protocol):
@@ -186,27 +185,14 @@ def _unique(scan: _File, seen: dict[str, int], number: int, key: str, what: str 
 def scan_items(
     path: Path, sink: ProblemSink, *, dims: VectorDims | None = None, image_exists: Callable[[str], bool] | None = None
 ) -> Scanned[Item]:
-    """Items of a JSONL or Parquet file. `image_exists` (given a path relative to the file) checks image files.
-
-    Counts the items with each modality; a modality some items have and others lack gets one warning for the file
-    (its count and first line), and a file where no item has any is an error."""
+    """Items of a JSONL or Parquet file. `image_exists` (given a path relative to the file) checks image files."""
     scan = _File(path, sink)
     items: list[Item] = []
     seen: dict[str, int] = {}
-    kinds: dict[str, dict[str, int]] = {}  # attribute -> type name -> first line
-    present = dict.fromkeys(Modality, 0)
-    first_without: dict[Modality, int] = {}
     for number, raw in _records(scan):
         item = scan.report(number, parse_item(raw, dims))
-        if isinstance(raw.get("id"), str) and raw["id"]:
-            if not _unique(scan, seen, number, raw["id"]):
-                continue
-            has = raw_modalities(raw)
-            for modality in Modality:
-                if modality in has:
-                    present[modality] += 1
-                else:
-                    first_without.setdefault(modality, number)
+        if isinstance(raw.get("id"), str) and raw["id"] and not _unique(scan, seen, number, raw["id"]):
+            continue
         image = raw.get("image")
         if (
             image_exists is not None
@@ -215,39 +201,9 @@ def scan_items(
             and not image_exists(image)
         ):
             scan.error(number, "image", f"file not found: {path.parent / image}")
-        if item is None:
-            continue
-        for key, entry in item.attributes.items():
-            kind = "number" if is_number(entry) else "string" if isinstance(entry, (str, bool)) else None
-            if kind is not None:
-                kinds.setdefault(key, {}).setdefault(kind, number)
-        items.append(item)
-    for key, first in sorted(kinds.items()):
-        if len(first) > 1:
-            scan.warn(
-                first["string"],
-                f"attributes.{key}",
-                f"is a string here but a number on line {first['number']}: one type per attribute, please",
-            )
-    _modality_problems(scan, present, first_without, len(seen))
-    return Scanned(items, set(seen), present)
-
-
-def _modality_problems(
-    scan: _File, present: dict[Modality, int], first_without: dict[Modality, int], total: int
-) -> None:
-    """One problem per file, never one per item: a 100k-item catalog without pictures is one line, not 100k."""
-    if total and not any(present.values()):
-        scan.error(None, None, "no item has text, an image or attributes: there is nothing to rank on")
-        return
-    for modality, count in present.items():
-        if 0 < count < total:
-            scan.warn(
-                first_without[modality],
-                None,
-                f"{total - count} of {total} items have no {modality} ({MODALITY_FIELDS[modality]}), the first of "
-                "them here: they are ranked on what they have",
-            )
+        if item is not None:
+            items.append(item)
+    return Scanned(items, seen)
 
 
 def scan_queries(path: Path, sink: ProblemSink) -> Scanned[Query]:
@@ -261,7 +217,7 @@ def scan_queries(path: Path, sink: ProblemSink) -> Scanned[Query]:
             continue
         if query is not None:
             queries.append(query)
-    return Scanned(queries, set(seen))
+    return Scanned(queries, seen)
 
 
 def _judgment_lines(scan: _File) -> Iterator[tuple[int, Parsed[Judgment], tuple[str, str] | None]]:
@@ -279,10 +235,8 @@ def _judgment_lines(scan: _File) -> Iterator[tuple[int, Parsed[Judgment], tuple[
         yield number, parse_judgment(raw), pair
 
 
-def scan_judgments(
-    path: Path, sink: ProblemSink, *, query_ids: set[str] | None = None, item_ids: set[str] | None = None
-) -> Scanned[Judgment]:
-    """Judgments of a JSONL/Parquet file or TREC qrels; ids are checked against the given queries and items."""
+def scan_judgments(path: Path, sink: ProblemSink) -> Scanned[Judgment]:
+    """Judgments of a JSONL/Parquet file or TREC qrels (whether their queries and items exist is the verdict's)."""
     scan = _File(path, sink)
     judgments: list[Judgment] = []
     seen: dict[tuple[str, str], int] = {}
@@ -290,20 +244,13 @@ def scan_judgments(
         judgment = scan.report(number, parsed)
         if pair is None:
             continue
-        known = True
-        if query_ids is not None and pair[0] not in query_ids:
-            scan.error(number, "query_id", f"unknown query {pair[0]!r}")
-            known = False
-        if item_ids is not None and pair[1] not in item_ids:
-            scan.error(number, "item_id", f"unknown item {pair[1]!r}")
-            known = False
         if pair in seen:
             scan.error(number, None, f"judges ({pair[0]!r}, {pair[1]!r}) again (first on line {seen[pair]})")
             continue
         seen[pair] = number
-        if judgment is not None and known:
+        if judgment is not None:
             judgments.append(judgment)
-    return Scanned(judgments, set(seen))
+    return Scanned(judgments, seen)
 
 
 def scan_image_manifest(
@@ -319,7 +266,7 @@ def scan_image_manifest(
             missing = {"id", "file"} - set(reader.fieldnames or [])
             if missing:
                 scan.error(1, None, f"missing column(s) {', '.join(sorted(missing))} (need id and file)")
-                return Scanned(rows, set())
+                return Scanned(rows)
             for number, raw in enumerate(reader, start=2):
                 row = scan.report(number, parse_image_row(raw))
                 if row is None or not _unique(scan, seen, number, row.id):
@@ -331,7 +278,7 @@ def scan_image_manifest(
         scan.error(None, None, "file not found")
     except UnicodeDecodeError as exc:
         scan.error(None, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
-    return Scanned(rows, set(seen))
+    return Scanned(rows, seen)
 
 
 def _not_empty(path: Path, records: list[Any], what: str) -> None:
@@ -346,20 +293,14 @@ def read_items(path: Path) -> list[Item]:
     return items
 
 
-def read_queries(path: Path, fold: tuple[int, int] | None = None) -> list[Query]:
-    """Queries of queries.jsonl or .parquet. With `fold` = (f, K), splits are K-fold cross-validation's for fold f
+def assign_splits(queries: list[Query], fold: tuple[int, int] | None = None) -> list[Query]:
+    """Every query with its split. With `fold` = (f, K), splits are K-fold cross-validation's for fold f
     (`fold_split`), whatever the data says; otherwise, when no query names a split, every query is split by
     `hash_split`; when some do, the others are training queries."""
-    queries = scan_queries(path, RaiseOnError()).records
     if fold is not None:
         return [dataclasses.replace(q, split=fold_split(q.id, *fold)) for q in queries]
     named = any(q.split is not None for q in queries)
     return [dataclasses.replace(q, split=q.split or ("train" if named else hash_split(q.id))) for q in queries]
-
-
-def read_judgments(path: Path, *, query_ids: set[str], item_ids: set[str]) -> list[Judgment]:
-    """Judgments (JSONL, Parquet or TREC qrels) of known queries and items; stops at the first error."""
-    return scan_judgments(path, RaiseOnError(), query_ids=query_ids, item_ids=item_ids).records
 
 
 def read_image_manifest(path: Path) -> list[ImageRow]:

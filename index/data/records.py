@@ -52,9 +52,6 @@ MODALITY_FIELDS = {
     Modality.IMAGE: "an 'image' path or an 'image_embedding'",
     Modality.ATTRIBUTES: "an 'attributes' map with at least one value",
 }
-NOTHING_TO_RANK = (
-    "has no text, image or attributes: add a 'title' or 'text', an 'image' path or 'image_embedding', or 'attributes'"
-)
 
 
 def _has_text(value: Any) -> bool:
@@ -135,7 +132,7 @@ class Item:
 
     @property
     def modalities(self) -> frozenset[Modality]:
-        """What this item can be ranked on (never empty for an item the readers return)."""
+        """What this item has (`index.data.verdict.usable_modalities`: what the model can use of it)."""
         return modalities(
             title=None if self.placeholder_title else self.title,
             text=self.text,
@@ -148,12 +145,12 @@ class Item:
     @property
     def display_title(self) -> str:
         """What a result shows as its title: the title, or the start of the text when there is no title."""
-        return self.title or self.text[:200]
+        return self.title if _has_text(self.title) else self.text[:200]
 
     @property
     def full_text(self) -> str:
         """Every text field, title first: what the text encoder embeds and lexical search indexes."""
-        return "\n".join(part for part in (self.title, self.text) if part)
+        return "\n".join(part for part in (self.title, self.text) if _has_text(part))
 
 
 @dataclass(frozen=True)
@@ -292,9 +289,9 @@ def _vector(parsed: Parsed[Any], name: str, value: Any, dim: int | None) -> bool
 
 def parse_item(raw: Mapping[str, Any], dims: VectorDims | None = None) -> Parsed[Item]:
     """An item: `id`, and any of text (a `title`, a `text` such as a description or abstract, or both; or a
-    `text_embedding`), an image (an `image` path or an `image_embedding`) and `attributes`, but at least one of the
-    three. `dims` checks the embeddings' widths (the validator's job; featurisation checks them against the model
-    otherwise)."""
+    `text_embedding`), an image (an `image` path or an `image_embedding`) and `attributes`. An item with none of
+    them is well-formed but useless: `index.data.verdict` skips it, counted. `dims` checks the embeddings' widths
+    (the validator's job; featurisation checks them against the model otherwise)."""
     parsed: Parsed[Item] = Parsed(None)
     item_id = raw.get("id")
     ok = _non_empty_string(parsed, "id", item_id)
@@ -313,9 +310,6 @@ def parse_item(raw: Mapping[str, Any], dims: VectorDims | None = None) -> Parsed
     image = raw.get("image")
     if image is not None and not isinstance(image, str):
         parsed.error("image", f"must be a file path (string), got {type(image).__name__}")
-        ok = False
-    if not raw_modalities(raw):
-        parsed.error(None, NOTHING_TO_RANK)
         ok = False
     for unknown in sorted(set(raw) - ITEM_FIELDS):
         parsed.warn(unknown, "unknown field, ignored")

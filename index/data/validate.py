@@ -5,6 +5,10 @@ image `manifest.csv`, and optionally `queries`, `judgments` (.jsonl or .parquet)
 `judgments.qrels`). Unlike the readers, which stop at the first problem, the validator reads everything and lists
 every problem it finds; it exits 1 when there is an error, 0 when there are only warnings or nothing. The summary
 counts the items with each modality (text, image, attributes).
+
+Past the format, it gives the verdict training and indexing will give (`index.data.verdict`): with the feature
+schema learnt from the catalog as training learns it (or a trained model's, `--model`), the items skipped, the
+judgments skipped, the queries left out, each counted in one warning that names the first few with file and line.
 """
 
 from __future__ import annotations
@@ -16,16 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from index.cli_logging import configure_cli_logging
-from index.data.readers import (
-    Problem,
-    find_data_file,
-    find_qrels,
-    scan_image_manifest,
-    scan_items,
-    scan_judgments,
-    scan_queries,
-)
-from index.data.records import IMAGE_DIM, IMAGE_MANIFEST, TEXT_DIM, Modality, Severity, VectorDims
+from index.data.readers import Problem, find_data_file
+from index.data.records import IMAGE_DIM, IMAGE_MANIFEST, TEXT_DIM, DataError, Modality, Severity, VectorDims
+from index.data.verdict import TextMeasure, modality_warnings, read_catalog
+from model.schema import FeatureSchema
 
 __all__ = ["Problem", "Report", "Severity", "modality_count", "validate"]
 
@@ -42,7 +40,8 @@ class Report:
     """Every problem found, and what was read. It is the scans' problem sink: it collects, never stops.
 
     `counts` has `items`, `items_with_text`, `items_with_image` and `items_with_attributes` (see `modality_count`)
-    when there is an items file or manifest, `queries` and `judgments` when there are such files."""
+    when there is an items file or manifest, `queries` and `judgments` when there are such files, and for an items
+    file `index.data.verdict.Screened.counts` (what training will keep and skip)."""
 
     problems: list[Problem] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
@@ -76,46 +75,51 @@ def _exists_beside(path: Path, check: bool) -> Callable[[str], bool] | None:
     return (lambda name: (path.parent / name).is_file()) if check else None
 
 
-def validate(data: Path, *, text_dim: int = TEXT_DIM, image_dim: int = IMAGE_DIM, check_images: bool = True) -> Report:
-    """Check every file of the dataset at `data` (a directory); returns all problems found."""
+def validate(
+    data: Path,
+    *,
+    text_dim: int = TEXT_DIM,
+    image_dim: int = IMAGE_DIM,
+    check_images: bool = True,
+    schema: FeatureSchema | None = None,
+    text_measure: TextMeasure | None = None,
+) -> Report:
+    """Check every file of the dataset at `data` (a directory); returns all problems found, format problems first,
+    then the verdict on each record. `schema` is a trained model's (None: learnt from the catalog, as training
+    learns it); `text_measure` (the text encoder) names the texts it will truncate."""
     data = Path(data)
     report = Report()
     if not data.is_dir():
         report.problems.append(Problem(data, None, None, "not a dataset directory"))
         return report
-    items_file = find_data_file(data, "items")
-    item_ids: set[str] | None = None
-    with_modality: dict[Modality, int] = {}
-    if items_file is not None:
-        scanned = scan_items(
-            items_file,
-            report,
+    items_file = find_data_file(data, "items") or data / IMAGE_MANIFEST
+    if not items_file.exists():
+        report.add(Problem(data, None, None, f"no items.jsonl, items.parquet or {IMAGE_MANIFEST}"))
+        return report
+    try:
+        screened = read_catalog(
+            data,
+            schema=schema,
+            text_measure=text_measure,
+            sink=report,
             dims=VectorDims(text_dim, image_dim),
             image_exists=_exists_beside(items_file, check_images),
         )
-        item_ids, with_modality = scanned.keys, scanned.modalities
-        if not item_ids and not report.errors:
-            report.add(Problem(items_file, None, None, "no items"))
-    elif (data / IMAGE_MANIFEST).exists():
-        manifest = data / IMAGE_MANIFEST
-        item_ids = scan_image_manifest(manifest, report, image_exists=_exists_beside(manifest, check_images)).keys
-        with_modality = {Modality.IMAGE: len(item_ids)}  # a manifest row is a picture and nothing else
-    else:
-        report.add(Problem(data, None, None, f"no items.jsonl, items.parquet or {IMAGE_MANIFEST}"))
-    if item_ids is not None:
-        report.counts["items"] = len(item_ids)
-        report.counts.update({modality_count(m): with_modality.get(m, 0) for m in Modality})
-    queries_file = find_data_file(data, "queries")
-    query_ids: set[str] | None = None
-    if queries_file is not None:
-        query_ids = scan_queries(queries_file, report).keys
-        report.counts["queries"] = len(query_ids)
-    judgments_file = find_data_file(data, "judgments") or find_qrels(data)
-    if judgments_file is not None:
-        judged = scan_judgments(judgments_file, report, query_ids=query_ids, item_ids=item_ids)
-        report.counts["judgments"] = len(judged.keys)
-        if queries_file is None:
+    except DataError as exc:  # nothing left to rank on: one sentence
+        report.add(Problem(items_file, None, None, str(exc).removeprefix(f"{items_file}: ")))
+        return report
+    if not screened.items_read and not report.errors:
+        report.add(Problem(items_file, None, None, "no items"))
+    report.problems += [defect.problem() for defect in screened.defects] + modality_warnings(screened)
+    report.counts["items"] = len(screened.item_lines)  # every item that named an id, well-formed or not
+    report.counts.update({modality_count(m): screened.modalities.get(m, 0) for m in Modality})
+    if find_data_file(data, "queries") is not None:
+        report.counts["queries"] = len(screened.queries)
+    if screened.judgments_read is not None:
+        report.counts["judgments"] = screened.judgments_read
+        if find_data_file(data, "queries") is None:
             report.add(Problem(data, None, None, "judgments without a queries file", Severity.WARNING))
+    report.counts.update(screened.counts)
     return report
 
 
@@ -123,17 +127,30 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _dims_from_model(model_dir: Path) -> tuple[int, int]:
+def _model_schema(model_dir: Path) -> FeatureSchema:
     from index.runtime.exported_model import ModelCard
 
-    schema = ModelCard.load(model_dir).schema
-    return schema.text_dim, schema.image_dim
+    return ModelCard.load(model_dir).schema
+
+
+def _text_measure(encoder_dir: Path) -> TextMeasure | None:
+    """The text encoder when it has been exported (`make encoder`): it counts the texts it will truncate."""
+    if not (encoder_dir / "encoder.json").exists():
+        return None
+    from index.runtime.text_encoder import TextEncoder
+
+    return TextEncoder(encoder_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m index.data.validate", description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="dataset directory")
-    parser.add_argument("--model", type=Path, default=None, help="take the vector dimensions from this model card")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="judge with this model's feature schema (default: learnt)"
+    )
+    parser.add_argument(
+        "--encoder", type=Path, default=Path("artifacts/encoders/minilm"), help="count texts this encoder truncates"
+    )
     parser.add_argument("--text-dim", type=int, default=TEXT_DIM)
     parser.add_argument("--image-dim", type=int, default=IMAGE_DIM)
     parser.add_argument("--no-image-check", action="store_true", help="do not check that image files exist")
@@ -141,13 +158,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_cli_logging()
     text_dim, image_dim = args.text_dim, args.image_dim
-    if args.model is not None:
-        try:
-            text_dim, image_dim = _dims_from_model(args.model)
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    report = validate(args.data, text_dim=text_dim, image_dim=image_dim, check_images=not args.no_image_check)
+    schema = None
+    try:
+        if args.model is not None:
+            schema = _model_schema(args.model)
+            text_dim, image_dim = schema.text_dim, schema.image_dim
+        measure = _text_measure(args.encoder)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if measure is None:
+        print(f"note: no text encoder at {args.encoder} (`make encoder`): long texts are not counted")
+    report = validate(
+        args.data,
+        text_dim=text_dim,
+        image_dim=image_dim,
+        check_images=not args.no_image_check,
+        schema=schema,
+        text_measure=measure,
+    )
     for problem in report.problems[: args.max_problems]:
         print(problem)
     if len(report.problems) > args.max_problems:

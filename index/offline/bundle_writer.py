@@ -26,9 +26,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.data.readers import items_path, read_items
 from index.data.records import DataError, Item
-from index.offline.featurize import CandidateFeatures, featurize, schema_from_items, text_truncation
+from index.data.verdict import read_catalog
+from index.offline.featurize import CandidateFeatures, featurize
 from index.runtime.bundle import (
     BUNDLE_FORMAT,
     FEATURE_ARRAYS,
@@ -223,12 +223,16 @@ def reproject_bundle(source: Path, model_dir: Path, out: Path) -> Bundle:
 
 def build_bundle(data: Path, model_dir: Path, encoder_dir: Path, out: Path, kind: str = "auto") -> Bundle:
     """Featurize the catalog at data/items.jsonl and write a verified bundle to out; zero-shot when model_dir holds
-    no exported model."""
+    no exported model. Items the catalog's verdict skips (`index.data.verdict`, with the model's feature schema or,
+    zero-shot, one learnt from the catalog) are left out, each defect logged as one warning."""
     ranker = ExportedModel(model_dir) if (model_dir / MODEL_CARD_FILE).exists() else None
     encoder = TextEncoder(encoder_dir)
     if ranker is not None and encoder.name != ranker.card.schema.text_encoder:
         raise ArtifactError(f"text encoder {encoder.name} is not the model's {ranker.card.schema.text_encoder}")
-    items = read_items(items_path(data))
+    schema = ranker.card.schema if ranker is not None else None
+    screened = read_catalog(data, schema=schema, text_measure=encoder, judged=False)
+    screened.log(log)
+    items = screened.items
     needs_images = [item.id for item in items if item.image_embedding is None and item.image]
     if needs_images:
         raise DataError(
@@ -241,14 +245,17 @@ def build_bundle(data: Path, model_dir: Path, encoder_dir: Path, out: Path, kind
             model_dir,
         )
         first = next((i.image_embedding for i in items if i.image_embedding is not None), None)
-        schema = schema_from_items(
-            items, text_dim=encoder.dim, image_dim=len(first) if first is not None else 1, text_encoder=encoder.name
+        schema = dataclasses.replace(
+            screened.schema,
+            text_dim=encoder.dim,
+            image_dim=len(first) if first is not None else 1,
+            text_encoder=encoder.name,
         )
     else:
         schema = ranker.card.schema
     started = time.perf_counter()
     features = featurize(items, schema, encoder)
-    text_info = text_truncation(items, encoder)
+    text_info = screened.text
     log.info(
         "featurized %d items in %.1fs; items with each modality: %s; %d of %d texts cut at %d word pieces",
         len(items),
@@ -259,7 +266,8 @@ def build_bundle(data: Path, model_dir: Path, encoder_dir: Path, out: Path, kind
         text_info["max_tokens"],
     )
     params = IndexParams.for_size(len(items)) if kind == "auto" else IndexParams(IndexKind(kind))
-    write_bundle(out, items, features, ranker, params, {"text": text_info}, schema)
+    catalog = {"items_read": screened.items_read, "skipped": screened.counts["items_skipped"]}
+    write_bundle(out, items, features, ranker, params, {"text": text_info, "catalog": catalog}, schema)
     bundle = Bundle.load(out)
     bundle.check_compatible(ranker.card if ranker is not None else None)
     return bundle

@@ -14,45 +14,13 @@ import numpy as np
 from index.data.records import DataError, Item, Modality
 from index.offline.text_cache import encode_texts
 from index.runtime.features import CandidateFeatures, modality_mask
-from index.runtime.text_encoder import MAX_TOKENS, TextEncoder
-from model.schema import CategoricalField, FeatureSchema, NumericField
-
-MAX_CATEGORICAL_VALUES = 64  # more distinct values than this is an id-like field, not a category
-
-
-def schema_from_items(items: Sequence[Item], text_dim: int, image_dim: int, text_encoder: str) -> FeatureSchema:
-    """Infer the attribute vocabulary (strings -> categorical, numbers -> numeric) from a training catalog."""
-    strings: dict[str, set[str]] = {}
-    numbers: dict[str, list[float]] = {}
-    for item in items:
-        for name, value in item.attributes.items():
-            if isinstance(value, (bool, str)):
-                strings.setdefault(name, set()).add(str(value))
-            elif isinstance(value, (int, float)):
-                numbers.setdefault(name, []).append(float(value))
-    categorical = tuple(
-        CategoricalField(name, tuple(sorted(values)))
-        for name, values in sorted(strings.items())
-        if len(values) <= MAX_CATEGORICAL_VALUES and name not in numbers
-    )
-    numeric = tuple(
-        NumericField(name, float(np.mean(v)), float(np.std(v) or 1.0)) for name, v in sorted(numbers.items())
-    )
-    return FeatureSchema(
-        text_dim=text_dim, image_dim=image_dim, categorical=categorical, numeric=numeric, text_encoder=text_encoder
-    )
+from index.runtime.text_encoder import TextEncoder
+from model.schema import FeatureSchema
 
 
 def item_text(item: Item) -> str:
     """The text that is embedded for an item (and searched by the candidate generator): every text field."""
     return item.full_text
-
-
-def text_truncation(items: Sequence[Item], encoder: TextEncoder) -> dict[str, int]:
-    """How many of the texts the encoder embeds are longer than its limit (and embedded from their start only): for
-    the bundle manifest and the ingest report, so that truncation is never silent. BM25 indexes every word."""
-    texts = [item_text(item) for item in items if item.text_embedding is None and has_text(item)]
-    return {"encoded": len(texts), "truncated": encoder.count_truncated(texts), "max_tokens": MAX_TOKENS}
 
 
 def has_text(item: Item) -> bool:
@@ -70,7 +38,8 @@ def _masked(
 ) -> CandidateFeatures:
     """Features with their modality mask: a missing text or image is a zero row with mask 0, never a made-up vector;
     attributes are masked when the schema can read none of the item's. An item with no modality at all is refused,
-    naming it: it would be a candidate the ranker cannot attend to."""
+    naming it: it would be a candidate the ranker cannot attend to (`index.data.verdict` skips such items before
+    they get here)."""
     attrs = schema.encode_attributes([i.attributes for i in items])
     texted = np.fromiter((has_text(i) for i in items), dtype=bool, count=len(items))
     mask = modality_mask(has_image, texted, schema.attributes_present(attrs))

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,10 +39,10 @@ import numpy as np
 from tqdm import tqdm
 
 from index.cli_logging import configure_cli_logging
-from index.data.readers import find_data_file, items_path, read_image_manifest, read_items
-from index.data.records import IMAGE_MANIFEST, DataError, Item
+from index.data.records import DataError, Item
+from index.data.verdict import read_catalog
 from index.offline.bundle_writer import write_bundle
-from index.offline.featurize import features_from_arrays, has_text, item_text, text_truncation
+from index.offline.featurize import features_from_arrays, has_text, item_text
 from index.offline.image_encoder import ImageEncoder
 from index.offline.images import ClipPreprocessing, ImageError, load_image, near_duplicate_pairs, perceptual_hash
 from index.runtime.bundle import Bundle
@@ -75,15 +75,6 @@ class Engine(StrEnum):
 
 class EngineUnavailable(RuntimeError):
     """The engine asked for needs a package that is not installed (the message says which extra)."""
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """Items to ingest, with image paths made absolute, and the file they came from."""
-
-    items: list[Item]
-    source: Path
-    image_md5: dict[str, str] = field(default_factory=dict)  # item id -> md5 an image manifest recorded
 
 
 @dataclass(frozen=True)
@@ -156,36 +147,6 @@ class IngestConfig:
     @property
     def resolved_work_dir(self) -> Path:
         return self.work_dir or self.out.parent / f"{self.out.name}.work"
-
-
-def catalog_from_image_manifest(path: Path) -> Catalog:
-    """A folder of images described by a CSV with at least `id` and `file` (relative to the CSV) columns.
-
-    Items get the neutral title "photo <id>" and no attributes; an `md5` column, when present, is checked against
-    each file before decoding.
-    """
-    rows = read_image_manifest(path)
-    items = [row.to_item(str(path.parent / row.file)) for row in rows]
-    return Catalog(items=items, source=path, image_md5={row.id: row.md5 for row in rows if row.md5})
-
-
-def read_catalog(data: Path) -> Catalog:
-    """Items from a dataset directory or file (JSONL/Parquet items, or an image manifest CSV)."""
-    data = Path(data)
-    if not data.exists():
-        raise DataError(f"{data}: no such file or directory")
-    if data.suffix == ".csv":
-        return catalog_from_image_manifest(data)
-    if data.is_dir() and find_data_file(data, "items") is None and (data / IMAGE_MANIFEST).exists():
-        return catalog_from_image_manifest(data / IMAGE_MANIFEST)
-    path = items_path(data)
-    if data.is_dir() and not path.exists():
-        raise DataError(f"{data}: no items.jsonl, items.parquet or {IMAGE_MANIFEST}")
-    items = [
-        dataclasses.replace(item, image=str(path.parent / item.image)) if item.image else item
-        for item in read_items(path)
-    ]
-    return Catalog(items=items, source=path)
 
 
 def _needs_image(item: Item) -> bool:
@@ -450,8 +411,11 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
     if cfg.chunk_size < 1:
         raise ValueError(f"chunk size must be at least 1, got {cfg.chunk_size}")
     runner = _runner(cfg)  # first: a missing engine is refused before any work
-    catalog = read_catalog(cfg.data)
+    if not Path(cfg.data).exists():  # the likeliest mistake, said before the model is loaded
+        raise DataError(f"{cfg.data}: no such file or directory")
     ranker = ExportedModel(cfg.model_dir)
+    # The same verdict as `make validate --model` and `make index`: items with nothing the model can use are skipped.
+    catalog = read_catalog(cfg.data, schema=ranker.card.schema, judged=False)
     spec = EncoderSpec(
         text_dir=cfg.text_encoder_dir,
         image_dir=cfg.image_encoder_dir,
@@ -459,6 +423,8 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
         images_to_encode=sum(_needs_image(item) for item in catalog.items),
     )
     encoders = spec.load()
+    catalog.measure_texts(encoders.text)
+    catalog.log(log)
     # The engine is not part of a chunk's identity: chunks saved by one engine are resumed by the other.
     identity = encoders.identity() | {"chunk_size": cfg.chunk_size}
     items = catalog.items
@@ -518,11 +484,12 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
         kept, schema, np.concatenate([c.text for c in ordered])[ok], np.concatenate([c.image for c in ordered])[ok]
     )
     params = IndexParams.for_size(len(kept)) if cfg.index_kind == "auto" else IndexParams(IndexKind(cfg.index_kind))
-    text_info = text_truncation(kept, encoders.text)
+    text_info = catalog.text
     extra = {
         "text": text_info,
         "image_encoder": None if encoders.image is None else encoders.image.describe(),
-        "ingest": {"format": INGEST_FORMAT, "items_read": len(items), "skipped": len(skipped)},
+        "ingest": {"format": INGEST_FORMAT, "items_read": catalog.items_read, "skipped": len(skipped)},
+        "catalog": {"items_read": catalog.items_read, "skipped": catalog.counts["items_skipped"]},
     }
     write_bundle(cfg.out, kept, features, ranker, params, extra=extra)
     bundle = Bundle.load(cfg.out)
@@ -534,7 +501,7 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
         source=str(catalog.source),
         bundle=str(cfg.out),
         bundle_version=bundle.version,
-        items_read=len(items),
+        items_read=catalog.items_read,
         items_indexed=bundle.size,
         images_encoded=images_encoded,
         skipped=skipped,

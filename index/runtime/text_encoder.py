@@ -44,6 +44,8 @@ IDLE_SPIN_US = 1000
 class TextEncoder:
     """Encodes strings to unit-norm MiniLM embeddings with ONNX Runtime; holds an LRU cache for repeated queries."""
 
+    max_tokens = MAX_TOKENS  # longer texts are embedded from their start only
+
     def __init__(
         self,
         model_dir: Path,
