@@ -14,7 +14,6 @@ from index.runtime.features import CandidateFeatures
 from index.runtime.lexical import Analyzer, LexicalIndex
 from loadtests.evaluate import bm25_rankings, served_analysis
 from model.schema import FeatureSchema
-from training.cli import _add_config_options, config_from_args
 from training.dataset import Candidates, Dataset, build_lists, text_space
 from training.train import TrainConfig
 from training.zero_shot import choose_analysis
@@ -62,13 +61,9 @@ def test_auto_keeps_none_on_a_tie_and_without_relevant_validation_items() -> Non
 
 
 def test_training_takes_auto_none_or_a_language() -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    _add_config_options(parser)
-    assert config_from_args(parser.parse_args([])).analysis == "auto"
-    assert config_from_args(parser.parse_args(["--analysis", "english"])).analysis == "english"
-    assert TrainConfig(analysis="none").analysis == "none"
+    """(The CLI's --analysis is TrainConfig's field; tests/test_training.py runs it.)"""
+    assert TrainConfig().analysis == "auto"
+    assert TrainConfig(analysis="english").analysis == "english" and TrainConfig(analysis="none").analysis == "none"
     with pytest.raises(ValueError, match="unknown lexical analysis 'klingon': choose auto, none or a language"):
         TrainConfig(analysis="klingon")
 

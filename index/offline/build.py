@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         help="reuse this bundle's features; recompute only what the new model makes (candidate encodings, index)",
     )
     args = parser.parse_args(argv)
+    if args.from_bundle is not None and args.analysis is not None:
+        parser.error("--analysis does not go with --from-bundle, which keeps that bundle's BM25 index")
     configure_cli_logging()
     try:
         if args.from_bundle is not None:
