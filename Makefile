@@ -47,11 +47,12 @@ export: $(STAMP) ## Export the trained ranker to ONNX, check parity, write artif
 	$(PY) -m training.cli export
 
 # MODEL names the exported model a bundle is built for and served with; a directory without model_card.json (e.g.
-# MODEL=none) means zero-shot: MiniLM dense + BM25 search, no trained ranker, no judgments needed.
+# MODEL=none) means zero-shot: MiniLM dense + BM25 search, no trained ranker, no judgments needed. ANALYSIS is BM25's
+# lexical analysis (none or a Snowball language, e.g. english): the model's by default, none for a zero-shot bundle.
 MODEL ?= artifacts
 
 index: $(STAMP) $(ENCODER)/encoder.json ## Build the bundle (FAISS, BM25, features) in artifacts/bundle (MODEL=none: zero-shot)
-	$(PY) -m index.offline.build --data $(DATA) --model $(MODEL)
+	$(PY) -m index.offline.build --data $(DATA) --model $(MODEL) $(if $(ANALYSIS),--analysis $(ANALYSIS))
 
 serve: $(STAMP) ## Serve existing artifacts on $(HOST):$(PORT) (MODEL=none: the zero-shot bundle)
 	$(PY) -m service --host $(HOST) --port $(PORT) --model-dir $(MODEL)

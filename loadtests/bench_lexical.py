@@ -7,10 +7,18 @@ the two libraries. Documents: title + text of data/synthetic/items.jsonl; the 10
 of shuffled words of random items (fixed numpy seed). Queries: the text of data/synthetic/queries.jsonl. bm25s uses
 `[^\W_]+` tokens of the lowercased text, tantivy its default tokenizer. Prints a plain-text table and writes it as
 markdown to /tmp/bench_lexical.md. If tantivy cannot be imported it is skipped (with a printed line).
+
+With `--analyses none,english --catalog DIR [--catalog DIR ...]` it measures instead what a lexical analysis costs
+the service's own index (`index.runtime.lexical`), per catalog (title + text of DIR/items.jsonl, e.g. the 5k
+SYNTHETIC default and `python -m training.synthetic --out /tmp/syn100k --items 100000 --queries 200`): build
+seconds and vocabulary, then per query (DIR/queries.jsonl, one query per call after a warm-up, p50/p99) the query's
+analysis alone, `scores_at` over 100 random candidate rows (the request path's lexical stage when BM25 is not a
+candidate source; it analyses the query itself) and `search` top-100 (when it is).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import tempfile
@@ -24,7 +32,7 @@ from typing import Any
 import bm25s
 import numpy as np
 
-from index.runtime.lexical import LexicalIndex
+from index.runtime.lexical import Analyzer, LexicalIndex
 
 try:
     import tantivy
@@ -170,12 +178,12 @@ def top10_overlap(a: Search, b: Search, queries: list[str]) -> float:
     return float(np.mean(shared))
 
 
-def render(rows: list[tuple[Any, ...]], markdown: bool) -> str:
-    cells = [HEADER] + [tuple(f"{c:.3f}" if isinstance(c, float) else str(c) for c in row) for row in rows]
+def render(rows: list[tuple[Any, ...]], markdown: bool, header: tuple[str, ...] = HEADER) -> str:
+    cells = [header] + [tuple(f"{c:.3f}" if isinstance(c, float) else str(c) for c in row) for row in rows]
     if markdown:
         lines = ["| " + " | ".join(row) + " |" for row in cells]
-        return "\n".join([lines[0], "|" + "---|" * len(HEADER)] + lines[1:])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
+        return "\n".join([lines[0], "|" + "---|" * len(header)] + lines[1:])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells)
 
 
@@ -214,7 +222,85 @@ def bench_size(n: int, tmp: Path, notes: list[str]) -> list[tuple[Any, ...]]:
     return rows
 
 
-def main() -> None:
+ANALYSIS_HEADER = (
+    "catalog",
+    "items",
+    "analysis",
+    "build s",
+    "terms",
+    "analyse p50 us",
+    "analyse p99 us",
+    "scores_at(100) p50 us",
+    "scores_at(100) p99 us",
+    "search p50 ms",
+    "search p99 ms",
+)
+
+
+def interleaved_us(calls: dict[str, Callable[[str], object]], queries: list[str]) -> dict[str, tuple[float, float]]:
+    """p50 and p99 microseconds per query of each call, one query per call after a warm-up. The calls take turns
+    on each query, so that a machine whose speed drifts (or that others share) slows them alike."""
+    for query in queries[:N_WARMUP]:
+        for call in calls.values():
+            call(query)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for query in queries[N_WARMUP:]:
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call(query)
+            times[name].append(time.perf_counter() - start)
+    out = {}
+    for name, seconds in times.items():
+        p50, p99 = np.percentile(seconds, [50, 99]) * 1e6
+        out[name] = (float(p50), float(p99))
+    return out
+
+
+def bench_analyses(catalog: Path, analyses: list[str]) -> list[tuple[Any, ...]]:
+    """One row per analysis over the catalog at `catalog` (title + text of items.jsonl, its queries.jsonl)."""
+    items = read_jsonl(catalog / "items.jsonl")
+    docs = ["\n".join(part for part in (item.get("title"), item.get("text")) if part) for item in items]
+    del items
+    texts = [row["text"] for row in read_jsonl(catalog / "queries.jsonl") if row.get("text")]
+    queries = (texts * (1 + (N_WARMUP + N_QUERIES) // max(1, len(texts))))[: N_WARMUP + N_QUERIES]
+    rng = np.random.default_rng(SEED)
+    rows = {q: rng.integers(0, len(docs), size=TOP_K) for q in queries}  # ~100 candidates, fixed per query
+    indexes, build_s = {}, {}
+    for name in analyses:
+        start = time.perf_counter()
+        indexes[name] = LexicalIndex.build(docs, analysis=name)
+        build_s[name] = time.perf_counter() - start
+    analyse = interleaved_us({a: Analyzer(a).tokenize for a in analyses}, queries)
+    at = interleaved_us({a: partial(lambda i, q: i.scores_at(q, rows[q]), i) for a, i in indexes.items()}, queries)
+    search = interleaved_us({a: partial(lambda i, q: i.search(q, TOP_K), i) for a, i in indexes.items()}, queries)
+    return [
+        (catalog.name, len(docs), a, build_s[a], indexes[a].vocabulary_size, *analyse[a], *at[a])
+        + (search[a][0] / 1e3, search[a][1] / 1e3)
+        for a in analyses
+    ]
+
+
+def main_analyses(catalogs: list[Path], analyses: list[str]) -> None:
+    rows = [row for catalog in catalogs for row in bench_analyses(catalog, analyses)]
+    print(render(rows, markdown=False, header=ANALYSIS_HEADER))
+    print(
+        f"\n- bm25s {bm25s.__version__}, the service's LexicalIndex (k1={K1}, b={B}); documents: title + text of "
+        "each catalog's items.jsonl (SYNTHETIC catalogs are so named by their generator); queries: its queries.jsonl, "
+        f"{N_QUERIES} timed after {N_WARMUP} warm-up (repeated where the file has fewer), one per call, the "
+        "analyses taking turns on each query."
+        "\n- analyse: the query's terms alone (Analyzer.tokenize); scores_at(100): BM25 at 100 random rows, query "
+        f"analysis included (the request path's lexical stage); search: top-{TOP_K} over the whole catalog."
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_lexical", description=__doc__.splitlines()[0])
+    parser.add_argument("--analyses", help="comma-separated lexical analyses to compare, e.g. none,english")
+    parser.add_argument("--catalog", type=Path, action="append", help="a catalog directory (with --analyses)")
+    args = parser.parse_args(argv)
+    if args.analyses:
+        main_analyses(args.catalog or [DATA], [a.strip() for a in args.analyses.split(",") if a.strip()])
+        return
     notes = [
         f"bm25s {bm25s.__version__}: k1={K1}, b={B}, Lucene IDF, numpy backend; tokens `[^\\W_]+` of lowercased text.",
         f"Latency: one query per call, top-{TOP_K}, {N_QUERIES} queries after {N_WARMUP} warm-up, query tokenizing "

@@ -9,7 +9,8 @@ query is thus ranked by a model that never saw it. Beside it, on the same querie
 
 - zero_shot_served: the service with a bundle built without a model (dense + BM25, RRF prior): what a user serves
   before having judgments, and what ships when the quality gate refuses a trained model;
-- minilm_cosine, bm25, rrf(minilm,bm25): the zero-shot searches of `loadtests.evaluate`, over the whole catalog;
+- minilm_cosine, bm25, rrf(minilm,bm25): the zero-shot searches of `loadtests.evaluate`, over the whole catalog
+  (BM25 with --analysis, none by default, as in the zero-shot bundle);
 - shipped: per fold, the trained model where its quality gate (against the best zero-shot system on that fold's
   test queries, recorded at training) passed, zero_shot_served where it refused it.
 
@@ -35,6 +36,7 @@ from typing import Any
 from index.cli_logging import configure_cli_logging
 from index.data.records import DataError, fold_of
 from index.runtime.files import ArtifactError
+from index.runtime.lexical import NO_ANALYSIS, analysis_choices
 from index.runtime.text_encoder import TextEncoder
 from loadtests.evaluate import (
     EvaluateError,
@@ -133,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", type=Path, default=Path("artifacts/encoders/minilm"))
     parser.add_argument("--work", type=Path, default=Path("build/crossval"), help="models, bundles and logs")
     parser.add_argument("--train-args", default="", help="extra `training.cli train` options, one string")
+    parser.add_argument(
+        "--analysis",
+        choices=analysis_choices(),
+        metavar="{none,LANGUAGE}",
+        help="BM25's lexical analysis everywhere: the zero-shot bundle, the bm25 and rrf baselines, and each fold's "
+        "training (default: none for the zero-shot side, training's auto for the folds)",
+    )
     parser.add_argument("--out", type=Path, help="JSON report (default: reports/crossval-<UTC time>.json)")
     args = parser.parse_args(argv)
     configure_cli_logging()
@@ -151,15 +160,19 @@ def run(args: argparse.Namespace) -> int:
     started = datetime.now(UTC)
     data = load_eval_data(args.data, "all")
     k = args.folds
-    evaluation = run_systems(data, ["minilm", "bm25", "rrf"], encoder=TextEncoder(args.encoder))
+    zero_shot_analysis = args.analysis or NO_ANALYSIS
+    evaluation = run_systems(
+        data, ["minilm", "bm25", "rrf"], encoder=TextEncoder(args.encoder), analysis=zero_shot_analysis
+    )
     no_model = args.work / "no-model"
     no_model.mkdir(parents=True, exist_ok=True)
-    build_bundle(args.data, no_model, args.encoder, args.work / "zero-shot-bundle")
+    build_bundle(args.data, no_model, args.encoder, args.work / "zero-shot-bundle", analysis=zero_shot_analysis)
     zero_shot = load_in_process(args.work / "zero-shot-bundle", no_model, args.encoder)
     evaluation.add(ZERO_SHOT, served_rankings(zero_shot, data.queries, zero_shot.catalog))
 
     # Train on the query embeddings the served path will give the model (RANK_QUERY_ENCODER, as in the service).
-    train_args = ["--query-encoder", zero_shot.engine.encoder.variant, *shlex.split(args.train_args)]
+    named = ["--analysis", args.analysis] if args.analysis else []  # before --train-args, which may override it
+    train_args = ["--query-encoder", zero_shot.engine.encoder.variant, *named, *shlex.split(args.train_args)]
     trained: dict[str, QueryMetrics] = {}
     shipped: dict[str, QueryMetrics] = {}
     by_id = {m.query_id: m for m in evaluation.per_query[ZERO_SHOT]}

@@ -15,7 +15,8 @@ every query). Systems:
 - minilm: zero-shot MiniLM cosine (the project's ONNX all-MiniLM-L6-v2) of the query and each item's full text
   (title and text joined), exact search over the WHOLE catalog.
 - bm25: Okapi BM25 (the service's own, index.runtime.lexical: bm25s, k1 1.5, b 0.75, lowercase alphanumeric
-  tokens) over the whole catalog's full texts.
+  tokens, then --analysis: none, or a language's stop words and Snowball stems; by default the served bundle's)
+  over the whole catalog's full texts.
 - rrf: reciprocal-rank fusion of the minilm and bm25 rankings (k = 60; each list taken to --rrf-depth).
 
 Metrics are label-based with the project's pinned definitions (training.metrics): nDCG@10 (gain 2^g-1, log2
@@ -51,7 +52,7 @@ from index.data.records import DataError, Item, Query, fold_of
 from index.data.verdict import read_catalog
 from index.offline.text_cache import encode_texts as cached_embeddings
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index
-from index.runtime.lexical import TOKEN, LexicalIndex, LexicalParams
+from index.runtime.lexical import NO_ANALYSIS, TOKEN, Analyzer, LexicalIndex, LexicalParams, analysis_choices
 from index.runtime.text_encoder import TextEncoder
 from training.metrics import NDCG_CONVENTION, RELEVANT_GRADE, ndcg_at_k, reciprocal_rank
 
@@ -197,10 +198,11 @@ def bm25_rankings(
     k1: float = BM25_K1,
     b: float = BM25_B,
     method: str = BM25_METHOD,
+    analysis: str = NO_ANALYSIS,
 ) -> list[Ranking]:
-    """Okapi BM25 of each query against every document, with the service's own BM25 (index.runtime.lexical); `ids`
-    names the documents. A query that shares no term with a document ranks nothing."""
-    index = LexicalIndex.build(documents, LexicalParams(k1, b, method))
+    """Okapi BM25 of each query against every document, with the service's own BM25 (index.runtime.lexical) and
+    lexical `analysis`; `ids` names the documents. A query that shares no term with a document ranks nothing."""
+    index = LexicalIndex.build(documents, LexicalParams(k1, b, method), analysis)
     rankings = []
     for text in _bar(query_texts, "BM25", unit="query"):
         scores, rows = index.search(text, depth)
@@ -473,6 +475,7 @@ class Evaluation:
     data: EvalData
     cutoff: int
     per_query: dict[str, list[QueryMetrics]] = field(default_factory=dict)  # system -> one per query, in order
+    analysis: str = NO_ANALYSIS  # the bm25 system's lexical analysis
 
     def add(self, system: str, rankings: list[Ranking]) -> None:
         self.per_query[system] = [
@@ -497,9 +500,11 @@ def run_systems(
     rrf_depth: int = RRF_DEPTH,
     rrf_k: int = RRF_K,
     bm25_method: str = BM25_METHOD,
+    analysis: str = NO_ANALYSIS,
 ) -> Evaluation:
-    """Rank every chosen query with each system and score the rankings."""
-    evaluation = Evaluation(data, top_k)
+    """Rank every chosen query with each system and score the rankings; `analysis` is the bm25 system's (and so
+    rrf's)."""
+    evaluation = Evaluation(data, top_k, analysis=analysis)
     texts = [q.text for q in data.queries]
     depth = max(top_k, rrf_depth if "rrf" in systems else top_k)
     if "served" in systems:
@@ -514,7 +519,8 @@ def run_systems(
         deep["minilm"] = minilm_rankings(encoder, data.items, texts, depth)
     if "bm25" in systems or "rrf" in systems:
         docs = [item.full_text for item in data.items]
-        deep["bm25"] = bm25_rankings(docs, [item.id for item in data.items], texts, depth, method=bm25_method)
+        ids = [item.id for item in data.items]
+        deep["bm25"] = bm25_rankings(docs, ids, texts, depth, method=bm25_method, analysis=analysis)
     for name in ("minilm", "bm25"):
         if name in systems:
             evaluation.add(name, [Ranking(r.ids[:top_k], r.scores[:top_k]) for r in deep[name]])
@@ -555,7 +561,8 @@ def report_table(evaluation: Evaluation, served: Served | None, folds: int) -> s
     lines.append(
         f"({NDCG_CONVENTION}; ideal over all judged items, so what a system missed counts; MRR: first item with "
         f"grade >= {RELEVANT_GRADE} in the top {k}, mean over all queries; recall@{k}: share of a query's grade >= "
-        f"{RELEVANT_GRADE} items in its top {k}; zero-shot systems search the whole catalog; rrf k={RRF_K})"
+        f"{RELEVANT_GRADE} items in its top {k}; zero-shot systems search the whole catalog; bm25 analysis: "
+        f"{evaluation.analysis}; rrf k={RRF_K})"
     )
     if folds > 1:
         lines.append("")
@@ -635,6 +642,22 @@ def report_json(evaluation: Evaluation, served: Served | None, folds: int, setti
         for system, rows in evaluation.per_query.items()
     }
     return out
+
+
+def served_analysis(served: Served | None, bundle: Path | None) -> str:
+    """The lexical analysis of the bundle the service serves, for the bm25 baseline to match: the in-process
+    engine's, else that of the bundle at `bundle` (default RANK_BUNDLE_DIR) if there is one, else none."""
+    if isinstance(served, InProcessServed):
+        return str(served.engine.bundle.lexical.analyzer.name)
+    try:
+        if bundle is None:
+            from service.settings import Settings
+
+            bundle = Settings().bundle_dir
+        manifest = json.loads((bundle / "manifest.json").read_text())
+    except (OSError, ValueError):  # no bundle there (or settings that do not load): no analysis to match
+        return NO_ANALYSIS
+    return str(manifest.get("lexical", {}).get("analysis", NO_ANALYSIS))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -720,6 +743,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {BM25_METHOD})",
     )
     parser.add_argument(
+        "--analysis",
+        choices=analysis_choices(),
+        metavar="{none,LANGUAGE}",
+        help="the bm25 baseline's lexical analysis: none, or a Snowball language (stop words and stems), e.g. "
+        "english (default: the served bundle's, --bundle or RANK_BUNDLE_DIR; none without one)",
+    )
+    parser.add_argument(
         "--rrf-depth", type=_positive, default=RRF_DEPTH, help=f"depth of each list RRF fuses (default: {RRF_DEPTH})"
     )
     parser.add_argument("--out", type=Path, help="JSON report (default: reports/evaluate-<UTC time>.json)")
@@ -752,6 +782,7 @@ def run(args: argparse.Namespace) -> int:
                 encoder = TextEncoder(encoder_dir)
             except Exception as exc:  # noqa: BLE001 - a broken encoder is one sentence
                 raise EvaluateError(f"the MiniLM encoder at {encoder_dir} does not load: {_one_line(exc)}") from None
+        analysis = args.analysis or served_analysis(served, args.bundle)
         evaluation = run_systems(
             data,
             args.systems,
@@ -760,6 +791,7 @@ def run(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             rrf_depth=args.rrf_depth,
             bm25_method=args.bm25_method,
+            analysis=analysis,
         )
     finally:
         if isinstance(served, HttpServed):
@@ -770,7 +802,15 @@ def run(args: argparse.Namespace) -> int:
         "num_candidates": args.num_candidates,
         "systems": [_label(s) for s in args.systems],
         "minilm": {"text": "title and text joined (Item.full_text)", "search": "exact inner product"},
-        "bm25": {"library": "bm25s", "k1": BM25_K1, "b": BM25_B, "method": args.bm25_method, "tokens": TOKEN.pattern},
+        "bm25": {
+            "library": "bm25s",
+            "k1": BM25_K1,
+            "b": BM25_B,
+            "method": args.bm25_method,
+            "tokens": TOKEN.pattern,
+            "analysis": evaluation.analysis,
+            "terms": Analyzer(evaluation.analysis).describe(),
+        },
         "rrf": {"k": RRF_K, "depth": args.rrf_depth, "of": ["minilm_cosine", "bm25"]},
         "command": sys.argv,
     }

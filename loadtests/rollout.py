@@ -164,14 +164,19 @@ class Rollout:
         return {"model_version": self.serving_version, "bundle_version": self.serving_bundle}
 
     def train(self) -> dict[str, Any]:
+        from index.runtime.lexical import NO_ANALYSIS
         from training.cli import run_train
         from training.train import TrainConfig
 
         assert self.candidate_dir is not None
-        cfg = TrainConfig(data_dir=self.args.data, out_dir=self.candidate_dir, seed=self.args.seed)
+        # The candidate is served from the serving bundle re-projected (`bundle`), whose BM25 index stays as it is:
+        # train with its lexical analysis, not one chosen anew.
+        manifest = _read_json(self.args.serving_bundle / "manifest.json", "--serving-bundle")
+        analysis = str(manifest.get("lexical", {}).get("analysis", NO_ANALYSIS))
+        cfg = TrainConfig(data_dir=self.args.data, out_dir=self.candidate_dir, seed=self.args.seed, analysis=analysis)
         if run_train(cfg) != 0:
             raise Stopped("training ended with an error (see above)", {"seed": self.args.seed})
-        return {"seed": self.args.seed, "out_dir": str(self.candidate_dir)}
+        return {"seed": self.args.seed, "out_dir": str(self.candidate_dir), "analysis": analysis}
 
     def export(self) -> dict[str, Any]:
         from training.export import run_export
@@ -213,7 +218,8 @@ class Rollout:
         ndcg: dict[str, float] = {}
         for name, served in (("serving", serving), ("candidate", candidate)):
             ndcg[name] = run_systems(data, ["served"], served=served).summary("served").ndcg_at_10
-        zero_shot = run_systems(data, list(ZERO_SHOT), encoder=serving.engine.encoder)
+        analysis = serving.engine.bundle.lexical.analyzer.name  # BM25 as the service runs it
+        zero_shot = run_systems(data, list(ZERO_SHOT), encoder=serving.engine.encoder, analysis=analysis)
         for system in ZERO_SHOT:
             ndcg[system] = zero_shot.summary(system).ndcg_at_10
         best = max(ZERO_SHOT, key=lambda s: ndcg[s])

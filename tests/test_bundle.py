@@ -11,11 +11,15 @@ import faiss
 import numpy as np
 import pytest
 
+from index.data.records import Item
+from index.offline.bundle_writer import bundle_analysis, write_bundle
+from index.offline.featurize import features_from_arrays
 from index.runtime.bundle import Bundle
 from index.runtime.exported_model import ExportedModel, ModelCard
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index, set_search_threads
 from index.runtime.files import ArtifactError, sha256_file
-from index.runtime.lexical import LexicalIndex
+from index.runtime.lexical import Analyzer, LexicalIndex
+from model.schema import FeatureSchema
 
 from .conftest import TinyPipeline
 
@@ -139,3 +143,84 @@ def test_the_faiss_thread_cap_holds_on_the_thread_that_searches() -> None:
     finally:
         set_search_threads(1)
     assert seen == [cap]
+
+
+def _zero_shot_bundle(out: Path, analysis: str | None) -> Path:
+    """A four-item zero-shot bundle from given vectors: the bundle format without an encoder or a model."""
+    texts = ["The library of the university", "Libraries and catalogues", "Gin and tonic", "Public libraries"]
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(len(texts), 4)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    items = [Item(id=f"i{i}", title=t, text_embedding=v.tolist()) for i, (t, v) in enumerate(zip(texts, vectors))]
+    schema = FeatureSchema(text_dim=4, image_dim=1, categorical=())
+    features = features_from_arrays(items, schema, vectors, np.zeros((len(items), 1), np.float32))
+    write_bundle(out, items, features, None, IndexParams(IndexKind.EXACT), schema=schema, analysis=analysis)
+    return out
+
+
+def _card(analysis: str) -> ModelCard:
+    schema = FeatureSchema(text_dim=4, image_dim=1, categorical=())
+    return ModelCard("m1", schema, 8, 8, {}, ("dense", "bm25"), "rrf", {}, analysis=analysis)
+
+
+def test_the_manifest_records_the_lexical_analysis(tmp_path: Path) -> None:
+    plain = Bundle.load(_zero_shot_bundle(tmp_path / "plain", None))
+    assert plain.manifest["lexical"]["analysis"] == "none" and plain.lexical.analyzer == Analyzer("none")
+    assert plain.manifest["lexical"]["tokenizer"] == "lowercase runs of letters and digits"
+    assert "analysis" not in json.loads((plain.path / "lexical" / "stats.json").read_text())
+    stemmed = Bundle.load(_zero_shot_bundle(tmp_path / "english", "english"))
+    assert stemmed.manifest["lexical"]["analysis"] == "english" and stemmed.lexical.analyzer == Analyzer("english")
+    assert "Snowball english" in stemmed.manifest["lexical"]["tokenizer"]
+    assert set(stemmed.lexical.search("library", 10)[1].tolist()) == {0, 1, 3}
+    assert plain.version != stemmed.version  # another index, other files
+
+
+def test_a_bundle_from_before_analyses_loads_as_none(tmp_path: Path) -> None:
+    path = _zero_shot_bundle(tmp_path / "bundle", None)
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["lexical"]["analysis"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert Bundle.load(path).lexical.analyzer == Analyzer("none")
+
+
+def test_a_manifest_that_disagrees_with_the_bm25_index_is_refused(tmp_path: Path) -> None:
+    path = _zero_shot_bundle(tmp_path / "bundle", "english")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["lexical"]["analysis"] = "none"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"manifest lexical.analysis is 'none', .* built with 'english'"):
+        Bundle.load(path)
+
+
+def test_a_model_trained_with_another_analysis_is_refused(tmp_path: Path) -> None:
+    bundle = Bundle.load(_zero_shot_bundle(tmp_path / "bundle", "english"))
+    bundle.check_analysis(_card("english"))
+    with pytest.raises(ArtifactError, match="disagree on lexical analysis: .* 'english', .* trained with 'none'"):
+        bundle.check_analysis(_card("none"))
+
+
+def test_a_model_card_from_before_analyses_says_none(tmp_path: Path) -> None:
+    card = {
+        "version": "m1",
+        "feature_schema": FeatureSchema(text_dim=4, image_dim=1, categorical=()).to_dict(),
+        "model_config": {"dim": 8},
+        "retriever_config": {"dim": 8},
+        "files": {},
+        "candidates": {"sources": ["dense", "bm25"], "prior": "rrf"},
+    }
+    (tmp_path / "model_card.json").write_text(json.dumps(card))
+    assert ModelCard.load(tmp_path).analysis == "none"
+    card["candidates"]["analysis"] = "english"
+    (tmp_path / "model_card.json").write_text(json.dumps(card))
+    assert ModelCard.load(tmp_path).analysis == "english"
+
+
+def test_a_bundle_takes_the_models_analysis_and_refuses_another() -> None:
+    assert bundle_analysis(None, None) == Analyzer("none")  # zero-shot: none unless named
+    assert bundle_analysis(None, "english") == Analyzer("english")
+    assert bundle_analysis(_card("english"), None) == Analyzer("english")
+    assert bundle_analysis(_card("english"), "english") == Analyzer("english")
+    with pytest.raises(ValueError, match="--analysis none is not model m1's lexical analysis english"):
+        bundle_analysis(_card("english"), "none")
+    with pytest.raises(ValueError, match="unknown lexical analysis"):
+        bundle_analysis(None, "klingon")

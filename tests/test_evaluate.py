@@ -161,6 +161,16 @@ def test_cli_zero_shot_writes_table_and_json(corpus: Path, tmp_path: Path, capsy
     assert len(report["folds"]["systems"]["bm25"]["per_fold"]) == 2
 
 
+def test_cli_bm25_takes_and_reports_the_analysis(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "report.json"
+    argv = ["--data", str(corpus), "--systems", "bm25", "--split", "all", "--out", str(out)]
+    assert main([*argv, "--bundle", str(tmp_path / "no-bundle"), "--analysis", "english"]) == 0
+    assert "bm25 analysis: english" in capsys.readouterr().out
+    assert json.loads(out.read_text())["settings"]["bm25"]["analysis"] == "english"
+    assert main([*argv, "--bundle", str(tmp_path / "no-bundle")]) == 0  # no served bundle to match: none
+    assert json.loads(out.read_text())["settings"]["bm25"]["analysis"] == "none"
+
+
 # -- (b) the served path equals the offline evaluation -----------------------------------------------------------------
 
 

@@ -96,6 +96,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["train", "--loss", "ndcg"], "unknown loss 'ndcg'"),
         (["train", "--epochs", "0"], "epochs must be positive"),
         (["train", "--lr-grid", "2e-3,fast"], "--lr-grid must be comma-separated numbers"),
+        (["train", "--analysis", "klingon"], "unknown lexical analysis 'klingon': choose auto, none or a language"),
         (["export", "--out-dir", "/nonexistent/artifacts"], "no checkpoint"),
     ],
 )

@@ -20,6 +20,7 @@ from index.cli_logging import configure_cli_logging
 from index.data.records import DataError
 from index.runtime.features import text_only_features
 from index.runtime.files import write_json
+from index.runtime.lexical import NO_ANALYSIS
 from model.fusion import FusionRanker
 from model.retrieval import TwoTowerRetriever
 from training.baselines import LambdaMART, text_cosine_scores
@@ -35,8 +36,15 @@ from training.dataset import (
 from training.export import ParityError, run_export
 from training.metrics import NDCG_CONVENTION, RELEVANT_GRADE, RankingMetrics, evaluate_scores
 from training.retrieval import RetrieverResult, learned_space, out_of_fold_spaces, train_retriever
-from training.train import FeatureTensors, TrainConfig, score_lists, select_device, train
-from training.zero_shot import SOURCE_OPTIONS, Choice, choose_candidates, lists_for, zero_shot_metrics
+from training.train import AUTO_ANALYSIS, FeatureTensors, TrainConfig, score_lists, select_device, train
+from training.zero_shot import (
+    SOURCE_OPTIONS,
+    Choice,
+    choose_analysis,
+    choose_candidates,
+    lists_for,
+    zero_shot_metrics,
+)
 
 log = logging.getLogger("training")
 
@@ -77,7 +85,8 @@ def candidates_table(recall: dict[str, float], k: int, choice: Choice) -> str:
     chosen = "+".join(choice.candidates.sources)
     lines = [
         f"Candidate generation (RRF of the sources), recall@{k} of relevant items (grade >= 2); served: {chosen} "
-        f"(best on the validation queries), prior: {choice.candidates.prior}",
+        f"(best on the validation queries), prior: {choice.candidates.prior}, BM25 analysis: "
+        f"{choice.candidates.lexical.analyzer.name}",
         f"  {'sources':<22} {'val':>7} {'test':>7}",
     ]
     lines += [
@@ -125,6 +134,19 @@ def crossfit(cfg: TrainConfig, dataset: Dataset, retriever: RetrieverResult) -> 
     return parts
 
 
+def with_analysis(cfg: TrainConfig, dataset: Dataset) -> tuple[Dataset, dict[str, float]]:
+    """The dataset with its lists made by BM25 under the analysis `cfg.analysis` resolves to (`choose_analysis` for
+    auto; `load_dataset` built the named one, or none for auto), and the validation figures auto chose by."""
+    if cfg.analysis != AUTO_ANALYSIS:
+        return dataset, {}
+    choice = choose_analysis(dataset, cfg.num_candidates)
+    if choice.lexical is not dataset.candidates.lexical:
+        dataset = dataset.with_candidates(
+            dataclasses.replace(dataset.candidates, lexical=choice.lexical), cfg.num_candidates
+        )
+    return dataset, choice.ndcg
+
+
 def evaluate_systems(
     dataset: Dataset, scores_by_system: dict[str, np.ndarray], split: str = "test"
 ) -> dict[str, RankingMetrics]:
@@ -145,7 +167,10 @@ def run_train(cfg: TrainConfig) -> int:
         query_encoder=queries,
         num_candidates=cfg.num_candidates,
         holdout=cfg.holdout,
+        analysis=NO_ANALYSIS if cfg.analysis == AUTO_ANALYSIS else cfg.analysis,
     )
+    dataset, analysis_ndcg = with_analysis(cfg, dataset)
+    analysis = dataset.candidates.lexical.analyzer.name
     synthetic = "SYNTHETIC " if "synthetic" in dataset.name else ""
     log.info(
         "dataset %s%s: %d items (with each modality: %s), %s",
@@ -214,10 +239,16 @@ def run_train(cfg: TrainConfig) -> int:
             "model_config": dataclasses.asdict(result.model_config),
             "retriever": retriever.model.state_dict(),
             "retriever_config": dataclasses.asdict(retriever.config),
-            "candidates": {"sources": list(choice.candidates.sources), "prior": choice.candidates.prior},
+            "candidates": {
+                "sources": list(choice.candidates.sources),
+                "prior": choice.candidates.prior,
+                "analysis": analysis,
+            },
             "schema": dataset.schema.to_dict(),
-            # the rates of the runs kept
-            "train_config": dataclasses.replace(cfg, lr=result.lr, retrieval_lr=retriever.lr).to_dict(),
+            # the rates of the runs kept, the analysis used
+            "train_config": dataclasses.replace(
+                cfg, lr=result.lr, retrieval_lr=retriever.lr, analysis=analysis
+            ).to_dict(),
             "step": result.steps,
             "best_val_ndcg": result.best_val_ndcg,
             "best_epoch": result.best_epoch,
@@ -239,6 +270,8 @@ def run_train(cfg: TrainConfig) -> int:
                 "relevant_grade": RELEVANT_GRADE,
                 "sources": list(choice.candidates.sources),
                 "prior": choice.candidates.prior,
+                "analysis": analysis,
+                "selection_bm25_ndcg@10": {name: round(value, 4) for name, value in analysis_ndcg.items()},
                 "selection_recall": {name: round(value, 4) for name, value in choice.recall.items()},
                 "selection_prior_ndcg@10": {name: round(value, 4) for name, value in choice.prior_ndcg.items()},
                 "test_recall": {name: round(value, 4) for name, value in candidate_recall.items()},

@@ -29,7 +29,7 @@ from index.offline.featurize import featurize
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index
 from index.runtime.features import CandidateFeatures
 from index.runtime.hybrid import ZERO_SHOT_PRIOR, ZERO_SHOT_SOURCES, candidate_rows, evidence, ranker_evidence
-from index.runtime.lexical import LexicalIndex
+from index.runtime.lexical import NO_ANALYSIS, LexicalIndex
 from index.runtime.text_encoder import TextEncoder
 from model.schema import FeatureSchema
 from training.metrics import RELEVANT_GRADE
@@ -322,6 +322,7 @@ def load_dataset(
     schema: FeatureSchema | None = None,
     image_encoder_dir: Path | None = None,
     holdout: tuple[int, int] | None = None,
+    analysis: str = NO_ANALYSIS,
 ) -> Dataset:
     """Read items/queries/judgments from data_dir, encode them and build the per-split candidate lists.
 
@@ -332,6 +333,7 @@ def load_dataset(
     artifacts/encoders/clip). `holdout` = (fold, folds) splits the queries for K-fold cross-validation instead of
     as the data says (`index.data.records.fold_split`). Queries are embedded with `query_encoder` (the variant the
     service will embed them with), items with `encoder`; the same when not given.
+    `analysis` is BM25's (`index.runtime.lexical.Analyzer`).
     """
     require_data_dir(data_dir)
     if find_data_file(data_dir, "queries") is None or not find_judgments(data_dir).exists():
@@ -360,7 +362,9 @@ def load_dataset(
         encoder.name,
     )
     features = featurize(items, schema, encoder)
-    candidates = Candidates(text_space(features), LexicalIndex.build([item.full_text for item in items]))
+    candidates = Candidates(
+        text_space(features), LexicalIndex.build([item.full_text for item in items], analysis=analysis)
+    )
     splits = {}
     for split in SPLITS:
         chosen = [q for q in queries if q.split == split]

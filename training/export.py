@@ -43,6 +43,7 @@ from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_
 from index.runtime.features import CandidateFeatures, text_only_features
 from index.runtime.files import read_json, sha256_file, write_json
 from index.runtime.hybrid import RRF_K
+from index.runtime.lexical import NO_ANALYSIS
 from model.fusion import FusionConfig, FusionRanker
 from model.retrieval import RetrievalConfig, TwoTowerRetriever
 from model.schema import MODALITIES, FeatureSchema
@@ -94,6 +95,11 @@ class Checkpoint:
     @property
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.raw["train_config"])
+
+    @property
+    def analysis(self) -> str:
+        """BM25's lexical analysis in training (none in a checkpoint from before it was recorded)."""
+        return str(self.raw["candidates"].get("analysis", NO_ANALYSIS))
 
 
 class _CandidateEncoder(nn.Module):
@@ -150,7 +156,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 def served_dataset(checkpoint: Checkpoint, data_dir: Path | None = None, encoder_dir: Path | None = None) -> Dataset:
     """The checkpoint's dataset with the candidate lists the model serves: its sources (its retriever's space among
-    them) and its prior."""
+    them), its prior and its BM25 analysis."""
     cfg = checkpoint.train_config
     items, queries = dataset_encoders(encoder_dir or cfg.encoder_dir, cfg.query_encoder)
     dataset = load_dataset(
@@ -160,6 +166,7 @@ def served_dataset(checkpoint: Checkpoint, data_dir: Path | None = None, encoder
         num_candidates=cfg.num_candidates,
         schema=checkpoint.schema,
         holdout=cfg.holdout,
+        analysis=checkpoint.analysis,
     )
     served = dataclasses.replace(
         dataset.candidates,

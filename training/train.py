@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from index.runtime.features import CandidateFeatures
+from index.runtime.lexical import analysis_choices
 from model.fusion import FusionConfig, FusionRanker
 from training.dataset import Dataset, RankingLists
 from training.losses import LOSSES, make_loss
@@ -30,6 +31,7 @@ from training.metrics import NDCG_CONVENTION, evaluate_scores
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
+AUTO_ANALYSIS = "auto"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ class TrainConfig:
     # The MiniLM graph that embeds the queries ("int8" or "fp32"), the one the service serves queries with
     # (RANK_QUERY_ENCODER): the ranker learns from the embeddings it will be given. Items are always embedded fp32.
     query_encoder: str = "int8"
+    # BM25's lexical analysis (index.runtime.lexical.Analyzer): "none", a Snowball language ("english", ...), or
+    # "auto": none or english, whichever BM25 alone ranks better on the train and validation queries (zero_shot).
+    # The model card records the one used, and `make index` builds the bundle's BM25 with it.
+    analysis: str = AUTO_ANALYSIS
     crossfit: int = (
         0  # K >= 2: the ranker trains on out-of-fold lists from K retrievers, each without 1/K of the queries
     )
@@ -103,6 +109,11 @@ class TrainConfig:
             )
         if self.query_encoder not in ("fp32", "int8"):
             raise ValueError(f"query_encoder must be fp32 or int8, got {self.query_encoder!r}")
+        if self.analysis != AUTO_ANALYSIS and self.analysis not in analysis_choices():
+            raise ValueError(
+                f"unknown lexical analysis {self.analysis!r}: choose auto, none or a language, one of "
+                + ", ".join(analysis_choices()[1:])
+            )
         if self.crossfit == 1 or self.crossfit < 0:
             raise ValueError(f"--crossfit needs 0 (off) or K >= 2 parts, got {self.crossfit}")
         if self.folds and (self.folds < 3 or not 0 <= self.fold < self.folds):

@@ -15,6 +15,7 @@ from index.data.records import DataError
 from index.offline.bundle_writer import build_bundle, reproject_bundle
 from index.runtime.faiss_index import IndexKind
 from index.runtime.files import ArtifactError
+from index.runtime.lexical import analysis_choices
 
 log = logging.getLogger("index.offline.build")
 
@@ -32,18 +33,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("artifacts/bundle"))
     parser.add_argument("--index", choices=["auto", *(k.value for k in IndexKind)], default="auto")
     parser.add_argument(
+        "--analysis",
+        choices=analysis_choices(),
+        metavar="{none,LANGUAGE}",
+        default=None,
+        help="how BM25 analyses text: none, or a Snowball language (stop words and stems), e.g. english (default: "
+        "the model's; none for a zero-shot bundle)",
+    )
+    parser.add_argument(
         "--from-bundle",
         type=Path,
         default=None,
         help="reuse this bundle's features; recompute only what the new model makes (candidate encodings, index)",
     )
     args = parser.parse_args(argv)
+    if args.from_bundle is not None and args.analysis is not None:
+        parser.error("--analysis does not go with --from-bundle, which keeps that bundle's BM25 index")
     configure_cli_logging()
     try:
         if args.from_bundle is not None:
             bundle = reproject_bundle(args.from_bundle, args.model, args.out)
         else:
-            bundle = build_bundle(args.data, args.model, args.encoder, args.out, args.index)
+            bundle = build_bundle(args.data, args.model, args.encoder, args.out, args.index, args.analysis)
     except (DataError, ArtifactError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -39,10 +39,10 @@ from index.runtime.bundle import (
     TEXT_INDEX_FILE,
     Bundle,
 )
-from index.runtime.exported_model import MODEL_CARD_FILE, ExportedModel
+from index.runtime.exported_model import MODEL_CARD_FILE, ExportedModel, ModelCard
 from index.runtime.faiss_index import IndexKind, IndexParams, build_index, recall_at_k
 from index.runtime.files import ArtifactError, sha256_file, write_json
-from index.runtime.lexical import LexicalIndex
+from index.runtime.lexical import NO_ANALYSIS, Analyzer, LexicalIndex
 from index.runtime.text_encoder import TextEncoder
 from model.schema import FeatureSchema
 
@@ -99,9 +99,12 @@ def write_bundle(
     params: IndexParams,
     extra: dict[str, Any] | None = None,
     schema: FeatureSchema | None = None,
+    analysis: Analyzer | str | None = None,
 ) -> Path:
     """Write the bundle files and manifest; `extra` adds manifest sections (e.g. the image encoder that was used).
-    Without a ranker the bundle is zero-shot and `schema` (the features' schema) is required."""
+    Without a ranker the bundle is zero-shot and `schema` (the features' schema) is required. `analysis` is the BM25
+    index's (`bundle_analysis`: the ranker's unless given)."""
+    analyzer = bundle_analysis(ranker.card if ranker is not None else None, analysis)
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"text": features.text, "image": features.image, "attrs": features.attrs, "mask": features.mask}
     sections: dict[str, Any] = {}
@@ -117,16 +120,31 @@ def write_bundle(
         for item in items:
             handle.write(json.dumps({"id": item.id, "title": item.display_title, "attributes": item.attributes}) + "\n")
     sections["text_index"] = write_index(out, features.text, params, TEXT_INDEX_FILE, "text")
-    sections["lexical"] = write_lexical(out, items)
+    sections["lexical"] = write_lexical(out, items, analyzer)
     extra = {"modalities": features.coverage(), **(extra or {})}  # items with each modality, for the reader
     write_manifest(out, ranker, len(items), sections, extra, schema)
     return out
 
 
-def write_lexical(out: Path, items: list[Item]) -> dict[str, Any]:
+def bundle_analysis(card: ModelCard | None, requested: Analyzer | str | None) -> Analyzer:
+    """The BM25 analysis a bundle is built with: the model's, whose ranker learned from BM25 evidence made that way
+    (a card from before analyses were recorded says `none`); for a zero-shot bundle `none` unless one is named. A
+    named analysis that is not the model's is an error naming both."""
+    chosen = Analyzer.of(requested) if requested is not None else None
+    if card is None:
+        return chosen or Analyzer(NO_ANALYSIS)
+    if chosen is not None and chosen.name != card.analysis:
+        raise ValueError(
+            f"--analysis {chosen.name} is not model {card.version}'s lexical analysis {card.analysis}: its ranker "
+            "was trained on BM25 made that way (leave --analysis out, or train with it)"
+        )
+    return Analyzer(card.analysis)
+
+
+def write_lexical(out: Path, items: list[Item], analysis: Analyzer | str = NO_ANALYSIS) -> dict[str, Any]:
     """Build and save the BM25 index over the items' text fields; returns its manifest section."""
     started = time.perf_counter()
-    lexical = LexicalIndex.build([item.full_text for item in items])
+    lexical = LexicalIndex.build([item.full_text for item in items], analysis=analysis)
     shutil.rmtree(out / LEXICAL_DIR, ignore_errors=True)
     files = lexical.save(out / LEXICAL_DIR)
     log.info("BM25 index over %d items in %.1fs", len(items), time.perf_counter() - started)
@@ -134,7 +152,8 @@ def write_lexical(out: Path, items: list[Item]) -> dict[str, Any]:
         "library": "bm25s",
         **dataclasses.asdict(lexical.params),
         "fields": ["title", "text"],
-        "tokenizer": "lowercase runs of letters and digits",
+        "analysis": lexical.analyzer.name,
+        "tokenizer": lexical.analyzer.describe(),
         "files": [f"{LEXICAL_DIR}/{name}" for name in files],
     }
 
@@ -182,8 +201,9 @@ def reproject_bundle(source: Path, model_dir: Path, out: Path) -> Bundle:
     """New model, same catalog: recompute only what the model makes (the ranker's candidate keys/values and the
     learned index over its retrieval vectors) from an existing bundle's features (a zero-shot bundle's too).
 
-    Texts and images are not re-encoded, the dense and BM25 indexes are kept; the new bundle is written beside the
-    target and moved into place, so `out` may be `source`."""
+    Texts and images are not re-encoded, the dense and BM25 indexes are kept (so the model must analyse text for
+    BM25 as the bundle's index does: the bundle keeps no item text to rebuild it from); the new bundle is written
+    beside the target and moved into place, so `out` may be `source`."""
     ranker = ExportedModel(model_dir)
     old = Bundle.load(source)
     differences = ranker.card.schema.differences(old.schema)
@@ -192,6 +212,7 @@ def reproject_bundle(source: Path, model_dir: Path, out: Path) -> Bundle:
             f"model {ranker.version} has another feature schema than bundle {source} "
             f"({'; '.join(differences)}): rebuild with `make index`"
         )
+    old.check_analysis(ranker.card)
     staging = out.with_name(f".{out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     made_by_model = (*(f"{name}.npy" for name in MODEL_ARRAYS), LEARNED_INDEX_FILE, MANIFEST_FILE)
@@ -221,11 +242,15 @@ def reproject_bundle(source: Path, model_dir: Path, out: Path) -> Bundle:
     return bundle
 
 
-def build_bundle(data: Path, model_dir: Path, encoder_dir: Path, out: Path, kind: str = "auto") -> Bundle:
+def build_bundle(
+    data: Path, model_dir: Path, encoder_dir: Path, out: Path, kind: str = "auto", analysis: str | None = None
+) -> Bundle:
     """Featurize the catalog at data/items.jsonl and write a verified bundle to out; zero-shot when model_dir holds
     no exported model. Items the catalog's verdict skips (`index.data.verdict`, with the model's feature schema or,
-    zero-shot, one learnt from the catalog) are left out, each defect logged as one warning."""
+    zero-shot, one learnt from the catalog) are left out, each defect logged as one warning. `analysis`: BM25's
+    (`bundle_analysis`)."""
     ranker = ExportedModel(model_dir) if (model_dir / MODEL_CARD_FILE).exists() else None
+    analyzer = bundle_analysis(ranker.card if ranker is not None else None, analysis)  # before the long work
     encoder = TextEncoder(encoder_dir)
     if ranker is not None and encoder.name != ranker.card.schema.text_encoder:
         raise ArtifactError(f"text encoder {encoder.name} is not the model's {ranker.card.schema.text_encoder}")
@@ -267,7 +292,8 @@ def build_bundle(data: Path, model_dir: Path, encoder_dir: Path, out: Path, kind
     )
     params = IndexParams.for_size(len(items)) if kind == "auto" else IndexParams(IndexKind(kind))
     catalog = {"items_read": screened.items_read, "skipped": screened.counts["items_skipped"]}
-    write_bundle(out, items, features, ranker, params, {"text": text_info, "catalog": catalog}, schema)
+    extra = {"text": text_info, "catalog": catalog}
+    write_bundle(out, items, features, ranker, params, extra, schema, analyzer)
     bundle = Bundle.load(out)
     bundle.check_compatible(ranker.card if ranker is not None else None)
     return bundle

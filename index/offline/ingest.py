@@ -41,7 +41,7 @@ from tqdm import tqdm
 from index.cli_logging import configure_cli_logging
 from index.data.records import DataError, Item
 from index.data.verdict import read_catalog
-from index.offline.bundle_writer import write_bundle
+from index.offline.bundle_writer import bundle_analysis, write_bundle
 from index.offline.featurize import features_from_arrays, has_text, item_text
 from index.offline.image_encoder import ImageEncoder
 from index.offline.images import ClipPreprocessing, ImageError, load_image, near_duplicate_pairs, perceptual_hash
@@ -49,6 +49,7 @@ from index.runtime.bundle import Bundle
 from index.runtime.exported_model import ExportedModel
 from index.runtime.faiss_index import IndexKind, IndexParams
 from index.runtime.files import ArtifactError, write_json
+from index.runtime.lexical import analysis_choices
 from index.runtime.text_encoder import TextEncoder
 from model.schema import FeatureSchema
 
@@ -143,6 +144,7 @@ class IngestConfig:
     dup_max_distance: int = DEFAULT_DUP_DISTANCE
     index_kind: str = "auto"
     keep_work: bool = False
+    analysis: str | None = None  # BM25's lexical analysis; the model's when not given (`bundle_analysis`)
 
     @property
     def resolved_work_dir(self) -> Path:
@@ -414,6 +416,7 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
     if not Path(cfg.data).exists():  # the likeliest mistake, said before the model is loaded
         raise DataError(f"{cfg.data}: no such file or directory")
     ranker = ExportedModel(cfg.model_dir)
+    analyzer = bundle_analysis(ranker.card, cfg.analysis)  # a conflict is refused before the long work
     # The same verdict as `make validate --model` and `make index`: items with nothing the model can use are skipped.
     catalog = read_catalog(cfg.data, schema=ranker.card.schema, judged=False)
     spec = EncoderSpec(
@@ -491,7 +494,7 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
         "ingest": {"format": INGEST_FORMAT, "items_read": catalog.items_read, "skipped": len(skipped)},
         "catalog": {"items_read": catalog.items_read, "skipped": catalog.counts["items_skipped"]},
     }
-    write_bundle(cfg.out, kept, features, ranker, params, extra=extra)
+    write_bundle(cfg.out, kept, features, ranker, params, extra=extra, analysis=analyzer)
     bundle = Bundle.load(cfg.out)
     bundle.check_compatible(ranker.card)
 
@@ -552,6 +555,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dup-distance", type=int, default=DEFAULT_DUP_DISTANCE, help="max phash bits that differ")
     parser.add_argument("--index", choices=["auto", *(k.value for k in IndexKind)], default="auto")
     parser.add_argument("--keep-work", action="store_true", help="keep the saved chunks after success")
+    parser.add_argument(
+        "--analysis",
+        choices=analysis_choices(),
+        metavar="{none,LANGUAGE}",
+        default=None,
+        help="how BM25 analyses text: must be the model's, which is the default",
+    )
     args = parser.parse_args(argv)
     configure_cli_logging()
     default_workers = RAY_WORKERS if args.engine is Engine.RAY else LOCAL_WORKERS
@@ -569,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         dup_max_distance=args.dup_distance,
         index_kind=args.index,
         keep_work=args.keep_work,
+        analysis=args.analysis,
     )
     try:
         if args.clip is not None and not (args.image_encoder / "encoder.json").exists():

@@ -10,7 +10,8 @@
       mask.npy         (N, 3) float32 modality mask, 1 = present, in token order image, text, attributes: what the
                        candidate encoder and the ranker leave out of an item that lacks a modality
       text.faiss       dense search: the text embeddings, searched with the query's MiniLM embedding
-      lexical/         BM25 over each item's title and text (index.runtime.lexical)
+      lexical/         BM25 over each item's title and text (index.runtime.lexical), its analysis (`none` or a
+                       stemming language) in its stats.json and in the manifest's `lexical.analysis`
       cand_kv.npy      (N, 2, 3, dim) the ranker's query-independent keys/values, made by `model_version`
       retrieval.npy    (N, retrieval_dim) unit retrieval vectors, made by `model_version` (the ranker's
                        `retrieval_score` input is their inner product with the query's)
@@ -35,7 +36,7 @@ import numpy as np
 from index.runtime.exported_model import ModelCard
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams
 from index.runtime.files import ArtifactError, read_json, verify_files
-from index.runtime.lexical import LexicalIndex
+from index.runtime.lexical import NO_ANALYSIS, LexicalIndex
 from model.schema import MODALITIES, FeatureSchema
 
 # 2: the index holds the model's retrieval vectors, not title embeddings; 3: mask.npy; 4: text.faiss and lexical/,
@@ -122,6 +123,12 @@ class Bundle:
         lexical = LexicalIndex.load(path / LEXICAL_DIR)
         if lexical.size != n:
             raise ArtifactError(f"bundle {path}: the BM25 index holds {lexical.size} items, manifest says {n}")
+        recorded = manifest["lexical"].get("analysis", NO_ANALYSIS)  # bundles from before analyses: none
+        if recorded != lexical.analyzer.name:
+            raise ArtifactError(
+                f"bundle {path}: manifest lexical.analysis is {recorded!r}, but the BM25 index was built with "
+                f"{lexical.analyzer.name!r} (lexical/stats.json)"
+            )
         ids = [r["id"] for r in rows]
         return cls(
             path=path,
@@ -167,10 +174,21 @@ class Bundle:
                 f"bundle {self.path} indexes {self.retriever.dim}-d vectors, but model {card.version}'s query tower "
                 f"gives {card.retrieval_dim}-d ones: rebuild the bundle with `make index`"
             )
+        self.check_analysis(card)
         if self.model_version != card.version:
             raise ArtifactError(
                 f"bundle {self.path} holds candidate encodings of model {self.manifest['model_version']}, "
                 f"but the model is {card.version}: rebuild the bundle with `make index`"
+            )
+
+    def check_analysis(self, card: ModelCard) -> None:
+        """Refuse a model whose ranker learned from BM25 analysed otherwise than this bundle's index: its lexical
+        evidence, and the BM25 candidates, would not be what it was trained on."""
+        if self.lexical.analyzer.name != card.analysis:
+            raise ArtifactError(
+                f"bundle {self.path} and model {card.version} disagree on lexical analysis: the bundle's BM25 index "
+                f"uses {self.lexical.analyzer.name!r}, the model was trained with {card.analysis!r}: rebuild the "
+                "bundle with `make index`"
             )
 
 

@@ -9,8 +9,9 @@
   `retrieval_score` is the inner product of the query's and the candidate's retrieval vectors, and `evidence` (M, 2)
   the zero-shot prior the score is a residual over and the BM25 score (`index.runtime.hybrid.ranker_evidence`).
 
-The model card also says how candidates are generated for this model (`sources`, fused by RRF) and which zero-shot
-prior it was trained on (`prior`): both were chosen on the validation queries at training time.
+The model card also says how candidates are generated for this model (`sources`, fused by RRF), which zero-shot
+prior it was trained on (`prior`) and how BM25 analysed text (`analysis`, `index.runtime.lexical.Analyzer`): each
+was chosen on the validation queries at training time, or given.
 
 Loading checks every file against the checksums in `model_card.json`, and each graph's inputs against what this
 code feeds it, and refuses a mismatch with the reason.
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from index.runtime.files import ArtifactError, read_json, verify_files
+from index.runtime.lexical import NO_ANALYSIS
 from index.runtime.ort_session import make_session
 from model.schema import FeatureSchema
 
@@ -52,6 +54,7 @@ class ModelCard:
     prior: str  # the zero-shot prior the ranker's score is a residual over (index.runtime.hybrid.PRIORS)
     raw: dict[str, Any]
     query_encoder: str = "fp32"  # the MiniLM variant its training embedded queries with (fp32 before it was recorded)
+    analysis: str = NO_ANALYSIS  # BM25's lexical analysis in its training (none before it was recorded)
 
     @classmethod
     def load(cls, model_dir: Path) -> ModelCard:
@@ -69,6 +72,7 @@ class ModelCard:
                 sources=tuple(data["candidates"]["sources"]),
                 prior=str(data["candidates"]["prior"]),
                 query_encoder=str(data.get("training", {}).get("query_encoder", "fp32")),
+                analysis=str(data["candidates"].get("analysis", NO_ANALYSIS)),
                 raw=data,
             )
         except (KeyError, TypeError, ValueError) as exc:
