@@ -333,7 +333,7 @@ def screen_judgments(
     for kind, places, what in (
         ("judgments_unknown_query", unknown_query, "judgments name a query that is not in the queries file"),
         ("judgments_unknown_item", unknown_item, "judgments name an item that is not in the catalog"),
-        ("judgments_skipped_item", skipped_item, "judgments name an item skipped above"),
+        ("judgments_skipped_item", skipped_item, "judgments name an item that is skipped (nothing the model can use)"),
     ):
         if places:
             screened.defects.append(Defect(kind, what, "skipped", places, screened.judgments_read))
