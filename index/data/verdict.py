@@ -3,7 +3,7 @@
 The readers (`index.data.readers`) parse records and stop at, or collect, the ones that break the format. What is
 left is decided here, with the feature schema the model reads (learnt from the catalog as training learns it, or a
 trained model's): `make validate`, `make train`, `make index`, `make ingest`, `make evaluate` and `make crossval`
-all call `screen_catalog`, so the validator predicts exactly what training and indexing do with each record.
+all call `read_catalog`, so the validator predicts exactly what training and indexing do with each record.
 
 Everyday defects of real catalogs are counted and named, never fatal:
 
