@@ -10,9 +10,10 @@ continues from its last saved chunk when the same command is run again, and ends
 byte, as an uninterrupted run. A chunk is reused only while its items, their image files (size and mtime) and the
 encoders are unchanged; anything else is recomputed.
 
-The chunks not saved yet are computed by one of two engines (`--engine`), both running `_process_chunk`: `local`,
-in this process with a pool of decoding threads, or `ray`, by a Ray Data actor pool (index/offline/ray_ingest.py,
-the `ray` extra). Either way this process saves each chunk and writes the bundle, so both give the same bytes.
+The chunks not saved yet are computed by one of two engines (`--engine`), both running `process_chunk`
+(index/offline/chunks.py): `local`, in this process with a pool of decoding threads, or `ray`, by a Ray Data actor
+pool (index/offline/ray_ingest.py, the `ray` extra). Either way this process saves each chunk and writes the bundle,
+so both give the same bytes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -42,16 +43,23 @@ from index.cli_logging import configure_cli_logging
 from index.data.records import DataError, Item
 from index.data.verdict import read_catalog
 from index.offline.bundle_writer import bundle_analysis, write_bundle
-from index.offline.featurize import features_from_arrays, has_text, item_text
-from index.offline.image_encoder import ImageEncoder
-from index.offline.images import ClipPreprocessing, ImageError, load_image, near_duplicate_pairs, perceptual_hash
+from index.offline.chunks import (
+    ChunkResult,
+    ChunkRunner,
+    ChunkTask,
+    Encoders,
+    EncoderSpec,
+    SkippedItem,
+    needs_image,
+    process_chunk,
+)
+from index.offline.featurize import features_from_arrays, item_text
+from index.offline.images import near_duplicate_pairs
 from index.runtime.bundle import Bundle
 from index.runtime.exported_model import ExportedModel
 from index.runtime.faiss_index import IndexKind, IndexParams
 from index.runtime.files import ArtifactError, write_json
 from index.runtime.lexical import analysis_choices
-from index.runtime.text_encoder import TextEncoder
-from model.schema import FeatureSchema
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +84,6 @@ class Engine(StrEnum):
 
 class EngineUnavailable(RuntimeError):
     """The engine asked for needs a package that is not installed (the message says which extra)."""
-
-
-@dataclass(frozen=True)
-class SkippedItem:
-    """An item left out of the bundle because its image could not be used."""
-
-    id: str
-    path: str
-    problem: str
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -151,11 +149,6 @@ class IngestConfig:
         return self.work_dir or self.out.parent / f"{self.out.name}.work"
 
 
-def _needs_image(item: Item) -> bool:
-    """The item has a picture to decode and encode (an item with neither a path nor a vector has no image: masked)."""
-    return item.image_embedding is None and bool(item.image)
-
-
 def _file_state(path: str | None) -> list[Any]:
     if not path:
         return []
@@ -172,21 +165,6 @@ def _vector_digest(vector: Sequence[float] | None) -> str | None:
     return hashlib.sha256(np.asarray(vector, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
-@dataclass
-class _Encoders:
-    text: TextEncoder
-    image: ImageEncoder | None
-    text_dim: int
-    image_dim: int
-
-    def identity(self) -> dict[str, Any]:
-        return {
-            "text": self.text.info.get("files", {}).get("model.onnx", self.text.name),
-            "image": None if self.image is None else self.image.version,
-            "preprocess": None if self.image is None else dataclasses.asdict(self.image.preprocess),
-        }
-
-
 def _fingerprint(items: Sequence[Item], md5: dict[str, str], encoders: dict[str, Any]) -> str:
     """What a chunk's result depends on: items, image files as they are now, and the encoders."""
     state = {
@@ -197,7 +175,7 @@ def _fingerprint(items: Sequence[Item], md5: dict[str, str], encoders: dict[str,
                 item.id,
                 item_text(item),
                 item.image,
-                _file_state(item.image) if _needs_image(item) else None,
+                _file_state(item.image) if needs_image(item) else None,
                 md5.get(item.id),
                 _vector_digest(item.text_embedding),
                 _vector_digest(item.image_embedding),
@@ -208,171 +186,6 @@ def _fingerprint(items: Sequence[Item], md5: dict[str, str], encoders: dict[str,
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
-@dataclass
-class _Chunk:
-    ids: list[str]
-    ok: np.ndarray  # (C,) bool: the item goes into the bundle
-    text: np.ndarray  # (C, text_dim)
-    image: np.ndarray  # (C, image_dim)
-    phash: np.ndarray  # (C,) uint64
-    hashed: np.ndarray  # (C,) bool: phash holds a hash of a decoded image
-    skipped: list[SkippedItem]
-    images_encoded: int = 0
-    image_seconds: float = 0.0
-
-    def save(self, path: Path, fingerprint: str) -> None:
-        # Written under a temporary name and renamed: a kill mid-write leaves no half chunk that looks finished.
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                fingerprint=np.array(fingerprint),
-                ids=np.array(self.ids),
-                ok=self.ok,
-                text=self.text,
-                image=self.image,
-                phash=self.phash,
-                hashed=self.hashed,
-                skipped=np.array(json.dumps([dataclasses.asdict(s) for s in self.skipped])),
-            )
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path, fingerprint: str) -> _Chunk | None:
-        """The saved chunk, or None when there is none or it was made from other inputs."""
-        if not path.exists():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                if str(saved["fingerprint"]) != fingerprint:
-                    return None
-                return cls(
-                    ids=[str(i) for i in saved["ids"]],
-                    ok=saved["ok"],
-                    text=saved["text"],
-                    image=saved["image"],
-                    phash=saved["phash"],
-                    hashed=saved["hashed"],
-                    skipped=[SkippedItem(**s) for s in json.loads(str(saved["skipped"]))],
-                )
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("ignoring unreadable saved chunk %s (%s)", path, exc)
-            return None
-
-
-def _decode(item: Item, md5: str | None, preprocess: ClipPreprocessing) -> tuple[np.ndarray, int]:
-    image = load_image(Path(str(item.image)), md5=md5)
-    return preprocess(image), perceptual_hash(image)
-
-
-def _check_vector(item: Item, what: str, vector: Sequence[float], dim: int) -> None:
-    if len(vector) != dim:
-        raise DataError(f"item {item.id!r}: {what} has dimension {len(vector)}, the schema expects {dim}")
-
-
-def _process_chunk(items: Sequence[Item], md5: dict[str, str], encoders: _Encoders, pool: ThreadPoolExecutor) -> _Chunk:
-    n = len(items)
-    chunk = _Chunk(
-        ids=[item.id for item in items],
-        ok=np.ones(n, dtype=bool),
-        text=np.zeros((n, encoders.text_dim), dtype=np.float32),
-        image=np.zeros((n, encoders.image_dim), dtype=np.float32),
-        phash=np.zeros(n, dtype=np.uint64),
-        hashed=np.zeros(n, dtype=bool),
-        skipped=[],
-    )
-    to_embed = [i for i, item in enumerate(items) if item.text_embedding is None and has_text(item)]
-    if to_embed:
-        chunk.text[to_embed] = encoders.text.encode([item_text(items[i]) for i in to_embed])
-    for i, item in enumerate(items):
-        if item.text_embedding is not None:
-            _check_vector(item, "text_embedding", item.text_embedding, encoders.text_dim)
-            chunk.text[i] = item.text_embedding
-        if item.image_embedding is not None:
-            _check_vector(item, "image_embedding", item.image_embedding, encoders.image_dim)
-            chunk.image[i] = item.image_embedding
-
-    to_encode = [i for i, item in enumerate(items) if _needs_image(item)]
-    if not to_encode:
-        return chunk
-    if encoders.image is None:
-        raise DataError(f"item {items[to_encode[0]].id!r} needs an image encoder (it has no image_embedding)")
-    started = time.perf_counter()
-    preprocess = encoders.image.preprocess
-    futures = [pool.submit(_decode, items[i], md5.get(items[i].id), preprocess) for i in to_encode]
-    pixels, rows = [], []
-    for i, future in zip(to_encode, futures):
-        try:
-            pixel_values, phash = future.result()
-        except ImageError as exc:
-            chunk.ok[i] = False
-            chunk.skipped.append(SkippedItem(items[i].id, str(exc.path), exc.problem.value, exc.detail))
-            continue
-        pixels.append(pixel_values)
-        rows.append(i)
-        chunk.phash[i], chunk.hashed[i] = phash, True
-    if rows:
-        chunk.image[rows] = encoders.image.encode_pixels(np.stack(pixels))
-    chunk.images_encoded = len(rows)
-    chunk.image_seconds = time.perf_counter() - started
-    return chunk
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """Which encoders a run uses and what the model expects of them: all another process (a Ray actor) needs to
-    load, and check, the same encoders as this one."""
-
-    text_dir: Path
-    image_dir: Path | None
-    schema: FeatureSchema
-    images_to_encode: int  # items with a picture to decode; without any, no image encoder is loaded
-
-    def load(self, *, image_threads: int | None = None) -> _Encoders:
-        """The encoders, checked against the schema; `image_threads` is the CLIP session's intra-op pool (default:
-        every core, right for one process alone on the machine, too many for several actors sharing it)."""
-        schema = self.schema
-        text = TextEncoder(self.text_dir)
-        if text.name != schema.text_encoder:
-            raise ArtifactError(f"text encoder {text.name} is not the model's {schema.text_encoder}")
-        if text.dim != schema.text_dim:
-            raise ArtifactError(
-                f"text encoder gives {text.dim}-d vectors, the model expects text_dim={schema.text_dim}"
-            )
-        image: ImageEncoder | None = None
-        if self.images_to_encode:
-            if self.image_dir is None:
-                raise DataError(f"{self.images_to_encode} items have images to encode, but no image encoder was given")
-            image = ImageEncoder(self.image_dir, threads=image_threads)
-            if image.dim != schema.image_dim:
-                raise ArtifactError(
-                    f"image encoder {image.name} gives {image.dim}-d vectors, "
-                    f"the model expects image_dim={schema.image_dim}"
-                    + (" (it was trained on a catalog without images)" if schema.image_dim == 1 else "")
-                )
-        return _Encoders(text=text, image=image, text_dim=schema.text_dim, image_dim=schema.image_dim)
-
-
-@dataclass(frozen=True)
-class ChunkTask:
-    """A chunk of items with no usable saved result: what to compute, and where the driver saves it."""
-
-    number: int
-    items: list[Item]
-    md5: dict[str, str]  # recorded image md5s of these items only (a Ray task carries no more than it needs)
-    fingerprint: str
-    path: Path
-
-
-class ChunkRunner(Protocol):
-    """An engine: computes the given chunks with `_process_chunk` and yields each with its task as it is done, in
-    any order. It never saves: the caller does, so that every engine resumes from the same files."""
-
-    def __call__(
-        self, tasks: Sequence[ChunkTask], spec: EncoderSpec, encoders: _Encoders
-    ) -> Generator[tuple[ChunkTask, _Chunk], None, None]: ...
-
-
 @dataclass(frozen=True)
 class LocalRunner:
     """The single-process engine: chunks one after another, images decoded by a pool of `workers` threads."""
@@ -380,11 +193,11 @@ class LocalRunner:
     workers: int
 
     def __call__(
-        self, tasks: Sequence[ChunkTask], spec: EncoderSpec, encoders: _Encoders
-    ) -> Generator[tuple[ChunkTask, _Chunk], None, None]:
+        self, tasks: Sequence[ChunkTask], spec: EncoderSpec, encoders: Encoders
+    ) -> Generator[tuple[ChunkTask, ChunkResult], None, None]:
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
             for task in tasks:
-                yield task, _process_chunk(task.items, task.md5, encoders, pool)
+                yield task, process_chunk(task.items, task.md5, encoders, pool)
 
 
 def _runner(cfg: IngestConfig) -> ChunkRunner:
@@ -423,7 +236,7 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
         text_dir=cfg.text_encoder_dir,
         image_dir=cfg.image_encoder_dir,
         schema=ranker.card.schema,
-        images_to_encode=sum(_needs_image(item) for item in catalog.items),
+        images_to_encode=sum(needs_image(item) for item in catalog.items),
     )
     encoders = spec.load()
     catalog.measure_texts(encoders.text)
@@ -436,13 +249,13 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
     work.mkdir(parents=True, exist_ok=True)
     log.info("ingesting %d items from %s in %d chunks (work in %s)", len(items), catalog.source, len(bounds), work)
 
-    chunks: dict[int, _Chunk] = {}
+    chunks: dict[int, ChunkResult] = {}
     tasks: list[ChunkTask] = []
     for number, (start, end) in enumerate(bounds):
         part = items[start:end]
         fingerprint = _fingerprint(part, catalog.image_md5, identity)
         path = work / f"chunk-{number:06d}.npz"
-        saved = _Chunk.load(path, fingerprint)
+        saved = ChunkResult.load(path, fingerprint)
         if saved is not None:
             chunks[number] = saved
         else:
@@ -613,8 +426,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable module's main, not this `__main__` copy's: the ray engine pickles this module's classes
-    # (EncoderSpec) to its actors, which must find them as index.offline.ingest.
-    from index.offline.ingest import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())
