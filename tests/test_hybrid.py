@@ -83,12 +83,14 @@ def test_bm25_at_a_few_rows_is_the_whole_catalog_score_at_those_rows_bit_for_bit
         assert index.scores_at(query, np.zeros(0, np.int64)).shape == (0,)
     # Postings out of row order (bm25s writes them in order; another writer might not): binary search would miss
     # rows, so the index notices at load and scores the whole catalog instead.
-    csc = index._bm25.scores
-    gin = index._vocab["gin"]
+    assert index.postings_sorted
+    csc = index.bm25.scores  # type: ignore[attr-defined]
+    gin = index.term_id("gin")
+    assert gin is not None
     span = slice(int(csc["indptr"][gin]), int(csc["indptr"][gin + 1]))
     csc["indices"][span], csc["data"][span] = csc["indices"][span][::-1].copy(), csc["data"][span][::-1].copy()
-    shuffled = LexicalIndex(index._bm25, index._df, index.avg_length, index.params)
-    assert not shuffled._rows_sorted
+    shuffled = LexicalIndex(index.bm25, index.document_frequencies, index.avg_length, index.params)
+    assert not shuffled.postings_sorted
     rows = np.arange(len(docs))
     np.testing.assert_array_equal(shuffled.scores_at("gin lime", rows), index.scores("gin lime")[rows])
 

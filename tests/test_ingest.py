@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from index.cli.ingest import main
 from index.offline.image_encoder import ImageEncoder
 from index.offline.images import load_image
-from index.offline.ingest import IngestConfig, ingest, main
+from index.offline.ingest import IngestConfig, ingest
 from index.runtime.bundle import Bundle
 
 from .clip_fixtures import ROOT, TinyClip, ingest_config, picture, tiny_clip, write_awkward_images, write_items

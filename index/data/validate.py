@@ -9,17 +9,18 @@ counts the items with each modality (text, image, attributes).
 Past the format, it gives the verdict training and indexing will give (`index.data.verdict`): with the feature
 schema learnt from the catalog as training learns it (or a trained model's, `--model`), the items skipped, the
 judgments skipped, the queries left out, each counted in one warning that names the first few with file and line.
+
+This module is the library (`validate`), which takes a model's schema and a text measure as arguments; its command
+line, which loads them from a model directory and an exported encoder, is index/cli/validate.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from index.cli_logging import configure_cli_logging
 from index.data.readers import Problem, find_data_file
 from index.data.records import IMAGE_DIM, IMAGE_MANIFEST, TEXT_DIM, DataError, Modality, Severity, VectorDims
 from index.data.verdict import TextMeasure, modality_warnings, read_catalog
@@ -123,68 +124,9 @@ def validate(
     return report
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _model_schema(model_dir: Path) -> FeatureSchema:
-    from index.runtime.exported_model import ModelCard
-
-    return ModelCard.load(model_dir).schema
-
-
-def _text_measure(encoder_dir: Path) -> TextMeasure | None:
-    """The text encoder when it has been exported (`make encoder`): it counts the texts it will truncate."""
-    if not (encoder_dir / "encoder.json").exists():
-        return None
-    from index.runtime.text_encoder import TextEncoder
-
-    return TextEncoder(encoder_dir)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m index.data.validate", description=__doc__.splitlines()[0])
-    parser.add_argument("data", type=Path, help="dataset directory")
-    parser.add_argument(
-        "--model", type=Path, default=None, help="judge with this model's feature schema (default: learnt)"
-    )
-    parser.add_argument(
-        "--encoder", type=Path, default=Path("artifacts/encoders/minilm"), help="count texts this encoder truncates"
-    )
-    parser.add_argument("--text-dim", type=int, default=TEXT_DIM)
-    parser.add_argument("--image-dim", type=int, default=IMAGE_DIM)
-    parser.add_argument("--no-image-check", action="store_true", help="do not check that image files exist")
-    parser.add_argument("--max-problems", type=int, default=200, help="print at most this many (all are counted)")
-    args = parser.parse_args(argv)
-    configure_cli_logging()
-    text_dim, image_dim = args.text_dim, args.image_dim
-    schema = None
-    try:
-        if args.model is not None:
-            schema = _model_schema(args.model)
-            text_dim, image_dim = schema.text_dim, schema.image_dim
-        measure = _text_measure(args.encoder)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if measure is None:
-        print(f"note: no text encoder at {args.encoder} (`make encoder`): long texts are not counted")
-    report = validate(
-        args.data,
-        text_dim=text_dim,
-        image_dim=image_dim,
-        check_images=not args.no_image_check,
-        schema=schema,
-        text_measure=measure,
-    )
-    for problem in report.problems[: args.max_problems]:
-        print(problem)
-    if len(report.problems) > args.max_problems:
-        print(f"... and {len(report.problems) - args.max_problems} more")
-    errors, warnings = len(report.errors), len(report.warnings)
-    print(f"{args.data}: {_plural(errors, 'error')}, {_plural(warnings, 'warning')}; {report.summary()}")
-    return 0 if report.ok else 1
-
-
 if __name__ == "__main__":
+    # The command line lives in index/cli/validate.py: `--model` and `--encoder` load a model card and the text
+    # encoder (index.runtime), which the data format does not import. `python -m index.data.validate` keeps its name.
+    from index.cli.validate import main
+
     sys.exit(main())

@@ -10,14 +10,16 @@ continues from its last saved chunk when the same command is run again, and ends
 byte, as an uninterrupted run. A chunk is reused only while its items, their image files (size and mtime) and the
 encoders are unchanged; anything else is recomputed.
 
-The chunks not saved yet are computed by one of two engines (`--engine`), both running `_process_chunk`: `local`,
-in this process with a pool of decoding threads, or `ray`, by a Ray Data actor pool (index/offline/ray_ingest.py,
-the `ray` extra). Either way this process saves each chunk and writes the bundle, so both give the same bytes.
+The chunks not saved yet are computed by one of two engines (`--engine`), both running `process_chunk`
+(index/offline/chunks.py): `local`, in this process with a pool of decoding threads, or `ray`, by a Ray Data actor
+pool (index/offline/ray_ingest.py, the `ray` extra). Either way this process saves each chunk and writes the bundle,
+so both give the same bytes.
+
+This module is the library (`ingest(IngestConfig)`); its command line is index/cli/ingest.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -33,25 +35,30 @@ from contextlib import closing
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from index.cli_logging import configure_cli_logging
 from index.data.records import DataError, Item
 from index.data.verdict import read_catalog
 from index.offline.bundle_writer import bundle_analysis, write_bundle
-from index.offline.featurize import features_from_arrays, has_text, item_text
-from index.offline.image_encoder import ImageEncoder
-from index.offline.images import ClipPreprocessing, ImageError, load_image, near_duplicate_pairs, perceptual_hash
+from index.offline.chunks import (
+    ChunkResult,
+    ChunkRunner,
+    ChunkTask,
+    Encoders,
+    EncoderSpec,
+    SkippedItem,
+    needs_image,
+    process_chunk,
+)
+from index.offline.featurize import features_from_arrays, item_text
+from index.offline.images import near_duplicate_pairs
 from index.runtime.bundle import Bundle
 from index.runtime.exported_model import ExportedModel
 from index.runtime.faiss_index import IndexKind, IndexParams
-from index.runtime.files import ArtifactError, write_json
-from index.runtime.lexical import analysis_choices
-from index.runtime.text_encoder import TextEncoder
-from model.schema import FeatureSchema
+from index.runtime.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +68,7 @@ DEFAULT_CHUNK = 256
 # phash bits that may differ for two images to count as near-duplicates. On the 500 Pexels photos the one re-upload
 # pair differs in 6 bits, the closest distinct shots (same shoot, another moment) in 10, unrelated photos in 16+.
 DEFAULT_DUP_DISTANCE = 8
-CLIP_DIR_ENV = "RANK_CLIP_DIR"
 RAY_MISSING = "install the ray extra: pip install -e '.[ray]'"
-LOCAL_WORKERS = min(4, os.cpu_count() or 1)  # the CLI's defaults for --workers: decoding threads
-RAY_WORKERS = 2  # or actors
 
 
 class Engine(StrEnum):
@@ -76,16 +80,6 @@ class Engine(StrEnum):
 
 class EngineUnavailable(RuntimeError):
     """The engine asked for needs a package that is not installed (the message says which extra)."""
-
-
-@dataclass(frozen=True)
-class SkippedItem:
-    """An item left out of the bundle because its image could not be used."""
-
-    id: str
-    path: str
-    problem: str
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -151,11 +145,6 @@ class IngestConfig:
         return self.work_dir or self.out.parent / f"{self.out.name}.work"
 
 
-def _needs_image(item: Item) -> bool:
-    """The item has a picture to decode and encode (an item with neither a path nor a vector has no image: masked)."""
-    return item.image_embedding is None and bool(item.image)
-
-
 def _file_state(path: str | None) -> list[Any]:
     if not path:
         return []
@@ -172,21 +161,6 @@ def _vector_digest(vector: Sequence[float] | None) -> str | None:
     return hashlib.sha256(np.asarray(vector, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
-@dataclass
-class _Encoders:
-    text: TextEncoder
-    image: ImageEncoder | None
-    text_dim: int
-    image_dim: int
-
-    def identity(self) -> dict[str, Any]:
-        return {
-            "text": self.text.info.get("files", {}).get("model.onnx", self.text.name),
-            "image": None if self.image is None else self.image.version,
-            "preprocess": None if self.image is None else dataclasses.asdict(self.image.preprocess),
-        }
-
-
 def _fingerprint(items: Sequence[Item], md5: dict[str, str], encoders: dict[str, Any]) -> str:
     """What a chunk's result depends on: items, image files as they are now, and the encoders."""
     state = {
@@ -197,7 +171,7 @@ def _fingerprint(items: Sequence[Item], md5: dict[str, str], encoders: dict[str,
                 item.id,
                 item_text(item),
                 item.image,
-                _file_state(item.image) if _needs_image(item) else None,
+                _file_state(item.image) if needs_image(item) else None,
                 md5.get(item.id),
                 _vector_digest(item.text_embedding),
                 _vector_digest(item.image_embedding),
@@ -208,171 +182,6 @@ def _fingerprint(items: Sequence[Item], md5: dict[str, str], encoders: dict[str,
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
-@dataclass
-class _Chunk:
-    ids: list[str]
-    ok: np.ndarray  # (C,) bool: the item goes into the bundle
-    text: np.ndarray  # (C, text_dim)
-    image: np.ndarray  # (C, image_dim)
-    phash: np.ndarray  # (C,) uint64
-    hashed: np.ndarray  # (C,) bool: phash holds a hash of a decoded image
-    skipped: list[SkippedItem]
-    images_encoded: int = 0
-    image_seconds: float = 0.0
-
-    def save(self, path: Path, fingerprint: str) -> None:
-        # Written under a temporary name and renamed: a kill mid-write leaves no half chunk that looks finished.
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                fingerprint=np.array(fingerprint),
-                ids=np.array(self.ids),
-                ok=self.ok,
-                text=self.text,
-                image=self.image,
-                phash=self.phash,
-                hashed=self.hashed,
-                skipped=np.array(json.dumps([dataclasses.asdict(s) for s in self.skipped])),
-            )
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path, fingerprint: str) -> _Chunk | None:
-        """The saved chunk, or None when there is none or it was made from other inputs."""
-        if not path.exists():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                if str(saved["fingerprint"]) != fingerprint:
-                    return None
-                return cls(
-                    ids=[str(i) for i in saved["ids"]],
-                    ok=saved["ok"],
-                    text=saved["text"],
-                    image=saved["image"],
-                    phash=saved["phash"],
-                    hashed=saved["hashed"],
-                    skipped=[SkippedItem(**s) for s in json.loads(str(saved["skipped"]))],
-                )
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("ignoring unreadable saved chunk %s (%s)", path, exc)
-            return None
-
-
-def _decode(item: Item, md5: str | None, preprocess: ClipPreprocessing) -> tuple[np.ndarray, int]:
-    image = load_image(Path(str(item.image)), md5=md5)
-    return preprocess(image), perceptual_hash(image)
-
-
-def _check_vector(item: Item, what: str, vector: Sequence[float], dim: int) -> None:
-    if len(vector) != dim:
-        raise DataError(f"item {item.id!r}: {what} has dimension {len(vector)}, the schema expects {dim}")
-
-
-def _process_chunk(items: Sequence[Item], md5: dict[str, str], encoders: _Encoders, pool: ThreadPoolExecutor) -> _Chunk:
-    n = len(items)
-    chunk = _Chunk(
-        ids=[item.id for item in items],
-        ok=np.ones(n, dtype=bool),
-        text=np.zeros((n, encoders.text_dim), dtype=np.float32),
-        image=np.zeros((n, encoders.image_dim), dtype=np.float32),
-        phash=np.zeros(n, dtype=np.uint64),
-        hashed=np.zeros(n, dtype=bool),
-        skipped=[],
-    )
-    to_embed = [i for i, item in enumerate(items) if item.text_embedding is None and has_text(item)]
-    if to_embed:
-        chunk.text[to_embed] = encoders.text.encode([item_text(items[i]) for i in to_embed])
-    for i, item in enumerate(items):
-        if item.text_embedding is not None:
-            _check_vector(item, "text_embedding", item.text_embedding, encoders.text_dim)
-            chunk.text[i] = item.text_embedding
-        if item.image_embedding is not None:
-            _check_vector(item, "image_embedding", item.image_embedding, encoders.image_dim)
-            chunk.image[i] = item.image_embedding
-
-    to_encode = [i for i, item in enumerate(items) if _needs_image(item)]
-    if not to_encode:
-        return chunk
-    if encoders.image is None:
-        raise DataError(f"item {items[to_encode[0]].id!r} needs an image encoder (it has no image_embedding)")
-    started = time.perf_counter()
-    preprocess = encoders.image.preprocess
-    futures = [pool.submit(_decode, items[i], md5.get(items[i].id), preprocess) for i in to_encode]
-    pixels, rows = [], []
-    for i, future in zip(to_encode, futures):
-        try:
-            pixel_values, phash = future.result()
-        except ImageError as exc:
-            chunk.ok[i] = False
-            chunk.skipped.append(SkippedItem(items[i].id, str(exc.path), exc.problem.value, exc.detail))
-            continue
-        pixels.append(pixel_values)
-        rows.append(i)
-        chunk.phash[i], chunk.hashed[i] = phash, True
-    if rows:
-        chunk.image[rows] = encoders.image.encode_pixels(np.stack(pixels))
-    chunk.images_encoded = len(rows)
-    chunk.image_seconds = time.perf_counter() - started
-    return chunk
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """Which encoders a run uses and what the model expects of them: all another process (a Ray actor) needs to
-    load, and check, the same encoders as this one."""
-
-    text_dir: Path
-    image_dir: Path | None
-    schema: FeatureSchema
-    images_to_encode: int  # items with a picture to decode; without any, no image encoder is loaded
-
-    def load(self, *, image_threads: int | None = None) -> _Encoders:
-        """The encoders, checked against the schema; `image_threads` is the CLIP session's intra-op pool (default:
-        every core, right for one process alone on the machine, too many for several actors sharing it)."""
-        schema = self.schema
-        text = TextEncoder(self.text_dir)
-        if text.name != schema.text_encoder:
-            raise ArtifactError(f"text encoder {text.name} is not the model's {schema.text_encoder}")
-        if text.dim != schema.text_dim:
-            raise ArtifactError(
-                f"text encoder gives {text.dim}-d vectors, the model expects text_dim={schema.text_dim}"
-            )
-        image: ImageEncoder | None = None
-        if self.images_to_encode:
-            if self.image_dir is None:
-                raise DataError(f"{self.images_to_encode} items have images to encode, but no image encoder was given")
-            image = ImageEncoder(self.image_dir, threads=image_threads)
-            if image.dim != schema.image_dim:
-                raise ArtifactError(
-                    f"image encoder {image.name} gives {image.dim}-d vectors, "
-                    f"the model expects image_dim={schema.image_dim}"
-                    + (" (it was trained on a catalog without images)" if schema.image_dim == 1 else "")
-                )
-        return _Encoders(text=text, image=image, text_dim=schema.text_dim, image_dim=schema.image_dim)
-
-
-@dataclass(frozen=True)
-class ChunkTask:
-    """A chunk of items with no usable saved result: what to compute, and where the driver saves it."""
-
-    number: int
-    items: list[Item]
-    md5: dict[str, str]  # recorded image md5s of these items only (a Ray task carries no more than it needs)
-    fingerprint: str
-    path: Path
-
-
-class ChunkRunner(Protocol):
-    """An engine: computes the given chunks with `_process_chunk` and yields each with its task as it is done, in
-    any order. It never saves: the caller does, so that every engine resumes from the same files."""
-
-    def __call__(
-        self, tasks: Sequence[ChunkTask], spec: EncoderSpec, encoders: _Encoders
-    ) -> Generator[tuple[ChunkTask, _Chunk], None, None]: ...
-
-
 @dataclass(frozen=True)
 class LocalRunner:
     """The single-process engine: chunks one after another, images decoded by a pool of `workers` threads."""
@@ -380,11 +189,11 @@ class LocalRunner:
     workers: int
 
     def __call__(
-        self, tasks: Sequence[ChunkTask], spec: EncoderSpec, encoders: _Encoders
-    ) -> Generator[tuple[ChunkTask, _Chunk], None, None]:
+        self, tasks: Sequence[ChunkTask], spec: EncoderSpec, encoders: Encoders
+    ) -> Generator[tuple[ChunkTask, ChunkResult], None, None]:
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
             for task in tasks:
-                yield task, _process_chunk(task.items, task.md5, encoders, pool)
+                yield task, process_chunk(task.items, task.md5, encoders, pool)
 
 
 def _runner(cfg: IngestConfig) -> ChunkRunner:
@@ -423,7 +232,7 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
         text_dir=cfg.text_encoder_dir,
         image_dir=cfg.image_encoder_dir,
         schema=ranker.card.schema,
-        images_to_encode=sum(_needs_image(item) for item in catalog.items),
+        images_to_encode=sum(needs_image(item) for item in catalog.items),
     )
     encoders = spec.load()
     catalog.measure_texts(encoders.text)
@@ -436,13 +245,13 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
     work.mkdir(parents=True, exist_ok=True)
     log.info("ingesting %d items from %s in %d chunks (work in %s)", len(items), catalog.source, len(bounds), work)
 
-    chunks: dict[int, _Chunk] = {}
+    chunks: dict[int, ChunkResult] = {}
     tasks: list[ChunkTask] = []
     for number, (start, end) in enumerate(bounds):
         part = items[start:end]
         fingerprint = _fingerprint(part, catalog.image_md5, identity)
         path = work / f"chunk-{number:06d}.npz"
-        saved = _Chunk.load(path, fingerprint)
+        saved = ChunkResult.load(path, fingerprint)
         if saved is not None:
             chunks[number] = saved
         else:
@@ -524,97 +333,9 @@ def ingest(cfg: IngestConfig, *, on_chunk: Callable[[int, int], None] | None = N
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m index.offline.ingest", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="dataset dir, items .jsonl/.parquet, or manifest.csv")
-    parser.add_argument("--model", type=Path, default=IngestConfig.model_dir, help="directory with the exported ranker")
-    parser.add_argument("--encoder", type=Path, default=IngestConfig.text_encoder_dir, help="ONNX text encoder")
-    parser.add_argument("--image-encoder", type=Path, default=IngestConfig.image_encoder_dir, help="ONNX image encoder")
-    parser.add_argument(
-        "--clip",
-        type=Path,
-        default=os.environ.get(CLIP_DIR_ENV) or None,
-        help=f"local CLIPModel directory to export a missing image encoder from (default: ${CLIP_DIR_ENV})",
-    )
-    parser.add_argument("--out", type=Path, default=IngestConfig.out)
-    parser.add_argument("--work-dir", type=Path, default=None, help="where chunks are saved (default: <out>.work)")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, help="items per saved chunk")
-    parser.add_argument(
-        "--engine",
-        type=Engine,
-        choices=list(Engine),
-        default=Engine.LOCAL,
-        help="local: this process; ray: a Ray Data actor pool (the `ray` extra; RAY_ADDRESS joins a running cluster)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help=f"decoding threads (local engine, default {LOCAL_WORKERS}) or actors (ray engine, default {RAY_WORKERS})",
-    )
-    parser.add_argument("--dup-distance", type=int, default=DEFAULT_DUP_DISTANCE, help="max phash bits that differ")
-    parser.add_argument("--index", choices=["auto", *(k.value for k in IndexKind)], default="auto")
-    parser.add_argument("--keep-work", action="store_true", help="keep the saved chunks after success")
-    parser.add_argument(
-        "--analysis",
-        choices=analysis_choices(),
-        metavar="{none,LANGUAGE}",
-        default=None,
-        help="how BM25 analyses text: must be the model's, which is the default",
-    )
-    args = parser.parse_args(argv)
-    configure_cli_logging()
-    default_workers = RAY_WORKERS if args.engine is Engine.RAY else LOCAL_WORKERS
-    workers = default_workers if args.workers is None else args.workers
-    cfg = IngestConfig(
-        data=args.data,
-        model_dir=args.model,
-        text_encoder_dir=args.encoder,
-        image_encoder_dir=args.image_encoder,
-        out=args.out,
-        work_dir=args.work_dir,
-        chunk_size=args.chunk_size,
-        workers=workers,
-        engine=args.engine,
-        dup_max_distance=args.dup_distance,
-        index_kind=args.index,
-        keep_work=args.keep_work,
-        analysis=args.analysis,
-    )
-    try:
-        if args.clip is not None and not (args.image_encoder / "encoder.json").exists():
-            from index.export.image_encoder import export_image_encoder
-
-            export_image_encoder(args.clip, args.image_encoder)
-        report = ingest(cfg)
-    except KeyboardInterrupt:
-        print(
-            f"error: interrupted; finished chunks are in {cfg.resolved_work_dir}, run the same command to continue",
-            file=sys.stderr,
-        )
-        return 130
-    except (EngineUnavailable, DataError, ArtifactError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    log.info(
-        "bundle %s: %d of %d items at %s; %d skipped %s; %d near-duplicate pairs; %d images at %.1f/s; %.1fs in all",
-        report.bundle_version,
-        report.items_indexed,
-        report.items_read,
-        report.bundle,
-        len(report.skipped),
-        report.skipped_by_problem or "",
-        len(report.near_duplicates),
-        report.images_encoded,
-        report.images_per_second,
-        report.seconds,
-    )
-    return 0
-
-
 if __name__ == "__main__":
-    # Run the importable module's main, not this `__main__` copy's: the ray engine pickles this module's classes
-    # (EncoderSpec) to its actors, which must find them as index.offline.ingest.
-    from index.offline.ingest import main as _main
+    # The command line lives in index/cli/ingest.py: it also exports a missing CLIP image tower (index.export, which
+    # is built on this package and so is never imported by it). `python -m index.offline.ingest` keeps its name.
+    from index.cli.ingest import main
 
-    sys.exit(_main())
+    sys.exit(main())

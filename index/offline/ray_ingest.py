@@ -1,16 +1,16 @@
 """The `ray` engine of catalog ingestion (`python -m index.offline.ingest --engine ray --workers N`).
 
-The chunks that have no usable saved result go through one Ray Data `map_batches` stage, one chunk per batch, over
-a fixed pool of `N` actors (fewer when fewer chunks are left). Each actor loads the encoders once (MiniLM, the ONNX
-CLIP image tower) and computes a chunk with the local engine's own `_process_chunk`: image decoding and phash, the
-CLIP tower, MiniLM over the text fields, precomputed vectors checked. It returns the chunk's arrays; the driver
-(index.offline.ingest) saves each as it arrives, in the same files the local engine writes, and writes the bundle
-with the same code. A chunk's vectors are made by the same graphs from the same inputs in the same batches as in one
-process, so the bundle is the same, byte for byte, and an interrupted run of either engine is resumed by either. Only
-the CLIP session's intra-op thread count differs (a share of the cores per actor); on ONNX Runtime's CPU provider
-that changes no bit of the output (tests/test_ray_ingest.py checks it with the tiny tower and
-loadtests/bench_ray_ingest.py with ViT-B/32). On CUDA, the single-process engine uses the GPU too, and whether
-two runs agree to the bit is up to the CUDA kernels (not checked here: no GPU).
+The chunks that have no usable saved result go through one Ray Data `map_batches` stage, one chunk per batch, over a
+fixed pool of `N` actors (fewer when fewer chunks are left). Each actor loads the encoders once (MiniLM, the ONNX
+CLIP image tower) and computes a chunk with the local engine's own `process_chunk` (index/offline/chunks.py): image
+decoding and phash, the CLIP tower, MiniLM over the text fields, precomputed vectors checked. It returns the chunk's
+arrays; the driver (index.offline.ingest) saves each as it arrives, in the same files the local engine writes, and
+writes the bundle with the same code. A chunk's vectors are made by the same graphs from the same inputs in the same
+batches as in one process, so the bundle is the same, byte for byte, and an interrupted run of either engine is
+resumed by either. Only the CLIP session's intra-op thread count differs (a share of the cores per actor); on ONNX
+Runtime's CPU provider that changes no bit of the output (tests/test_ray_ingest.py checks it with the tiny tower and
+loadtests/bench_ray_ingest.py with ViT-B/32). On CUDA, the single-process engine uses the GPU too, and whether two
+runs agree to the bit is up to the CUDA kernels (not checked here: no GPU).
 
 Ray is started here (all of this machine's CPUs) unless the caller started it, or joins a running cluster when
 RAY_ADDRESS is set; on a cluster, image paths must be readable from every node. Each actor gets an equal share of
@@ -35,7 +35,7 @@ import onnxruntime as ort
 import ray
 import ray.data
 
-from index.offline.ingest import ChunkTask, EncoderSpec, _Chunk, _Encoders, _process_chunk
+from index.offline.chunks import ChunkResult, ChunkTask, Encoders, EncoderSpec, process_chunk
 from index.runtime.ort_session import CUDA
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,9 @@ class ChunkWorker:
         results = []
         for payload in batch["task"]:
             items, md5 = pickle.loads(payload)
-            result: _Chunk | Exception
+            result: ChunkResult | Exception
             try:
-                result = _process_chunk(items, md5, self.encoders, self.pool)
+                result = process_chunk(items, md5, self.encoders, self.pool)
             except (ValueError, OSError) as exc:
                 result = exc
             results.append(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
@@ -99,13 +99,13 @@ def actor_resources(workers: int, cluster: dict[str, Any], cuda: bool) -> ActorR
 
 @dataclass(frozen=True)
 class RayRunner:
-    """The `ray` engine (index.offline.ingest.ChunkRunner): chunks over a Ray Data actor pool of `workers`."""
+    """The `ray` engine (index.offline.chunks.ChunkRunner): chunks over a Ray Data actor pool of `workers`."""
 
     workers: int
 
     def __call__(
-        self, tasks: Sequence[ChunkTask], spec: EncoderSpec, encoders: _Encoders
-    ) -> Generator[tuple[ChunkTask, _Chunk], None, None]:
+        self, tasks: Sequence[ChunkTask], spec: EncoderSpec, encoders: Encoders
+    ) -> Generator[tuple[ChunkTask, ChunkResult], None, None]:
         if not tasks:
             return  # everything was resumed: no reason to start Ray
         if self.workers < 1:
@@ -120,7 +120,7 @@ class RayRunner:
             if started_here:
                 ray.shutdown()
 
-    def _run(self, tasks: Sequence[ChunkTask], spec: EncoderSpec) -> Iterator[tuple[ChunkTask, _Chunk]]:
+    def _run(self, tasks: Sequence[ChunkTask], spec: EncoderSpec) -> Iterator[tuple[ChunkTask, ChunkResult]]:
         # No more actors than chunks: a spare one would only load the encoders and hold resources.
         size = min(self.workers, len(tasks))
         resources = actor_resources(size, ray.cluster_resources(), CUDA in ort.get_available_providers())

@@ -179,6 +179,27 @@ class LexicalIndex:
         """Distinct terms in the index (bm25s's empty token included)."""
         return len(self._vocab)
 
+    @property
+    def bm25(self) -> object:
+        """The bm25s model scored from (what `save` writes): its `scores` dict holds the term-by-item weights in
+        CSC form (`indptr`, `indices`, `data`)."""
+        return self._bm25
+
+    @property
+    def document_frequencies(self) -> np.ndarray:
+        """(V,) int32: in how many items each term occurs, by term id (the idf of `score_texts`)."""
+        return self._df
+
+    def term_id(self, term: str) -> int | None:
+        """The id (CSC column) of an analysed term, or None when no item has it."""
+        return self._vocab.get(term)
+
+    @property
+    def postings_sorted(self) -> bool:
+        """Each term's postings are in ascending item row, so `scores_at` may binary-search them (bm25s writes them
+        so); when not, it scores the whole catalog instead."""
+        return self._rows_sorted
+
     @classmethod
     def build(
         cls, texts: Sequence[str], params: LexicalParams | None = None, analysis: Analyzer | str = NO_ANALYSIS
