@@ -205,7 +205,10 @@ class Rollout:
         return {"bundle_version": bundle.version, "items": bundle.size}
 
     def offline_gate(self) -> dict[str, Any]:
-        from loadtests.evaluate import EvaluateError, load_eval_data, load_in_process, run_systems
+        from training.evaluate.data import load_eval_data
+        from training.evaluate.errors import EvaluateError
+        from training.evaluate.scoring import run_systems
+        from training.evaluate.served import load_in_process
 
         assert self.candidate_dir is not None
         args = self.args
