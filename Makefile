@@ -91,11 +91,11 @@ URL ?=
 evaluate: $(STAMP) ## Served quality beside zero-shot MiniLM, BM25, RRF (DATA=dir URL=http://host:port ARGS=...)
 	$(PY) -m training.evaluate --data $(DATA) $(if $(URL),--url $(URL)) $(ARGS)
 
-# A new model into the running service (python -m loadtests.rollout), one gated step at a time: train (unless
+# A new model into the running service (python -m training.release), one gated step at a time: train (unless
 # MODEL=dir names an export), export with parity, bundle from the serving bundle's features, offline gate against
 # the serving model, shadow on live traffic, canary, promote. Needs RANK_ADMIN_TOKEN; logs to reports/rollout.jsonl.
 rollout: $(STAMP) ## Train or take MODEL=dir, gate it offline, shadow, canary, promote (URL=http://host:port, RANK_ADMIN_TOKEN)
-	$(PY) -m loadtests.rollout --url $(or $(URL),http://$(HOST):$(PORT)) --data $(DATA) $(if $(filter command line,$(origin MODEL)),--model $(MODEL)) $(ARGS)
+	$(PY) -m training.release --url $(or $(URL),http://$(HOST):$(PORT)) --data $(DATA) $(if $(filter command line,$(origin MODEL)),--model $(MODEL)) $(ARGS)
 
 batch: $(STAMP) ## Rank a JSONL file of /rank bodies in process, no HTTP (IN=queries.jsonl OUT=results.jsonl)
 	$(PY) -m service.batch --in $(IN) --out $(OUT) $(ARGS)

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from loadtests.openloop import OpenLoopResult, capacity, capacity_under, open_loop
 from loadtests.process import free_port, stop_group, wait_ready
-from loadtests.promstats import delta, histogram_buckets, histogram_quantile, scrape
 from service.metrics import STAGES
+from training.release.promstats import delta, histogram_buckets, histogram_quantile, scrape
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"

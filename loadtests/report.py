@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from loadtests.promstats import (
+from loadtests.slo import Measurements, Objective, Outcome, check
+from service.metrics import STAGES
+from training.release.promstats import (
     Buckets,
     bucket_width_at,
     counter_deltas,
@@ -34,8 +36,6 @@ from loadtests.promstats import (
     histogram_quantile,
     series,
 )
-from loadtests.slo import Measurements, Objective, Outcome, check
-from service.metrics import STAGES
 
 ROUTES = ("/rank", "/rerank")
 QUANTILES = (0.5, 0.95, 0.99)

@@ -37,9 +37,9 @@ from typing import Any
 
 from loadtests.mix import load_queries
 from loadtests.process import NotReady, Service, request_json, stop_group, wait_ready
-from loadtests.promstats import series
 from loadtests.report import RunInfo, Scrapes, build_report, write_charts, write_report
 from loadtests.slo import SloError, load_objectives
+from training.release.promstats import series
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"

@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from loadtests import mix, process, promstats, report, slo
+from loadtests import mix, process, report, slo
 from service.metrics import Metrics
+from training.release import promstats
 
 from .conftest import TinyPipeline
 from .live_service import ROOT, LiveService, tiny_env

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from loadtests import promstats
 from loadtests.process import free_port, stop_group, wait_ready
+from training.release import promstats
 
 from .conftest import TinyPipeline
 from .live_service import ROOT, LiveService
