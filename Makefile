@@ -159,11 +159,11 @@ image-encoder: $(STAMP) ## Export a local CLIP checkpoint's image tower to ONNX 
 ingest: $(STAMP) $(ENCODER)/encoder.json $(if $(filter ray,$(ENGINE)),$(RAY_STAMP)) ## Ingest a catalog (DATA=dir, images or vectors) into BUNDLE, resumable (ENGINE=ray WORKERS=n: Ray Data)
 	$(PY) -m index.offline.ingest --data $(DATA) --image-encoder $(IMAGE_ENCODER) --out $(BUNDLE) $(if $(ENGINE),--engine $(ENGINE)) $(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 
-# From a bare checkout on a CUDA machine: the gpu extra, then loadtests/gpu_check.py (about 8 minutes).
+# From a bare checkout on a CUDA machine: the gpu extra, then loadtests/bench/gpu_check.py (about 8 minutes).
 # ARGS=--rehearse runs the same steps on the CPU, for trying the script where there is no GPU.
 gpu-check: ## GPU figures on a CUDA machine: GPU tests, CUDA training, CUDA service rows, into BENCHMARKS.md
 	$(MAKE) --no-print-directory setup GPU=$(if $(findstring --rehearse,$(ARGS)),0,1)
-	.venv/bin/python -m loadtests.gpu_check $(ARGS)
+	.venv/bin/python -m loadtests.bench.gpu_check $(ARGS)
 
 bench-images: $(STAMP) ## Image decode + encode throughput, tiny and ViT-B/32 CLIP towers (random weights)
-	$(PY) -m loadtests.bench_images $(ARGS)
+	$(PY) -m loadtests.bench.images $(ARGS)

@@ -43,7 +43,7 @@ def build_tiny_clip(root: Path) -> TinyClip:
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
     from index.export.image_encoder import export_image_encoder
-    from loadtests.bench_images import TINY_VISION
+    from loadtests.bench.images import TINY_VISION
 
     torch.manual_seed(0)
     config = CLIPConfig(

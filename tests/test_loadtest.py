@@ -115,7 +115,7 @@ def test_head_queries_repeat_zipf_like_and_tail_queries_never_repeat() -> None:
 
 
 def test_never_seen_texts_are_new_and_as_long_as_real_queries() -> None:
-    # The benchmarks' never-seen queries (server_time, bench_encoder): no marker padding them, so MiniLM's time on
+    # The benchmarks' never-seen queries (server_time, bench.encoder): no marker padding them, so MiniLM's time on
     # them is its time on a real query's length.
     queries = _queries()
     texts = list(itertools.islice(mix.never_seen_texts(queries, seed=3), 2000))
@@ -301,7 +301,7 @@ def test_report_uses_what_the_service_exports_and_misses_what_it_cannot_measure(
 
 def test_runner_never_imports_locust() -> None:
     code = (
-        "import sys, loadtests, loadtests.run, loadtests.bench, loadtests.soak, loadtests.process; "
+        "import sys, loadtests, loadtests.run, loadtests.bench.compare, loadtests.soak, loadtests.process; "
         "sys.exit(any(m in sys.modules for m in ('locust', 'gevent')))"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0
