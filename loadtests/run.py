@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.mix import load_queries
-from loadtests.process import NotReady, Service, request_json, stop_group, wait_ready
+from loadtests.process import NotReady, Service, request_json, start_service, stop_group, wait_ready
 from loadtests.report import RunInfo, Scrapes, build_report, write_charts, write_report
 from loadtests.slo import SloError, load_objectives
 from training.release.promstats import series
@@ -255,7 +255,9 @@ def run(args: argparse.Namespace) -> int:
         # loop and the load generator, and tail latency multiplies.
         service_env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         options = {k: getattr(args, k) for k in ("bundle_dir", "model_dir", "encoder_dir") if getattr(args, k)}
-        service = Service.start(run_dir / "service.log", {**os.environ, **service_env}, options)
+        service = start_service(
+            {**os.environ, **service_env}, {"log_level": "warning", **options}, log=run_dir / "service.log"
+        )
     url = (args.host or (service.url if service else "")).rstrip("/")
     clock = time.monotonic()
     try:

@@ -26,10 +26,11 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from loadtests import mix, process, report, slo
 from service.metrics import Metrics
+from training.paths import ROOT
 from training.release import promstats
 
 from .conftest import TinyPipeline
-from .live_service import ROOT, LiveService, tiny_env
+from .live_service import LiveService, tiny_env
 
 LOCUST = Path(sys.executable).parent / "locust"
 needs_locust = pytest.mark.skipif(

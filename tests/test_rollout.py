@@ -22,10 +22,11 @@ import pytest
 
 from training.cli import run_train
 from training.export import run_export
+from training.paths import ROOT
 from training.release.steps import canary_figures
 
 from .conftest import TinyPipeline
-from .live_service import ROOT, LiveService
+from .live_service import LiveService
 
 pytestmark = pytest.mark.integration
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from loadtests.bench.traffic import TRAFFIC, Bodies, benchmark_bodies
 from loadtests.openloop import OpenLoopResult, capacity, open_loop
-from loadtests.process import free_port, stop_group, wait_ready
+from loadtests.process import start_service, wait_ready
 from training.paths import ROOT
 
 WORK = ROOT / "build" / "gpu-check"
@@ -112,18 +112,10 @@ def server_rows(
 ) -> tuple[dict[str, object], list[str]]:
     """Start the service on the check's artifacts; its readiness and the cached and never-seen stage tables, each
     headed by the query encoder it ran with, and the capacity ladder when `capacity_rates` are given."""
-    port = free_port()
-    process = subprocess.Popen(
-        [PY, "-m", "service", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    service = start_service(env, {"log_level": "warning"})
+    url = service.url
     try:
-        wait_ready(url, process, timeout=180, interval=0.5, name="the service")
+        wait_ready(url, service.process, timeout=180, interval=0.5, name="the service")
         with urllib.request.urlopen(f"{url}/health/ready", timeout=5) as response:
             ready = json.loads(response.read())
         tables = []
@@ -136,7 +128,7 @@ def server_rows(
             tables.append(f"[capacity-{label}]\n" + capacity_table(url, capacity_rates))
         return ready, tables
     finally:
-        stop_group(process, grace=5)
+        service.stop(grace=5)
 
 
 def write_section(section: str, rehearse: bool) -> Path:

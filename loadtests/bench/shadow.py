@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtests.process import Service, stop_group, wait_ready
+from loadtests.process import start_service, stop_group, wait_ready
 from service.settings import Settings
 from training.paths import ROOT
 
@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK_ADMIN_TOKEN": TOKEN}
-        service = Service.start(Path(tmp) / "service.log", env)
+        service = start_service(env, {"log_level": "warning"}, log=Path(tmp) / "service.log")
         try:
             wait_ready(service.url, service.process, timeout=240, log=service.log)
-            port = int(service.url.rsplit(":", 1)[1])
+            port = service.port
             admin = http.client.HTTPConnection("127.0.0.1", port, timeout=240)
             defaults = Settings()  # the artifacts the service serves, unless RANK_* says otherwise
             paths = {
