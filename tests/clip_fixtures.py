@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from index.offline.ingest import IngestConfig
+from training.paths import ROOT
 
 from .conftest import TinyPipeline
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED_PEXELS = ROOT.parent / "shared" / "data" / "pexels_cocktails"
 EXIF_ORIENTATION = 0x0112
 
