@@ -37,7 +37,9 @@ from typing import Any
 
 from loadtests.mix import load_queries
 from loadtests.process import NotReady, Service, request_json, spawn, start_service, stop_group, wait_ready
-from loadtests.report import RunInfo, Scrapes, build_report, write_charts, write_report
+from loadtests.report.charts import write_charts
+from loadtests.report.figures import RunInfo, Scrapes, build_report
+from loadtests.report.markdown import write_report
 from loadtests.slo import SloError, load_objectives
 from training.paths import ROOT
 from training.release.promstats import series
