@@ -56,6 +56,7 @@ class EncoderTiming:
 
 
 def random_clip(kind: str, root: Path) -> Path:
+    """A randomly initialised CLIP checkpoint (`kind` "tiny" or "vit-b32" vision tower) saved under `root`."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPVisionConfig
 

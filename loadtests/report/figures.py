@@ -234,6 +234,7 @@ class Report:
 
 
 def failure_counts(samples: list[Sample]) -> list[dict[str, Any]]:
+    """How often each (request name, error) occurred among the samples."""
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for s in samples:
         if s.error:

@@ -45,6 +45,7 @@ def load_samples(path: Path) -> list[Sample]:
 
 
 def number(value: str) -> float:
+    """A number from one of Locust's CSV cells; NaN for "N/A" and other text."""
     try:
         return float(value)
     except ValueError:
@@ -52,6 +53,7 @@ def number(value: str) -> float:
 
 
 def locust_rows(path: Path) -> list[dict[str, Any]]:
+    """Locust's stats table (`locust_stats.csv`), one dict per request name; empty when the file is missing."""
     if not path.exists():
         return []
     with path.open(newline="") as rows:
@@ -70,6 +72,7 @@ def locust_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def locust_history(path: Path) -> dict[str, list[float]]:
+    """The aggregated columns of Locust's stats history, by column name; percentiles NaN before the first window."""
     columns: dict[str, list[float]] = defaultdict(list)
     if not path.exists():
         return columns

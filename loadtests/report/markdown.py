@@ -19,6 +19,7 @@ def ms(value: float | None) -> str:
 
 
 def quantile_cells(q: Quantiles) -> str:
+    """n, p50, p95 and p99 as the cells of a markdown table row."""
     return f"{q.n} | {ms(q.p50)} | {ms(q.p95)} | {ms(q.p99)}"
 
 

@@ -95,6 +95,7 @@ def summarize(per_query: Sequence[QueryMetrics]) -> Summary:
 
 
 def rounded(value: float, digits: int = 4) -> float | None:
+    """A figure for the JSON report: rounded to `digits`, or None (null) for NaN."""
     return None if math.isnan(value) else round(value, digits)
 
 
