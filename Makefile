@@ -83,29 +83,30 @@ TARGET     ?=
 loadtest: $(STAMP) ## Locust load test, report in reports/ (DURATION USERS SPAWN_RATE TARGET=url); fails on a missed SLO
 	$(PY) -m loadtests.run --duration $(DURATION) --users $(USERS) --spawn-rate $(SPAWN_RATE) $(if $(TARGET),--host $(TARGET)) $(ARGS)
 
-# Quality of what is served (python -m loadtests.evaluate): the held-out queries of DATA through the real request
+# Quality of what is served (python -m training.evaluate): the held-out queries of DATA through the real request
 # path (in process from the default artifacts, or URL=http://host:port over POST /rank) beside zero-shot MiniLM
 # cosine, BM25 and their RRF over the whole catalog; prints a table, writes reports/evaluate-<UTC time>.json.
 URL ?=
 
 evaluate: $(STAMP) ## Served quality beside zero-shot MiniLM, BM25, RRF (DATA=dir URL=http://host:port ARGS=...)
-	$(PY) -m loadtests.evaluate --data $(DATA) $(if $(URL),--url $(URL)) $(ARGS)
+	$(PY) -m training.evaluate --data $(DATA) $(if $(URL),--url $(URL)) $(ARGS)
 
-# A new model into the running service (python -m loadtests.rollout), one gated step at a time: train (unless
+# A new model into the running service (python -m training.release), one gated step at a time: train (unless
 # MODEL=dir names an export), export with parity, bundle from the serving bundle's features, offline gate against
 # the serving model, shadow on live traffic, canary, promote. Needs RANK_ADMIN_TOKEN; logs to reports/rollout.jsonl.
 rollout: $(STAMP) ## Train or take MODEL=dir, gate it offline, shadow, canary, promote (URL=http://host:port, RANK_ADMIN_TOKEN)
-	$(PY) -m loadtests.rollout --url $(or $(URL),http://$(HOST):$(PORT)) --data $(DATA) $(if $(filter command line,$(origin MODEL)),--model $(MODEL)) $(ARGS)
+	$(PY) -m training.release --url $(or $(URL),http://$(HOST):$(PORT)) --data $(DATA) $(if $(filter command line,$(origin MODEL)),--model $(MODEL)) $(ARGS)
 
 batch: $(STAMP) ## Rank a JSONL file of /rank bodies in process, no HTTP (IN=queries.jsonl OUT=results.jsonl)
 	$(PY) -m service.batch --in $(IN) --out $(OUT) $(ARGS)
 
-# K-fold cross-validation by query of the whole pipeline (python -m loadtests.crossval): per fold train, export,
-# index and serve in process, rank the held-out fold; beside zero-shot serving and search. For small judged sets.
+# K-fold cross-validation by query of the whole pipeline (python -m training.evaluate.crossval): per fold train,
+# export, index and serve in process, rank the held-out fold; beside zero-shot serving and search. For small judged
+# sets.
 FOLDS ?= 5
 
 crossval: $(STAMP) $(ENCODER)/encoder.json ## K-fold CV of train+serve vs zero-shot, served path (DATA=dir FOLDS=5)
-	$(PY) -m loadtests.crossval --data $(DATA) --folds $(FOLDS) $(ARGS)
+	$(PY) -m training.evaluate.crossval --data $(DATA) --folds $(FOLDS) $(ARGS)
 
 BENCH_ITEMS ?= 100000
 BENCH_DATA  := data/synthetic-100k
@@ -158,11 +159,11 @@ image-encoder: $(STAMP) ## Export a local CLIP checkpoint's image tower to ONNX 
 ingest: $(STAMP) $(ENCODER)/encoder.json $(if $(filter ray,$(ENGINE)),$(RAY_STAMP)) ## Ingest a catalog (DATA=dir, images or vectors) into BUNDLE, resumable (ENGINE=ray WORKERS=n: Ray Data)
 	$(PY) -m index.offline.ingest --data $(DATA) --image-encoder $(IMAGE_ENCODER) --out $(BUNDLE) $(if $(ENGINE),--engine $(ENGINE)) $(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 
-# From a bare checkout on a CUDA machine: the gpu extra, then loadtests/gpu_check.py (about 8 minutes).
+# From a bare checkout on a CUDA machine: the gpu extra, then loadtests/bench/gpu_check.py (about 8 minutes).
 # ARGS=--rehearse runs the same steps on the CPU, for trying the script where there is no GPU.
 gpu-check: ## GPU figures on a CUDA machine: GPU tests, CUDA training, CUDA service rows, into BENCHMARKS.md
 	$(MAKE) --no-print-directory setup GPU=$(if $(findstring --rehearse,$(ARGS)),0,1)
-	.venv/bin/python -m loadtests.gpu_check $(ARGS)
+	.venv/bin/python -m loadtests.bench.gpu_check $(ARGS)
 
 bench-images: $(STAMP) ## Image decode + encode throughput, tiny and ViT-B/32 CLIP towers (random weights)
-	$(PY) -m loadtests.bench_images $(ARGS)
+	$(PY) -m loadtests.bench.images $(ARGS)

@@ -29,8 +29,8 @@ from locust import FastHttpUser, events, task
 from locust.env import Environment
 
 from loadtests.mix import MixConfig, QueryStream, RequestMix, load_documents, load_queries
+from training.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 JSON_HEADERS = {"content-type": "application/json"}
 
 # Filled by the init listener; gevent greenlets share one process, so one mix keeps the tail never-repeating.

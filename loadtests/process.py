@@ -1,13 +1,13 @@
-"""Processes on 127.0.0.1 for the load tools and the tests: a free port, waiting for readiness, stopping a process
-group we started. Standard library only (no Locust, no gevent), so pytest can import it.
+"""Processes on 127.0.0.1 for the load tools, the benchmarks and the tests: `start_service` (the one way any of them
+starts `python -m service`), a free port, waiting for readiness, stopping a process group we started. Standard
+library only (no Locust, no gevent), so pytest can import it.
 
-    port = free_port()
-    process = subprocess.Popen([...], stderr=subprocess.PIPE, start_new_session=True)
+    service = start_service(env, {"bundle_dir": path})   # --host 127.0.0.1 --port <free> --bundle-dir path
     try:
-        wait_ready(f"http://127.0.0.1:{port}", process, timeout=90)
+        wait_ready(service.url, service.process, timeout=90, log=service.log)
         ...
     finally:
-        stop_group(process)
+        stop_group(service.process)
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.paths import ROOT
+
 READY_PATH = "/health/ready"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class NotReady(RuntimeError):
@@ -151,34 +153,56 @@ def stop_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> int:
     return int(process.wait())
 
 
+def spawn(command: list[str], env: Mapping[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start `command` in the repository root, in a process group of its own (stop it with `stop_group`). Its stdout
+    and stderr go to `log`; without one, stdout is discarded and stderr is a pipe, which `wait_ready` quotes when
+    the process exits during start-up."""
+    if log is None:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            command, cwd=ROOT, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
 @dataclass(frozen=True)
 class Service:
-    """`python -m service` on a free 127.0.0.1 port, in its own process group, writing its output to `log`."""
+    """`python -m service` on a port of 127.0.0.1, in its own process group; its output goes to `log`, or, when
+    that is None, stderr is a pipe (stdout discarded)."""
 
     url: str
+    port: int
     process: subprocess.Popen[bytes]
-    log: Path
+    log: Path | None
 
-    @classmethod
-    def start(cls, log: Path, env: dict[str, str], options: dict[str, object] | None = None) -> Service:
-        """Start it with `--name value` for each of `options` (Settings fields, e.g. `{"bundle_dir": path}`).
-        Returns at once: `wait_ready(service.url, service.process, log=service.log)` waits for it."""
-        port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "service",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ]
-        for name, value in (options or {}).items():
-            command += [f"--{name.replace('_', '-')}", str(value)]
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        return cls(f"http://127.0.0.1:{port}", process, log)
+    def stop(self, grace: float = 10.0) -> int:
+        """`stop_group` on the service: SIGTERM (it drains), SIGKILL after `grace` seconds; the exit code."""
+        return stop_group(self.process, grace)
+
+
+def start_service(
+    env: Mapping[str, str] | None = None,
+    options: Mapping[str, object] | None = None,
+    *,
+    log: Path | None = None,
+    port: int | None = None,
+) -> Service:
+    """Start `python -m service --host 127.0.0.1 --port PORT` (a free port unless `port`) in the repository root.
+
+    Args:
+        env: the process's environment (RANK_* variables are settings); this process's by default.
+        options: Settings fields given on the command line as `--name value` (e.g. `{"bundle_dir": path,
+            "log_level": "warning"}`), over the environment's RANK_* variables.
+        log: the file for its stdout and stderr; None: stdout discarded, stderr a pipe that `wait_ready` quotes.
+        port: the port to serve on.
+
+    Returns at once: `wait_ready(service.url, service.process, log=service.log)` waits for readiness.
+    """
+    port = port or free_port()
+    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+    for name, value in (options or {}).items():
+        command += [f"--{name.replace('_', '-')}", str(value)]
+    process = spawn(command, os.environ if env is None else env, log)
+    return Service(f"http://127.0.0.1:{port}", port, process, log)

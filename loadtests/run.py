@@ -36,12 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.mix import load_queries
-from loadtests.process import NotReady, Service, request_json, stop_group, wait_ready
-from loadtests.promstats import series
-from loadtests.report import RunInfo, Scrapes, build_report, write_charts, write_report
+from loadtests.process import NotReady, Service, request_json, spawn, start_service, stop_group, wait_ready
+from loadtests.report.charts import write_charts
+from loadtests.report.figures import RunInfo, Scrapes, build_report
+from loadtests.report.markdown import write_report
 from loadtests.slo import SloError, load_objectives
+from training.paths import ROOT
+from training.release.promstats import series
 
-ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 
 
@@ -176,16 +178,13 @@ def run_locust(args: argparse.Namespace, url: str, run_dir: Path) -> None:
     # Locust loads the locustfile as a file, not as loadtests.locustfile: the repo root on PYTHONPATH lets its
     # `from loadtests.mix import ...` resolve whatever the working directory.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    with (run_dir / "locust.log").open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            code = process.wait(args.duration + 90)
-        except subprocess.TimeoutExpired:
-            raise RunError(f"Locust did not stop within {args.duration + 90}s of a {args.duration}s run") from None
-        finally:
-            stop_group(process, 10)
+    process = spawn(command, env, run_dir / "locust.log")
+    try:
+        code = process.wait(args.duration + 90)
+    except subprocess.TimeoutExpired:
+        raise RunError(f"Locust did not stop within {args.duration + 90}s of a {args.duration}s run") from None
+    finally:
+        stop_group(process, 10)
     if code != 0:
         raise RunError(f"Locust exited with code {code}; see {run_dir / 'locust.log'}")
     if not (run_dir / "samples.csv").exists():
@@ -255,7 +254,9 @@ def run(args: argparse.Namespace) -> int:
         # loop and the load generator, and tail latency multiplies.
         service_env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         options = {k: getattr(args, k) for k in ("bundle_dir", "model_dir", "encoder_dir") if getattr(args, k)}
-        service = Service.start(run_dir / "service.log", {**os.environ, **service_env}, options)
+        service = start_service(
+            {**os.environ, **service_env}, {"log_level": "warning", **options}, log=run_dir / "service.log"
+        )
     url = (args.host or (service.url if service else "")).rstrip("/")
     clock = time.monotonic()
     try:

@@ -16,7 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loadtests.bench import Traffic, post, run_wrk, start, wait_serving, wrk_script
+from loadtests.bench.systems import start, wait_serving
+from loadtests.bench.traffic import Traffic, post, run_wrk, wrk_script
 from loadtests.process import free_port, stop_group
 
 

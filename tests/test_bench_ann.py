@@ -1,4 +1,4 @@
-"""loadtests/bench_ann.py: the SYNTHETIC vector space and a tiny end-to-end run of the benchmark."""
+"""loadtests/bench/ann.py: the SYNTHETIC vector space and a tiny end-to-end run of the benchmark."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtests.bench_ann import SyntheticSpace, main, nlist_for
+from loadtests.bench.ann import SyntheticSpace, main, nlist_for
 
 
 def test_space_gives_unit_vectors_near_but_not_equal_to_items() -> None:

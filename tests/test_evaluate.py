@@ -1,4 +1,4 @@
-"""`make evaluate` (loadtests/evaluate.py): BM25, RRF and the metrics on a hand-made corpus with known answers; the
+"""`make evaluate` (training/evaluate/): BM25, RRF and the metrics on a hand-made corpus with known answers; the
 served evaluation against the offline one the tiny model card recorded; the CLI's one-sentence errors."""
 
 from __future__ import annotations
@@ -11,23 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from index.data.records import fold_of
 from index.runtime.lexical import tokenize
-from loadtests.evaluate import (
-    InProcessServed,
-    Ranking,
-    bm25_rankings,
-    fold_of,
-    load_eval_data,
-    main,
-    query_metrics,
-    rrf,
-    run_systems,
-    served_rankings,
-    summarize,
-)
 from loadtests.process import free_port
 from service.loading import load_engine
 from service.metrics import Metrics
+from training.evaluate.cli import main
+from training.evaluate.data import load_eval_data
+from training.evaluate.scoring import query_metrics, run_systems, summarize
+from training.evaluate.served import InProcessServed, served_rankings
+from training.evaluate.systems import Ranking, bm25_rankings, rrf
 from training.export import load_checkpoint, served_dataset
 from training.metrics import evaluate_scores
 from training.train import FeatureTensors, score_lists
@@ -215,7 +208,7 @@ def test_cli_in_process_reports_every_system(
 
 @pytest.mark.integration
 def test_http_evaluation_equals_in_process(tiny: TinyPipeline) -> None:
-    from loadtests.evaluate import HttpServed
+    from training.evaluate.served import HttpServed
 
     from .live_service import LiveService
 

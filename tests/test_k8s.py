@@ -4,7 +4,6 @@ routes, env names its settings, the shutdown budget covers its drain, the autosc
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -14,8 +13,9 @@ import yaml
 from service.metrics import Metrics
 from service.routes import router
 from service.settings import Settings
+from training.paths import ROOT
 
-K8S = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
+K8S = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.34.0"
 CUSTOM_KINDS = {"ServiceMonitor"}  # a Prometheus-operator CRD: no schema in core Kubernetes, checked by hand below
 

@@ -13,9 +13,10 @@ import pytest
 from index.data.records import Item
 from index.runtime.features import CandidateFeatures
 from index.runtime.lexical import Analyzer, LexicalIndex
-from loadtests.evaluate import bm25_rankings, served_analysis
 from model.schema import FeatureSchema
 from training.dataset import Candidates, Dataset, build_lists, text_space
+from training.evaluate.served import served_analysis
+from training.evaluate.systems import bm25_rankings
 from training.train import TrainConfig
 from training.zero_shot import choose_analysis
 

@@ -24,11 +24,14 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from loadtests import mix, process, promstats, report, slo
+from loadtests import mix, process, slo
+from loadtests.report import figures, markdown
 from service.metrics import Metrics
+from training.paths import ROOT
+from training.release import promstats
 
 from .conftest import TinyPipeline
-from .live_service import ROOT, LiveService, tiny_env
+from .live_service import LiveService, tiny_env
 
 LOCUST = Path(sys.executable).parent / "locust"
 needs_locust = pytest.mark.skipif(
@@ -67,11 +70,11 @@ def test_client_and_server_p99_agree_within_a_bound_that_holds_when_stalls_split
     p = {q: (float(np.percentile(server, q)), float(np.percentile(overhead, q))) for q in (99, 99.5)}
     client_p99 = float(np.percentile(client, 99))
     assert client_p99 > p[99][0] + p[99][1] + 20.0  # a sum of p99s would call this a disagreement
-    agreement = report.Agreement("/rank", client_p99, p[99][0], 0.0, p[99.5][0], p[99.5][1])
+    agreement = figures.Agreement("/rank", client_p99, p[99][0], 0.0, p[99.5][0], p[99.5][1])
     assert agreement.agrees
-    assert not report.Agreement("/rank", 3 * client_p99, p[99][0], 0.0, p[99.5][0], p[99.5][1]).agrees
+    assert not figures.Agreement("/rank", 3 * client_p99, p[99][0], 0.0, p[99.5][0], p[99.5][1]).agrees
     # and the client can never be faster than the server by more than the histogram's resolution
-    assert not report.Agreement("/rank", p[99][0] - 6.0, p[99][0], 5.0, p[99.5][0], p[99.5][1]).agrees
+    assert not figures.Agreement("/rank", p[99][0] - 6.0, p[99][0], 5.0, p[99.5][0], p[99.5][1]).agrees
 
 
 def test_counter_deltas_count_series_born_during_the_run_from_zero() -> None:
@@ -114,7 +117,7 @@ def test_head_queries_repeat_zipf_like_and_tail_queries_never_repeat() -> None:
 
 
 def test_never_seen_texts_are_new_and_as_long_as_real_queries() -> None:
-    # The benchmarks' never-seen queries (server_time, bench_encoder): no marker padding them, so MiniLM's time on
+    # The benchmarks' never-seen queries (server_time, bench.encoder): no marker padding them, so MiniLM's time on
     # them is its time on a real query's length.
     queries = _queries()
     texts = list(itertools.islice(mix.never_seen_texts(queries, seed=3), 2000))
@@ -285,22 +288,22 @@ def test_report_uses_what_the_service_exports_and_misses_what_it_cannot_measure(
         slo.Objective("absent family", slo.Kind.HISTOGRAM, 5.0, 0.99, "rank_batch_wait_seconds", {}),
         slo.Objective("error rate", slo.Kind.ERROR_RATE, 0.001),
     ]
-    info = report.RunInfo("http://127.0.0.1:1", False, 1, 1.0, 1.0, 1.0, 0, "q.jsonl", "slo.toml", "now")
-    built = report.build_report(tmp_path, info, report.Scrapes(before, after), objectives)
+    info = figures.RunInfo("http://127.0.0.1:1", False, 1, 1.0, 1.0, 1.0, 0, "q.jsonl", "slo.toml", "now")
+    built = figures.build_report(tmp_path, info, figures.Scrapes(before, after), objectives)
     by_name = {o.objective.name: o for o in built.outcomes}
     ranker = by_name["ranker p99 (server)"]
     assert ranker.passed and ranker.measured == pytest.approx(1.0 + 1.0 * (89.1 / 90))
     assert not by_name["absent family"].passed and by_name["absent family"].measured is None
     assert not by_name["error rate"].passed and "no requests" in by_name["error rate"].note
     assert not built.passed
-    text = report.render_markdown(built)
+    text = markdown.render_markdown(built)
     assert "rank_batch_size`) | n/a" in text and "rank_deadline_drops_total`) | n/a" in text
     json.dumps(built.to_json(), allow_nan=False)  # strict JSON: no NaN leaks into summary.json
 
 
 def test_runner_never_imports_locust() -> None:
     code = (
-        "import sys, loadtests, loadtests.run, loadtests.bench, loadtests.soak, loadtests.process; "
+        "import sys, loadtests, loadtests.run, loadtests.bench.compare, loadtests.soak, loadtests.process; "
         "sys.exit(any(m in sys.modules for m in ('locust', 'gevent')))"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0

@@ -20,10 +20,10 @@ from index.data.validate import validate
 from index.data.verdict import DEFECT_KINDS, read_catalog
 from index.runtime.bundle import Bundle
 from index.runtime.text_encoder import TextEncoder
-from loadtests import crossval
-from loadtests.evaluate import load_eval_data
-from loadtests.evaluate import main as evaluate_main
 from service.app import create_app
+from training.evaluate import crossval
+from training.evaluate.cli import main as evaluate_main
+from training.evaluate.data import load_eval_data
 from training.synthetic import SyntheticConfig, write_dataset
 
 from .conftest import TinyPipeline, build_tiny_pipeline, serving_settings

@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from loadtests import promstats
 from loadtests.process import free_port, stop_group, wait_ready
+from training.paths import ROOT
+from training.release import promstats
 
 from .conftest import TinyPipeline
-from .live_service import ROOT, LiveService
+from .live_service import LiveService
 
 DEPLOY = ROOT / "deploy/prometheus"
 MISSING = (

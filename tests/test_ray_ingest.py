@@ -14,7 +14,7 @@ import pytest
 
 from index.offline.ingest import Engine, IngestConfig, IngestReport, ingest
 from index.runtime.bundle import MANIFEST_FILE
-from loadtests.bench_ray_ingest import bundle_digests
+from loadtests.bench.ray_ingest import bundle_digests
 
 from .clip_fixtures import TinyClip, ingest_config, require_pexels, tiny_clip, write_items
 from .conftest import TinyPipeline

@@ -17,8 +17,8 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]' (CI installs it)")
 
+from loadtests.bench.ray_cluster import CONFIG, RayServe, load_config, replica_id  # noqa: E402
 from loadtests.process import free_port  # noqa: E402
-from loadtests.ray_cluster import CONFIG, RayServe, load_config, replica_id  # noqa: E402
 from service.errors import RequestError  # noqa: E402
 from service.settings import Settings  # noqa: E402
 

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,12 +20,11 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from loadtests.process import NotReady, free_port, stop_group, wait_ready
+from loadtests.process import NotReady, start_service, stop_group, wait_ready
 from service.app import create_app
 
 from .conftest import TinyPipeline, serving_settings
 
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-0123456789abcdef"
 
 
@@ -87,33 +85,23 @@ class LoadGenerator:
 
 
 def _start(tiny: TinyPipeline, **env: str) -> Server:
-    port = free_port()
     variables = {
         **os.environ,
         "RANK_BUNDLE_DIR": str(tiny.bundle),
         "RANK_MODEL_DIR": str(tiny.model),
         "RANK_ENCODER_DIR": str(tiny.encoder),
-        "RANK_PORT": str(port),
         "RANK_WARMUP_QUERIES": "2",
         "RANK_REQUIRE_BEATS_BASELINE": "false",
         "RANK_LOG_LEVEL": "warning",
         **env,
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        cwd=ROOT,
-        env=variables,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    service = start_service(variables)
     try:
-        wait_ready(url, process, timeout=90, interval=0.2, request_timeout=2, name="the service")
+        wait_ready(service.url, service.process, timeout=90, interval=0.2, request_timeout=2, name="the service")
     except NotReady as exc:
-        stop_group(process, grace=0)
+        stop_group(service.process, grace=0)
         raise AssertionError(f"{exc}\n{exc.output}") from None
-    return Server(url, port, process)
+    return Server(service.url, service.port, service.process)
 
 
 def _stop(server: Server) -> None:

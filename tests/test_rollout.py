@@ -1,4 +1,4 @@
-"""`make rollout` (loadtests/rollout.py) against a real service process on 127.0.0.1: a second model goes through
+"""`make rollout` (training/release/) against a real service process on 127.0.0.1: a second model goes through
 the offline gate, shadow and canary to promotion under Locust load with no failed request; a candidate trained on
 shuffled labels is stopped by the offline gate and one that disagrees on live traffic by the shadow thresholds,
 neither ever answering a request. Every load is bounded in time."""
@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.rollout import canary_figures
 from training.cli import run_train
 from training.export import run_export
+from training.paths import ROOT
+from training.release.steps import canary_figures
 
 from .conftest import TinyPipeline
-from .live_service import ROOT, LiveService
+from .live_service import LiveService
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ def _rollout(tiny: TinyPipeline, url: str, model: Path, log: Path, *extra: str) 
     command = [
         sys.executable,
         "-m",
-        "loadtests.rollout",
+        "training.release",
         "--url",
         url,
         "--model",

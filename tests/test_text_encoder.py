@@ -125,7 +125,7 @@ def test_text_past_128_word_pieces_is_embedded_and_past_the_limit_is_not(encoder
 def test_the_encoder_benchmark_times_every_graph_back_to_back_and_after_each_pause(
     encoder_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from loadtests import bench_encoder
+    from loadtests.bench import encoder as bench_encoder
 
     queries = tmp_path / "queries.jsonl"
     texts = ["a gin fizz in a coupe", "smoky mezcal sour", "something green with mint", "a tall rum highball"]

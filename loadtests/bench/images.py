@@ -1,4 +1,4 @@
-"""Image-encoding throughput: `python -m loadtests.bench_images` (or `make bench-images`).
+"""Image-encoding throughput: `python -m loadtests.bench.images` (or `make bench-images`).
 
 No CLIP weights exist on this machine, and encoding cost does not depend on the weights' values, so the benchmark
 builds randomly initialised CLIP image towers: the tiny one the tests use, and the real ViT-B/32 architecture
@@ -55,7 +55,8 @@ class EncoderTiming:
     torch_images_per_s: float | None
 
 
-def _random_clip(kind: str, root: Path) -> Path:
+def random_clip(kind: str, root: Path) -> Path:
+    """A randomly initialised CLIP checkpoint (`kind` "tiny" or "vit-b32" vision tower) saved under `root`."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPVisionConfig
 
@@ -94,7 +95,7 @@ def time_encoder(kind: str, pixels: np.ndarray, batch: int, root: Path, with_tor
 
     from index.export.image_encoder import export_image_encoder, load_clip
 
-    checkpoint = _random_clip(kind, root)
+    checkpoint = random_clip(kind, root)
     torch_rate = None
     if with_torch:  # before any ONNX Runtime session exists: its idle threads spin and would slow PyTorch down
         clip = load_clip(checkpoint)
@@ -147,7 +148,7 @@ def time_ingest(source: Path, model_dir: Path, text_encoder: Path, root: Path, k
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_images", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.images", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder (with manifest.csv) of photos")
     parser.add_argument("--count", type=int, default=256, help="photos to decode and encode")
     parser.add_argument("--batch", type=int, default=32)

@@ -1,4 +1,5 @@
-"""Prometheus exposition helpers for the load tools: scrape, diff two scrapes, and histogram quantiles.
+"""Prometheus exposition helpers for the release's canary and the load tools: scrape, diff two scrapes, and histogram
+quantiles.
 
 `histogram_quantile` interpolates linearly inside the bucket that holds the rank, as PromQL's function of the same
 name does, applied to the bucket deltas between two scrapes (what `rate()` would see over the run).

@@ -1,4 +1,4 @@
-"""FAISS index families at catalog scale, HNSW against IVF-PQ: `.venv/bin/python -m loadtests.bench_ann`.
+"""FAISS index families at catalog scale, HNSW against IVF-PQ: `.venv/bin/python -m loadtests.bench.ann`.
 
 For each vector dimension (default 128, the learned candidate space, and 384, the MiniLM dense space) it builds, over
 the same SYNTHETIC vectors:
@@ -52,8 +52,8 @@ import faiss
 import numpy as np
 
 from index.runtime.faiss_index import IndexKind, IndexParams, build_index, recall_at_k
+from training.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 K = 100
 CHUNK = 100_000  # rows generated at a time, to bound the float32 temporaries
 
@@ -451,7 +451,7 @@ def _git_commit() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_ann", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.ann", description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000, help="catalog size (default 1,000,000)")
     parser.add_argument("--dims", default="128,384", help="vector dimensions, comma-separated (default 128,384)")
     parser.add_argument("--hnsw-items", type=_dim_items, default={}, help="DIM=N,...: HNSW over N items for DIM")
@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "reports" / f"bench_ann-{now:%Y%m%d-%H%M%S}.json"
     loadavg = os.getloadavg()
     meta: dict[str, Any] = {
-        "benchmark": "loadtests.bench_ann",
+        "benchmark": "loadtests.bench.ann",
         "data": "SYNTHETIC Gaussian-mixture unit vectors (see the module docstring)",
         "started": now.isoformat(timespec="seconds"),
         "commit": _git_commit(),

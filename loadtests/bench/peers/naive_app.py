@@ -3,7 +3,7 @@
 One request at a time (the handler blocks the event loop), no batching, no query cache: sentence-transformers
 MiniLM in PyTorch encodes every query, the PyTorch query tower projects it, FAISS retrieves from the same bundle,
 and the PyTorch model scores the raw candidate features.
-Run: PYTHONPATH=. python loadtests/peers/naive_app.py --port 8101
+Run: PYTHONPATH=. python loadtests/bench/peers/naive_app.py --port 8101
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The deployment reuses this project's `RankingEngine.process_batch`, so the ranking work per batch is identical to
 the service's; what differs is the serving stack: Ray's HTTP proxy, actor hand-off and `@serve.batch` instead of
-uvicorn and the in-process micro-batcher. Run: PYTHONPATH=. .venv-bench/bin/python loadtests/peers/ray_app.py
+uvicorn and the in-process micro-batcher. Run: PYTHONPATH=. .venv-bench/bin/python loadtests/bench/peers/ray_app.py
 """
 
 from __future__ import annotations

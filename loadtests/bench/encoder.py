@@ -1,4 +1,4 @@
-"""MiniLM query-encoder benchmark: `.venv/bin/python -m loadtests.bench_encoder`.
+"""MiniLM query-encoder benchmark: `.venv/bin/python -m loadtests.bench.encoder`.
 
 Encodes never-seen queries one per call, as the service's encode thread does for a lone cache miss (drawn as the
 load test draws its never-seen tail: `loadtests.mix.never_seen_texts` over data/synthetic/queries.jsonl), with the
@@ -24,8 +24,7 @@ import numpy as np
 
 from index.runtime.text_encoder import TextEncoder
 from loadtests.mix import load_queries, never_seen_texts
-
-ROOT = Path(__file__).resolve().parents[1]
+from training.paths import ROOT
 
 
 def timings(
@@ -47,7 +46,7 @@ def timings(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_encoder", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.encoder", description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", type=Path, default=ROOT / "artifacts/encoders/minilm")
     parser.add_argument("--queries", type=Path, default=ROOT / "data/synthetic/queries.jsonl")
     parser.add_argument("--count", type=int, default=500, help="timed calls per configuration (default 500)")

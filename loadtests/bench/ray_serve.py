@@ -1,10 +1,10 @@
 """The service itself against the same app on Ray Serve with 1 and 2 replicas, side by side in one run.
 
-    .venv/bin/python -m loadtests.bench_ray [--bundle artifacts/bundle --duration 10]
+    .venv/bin/python -m loadtests.bench.ray_serve [--bundle artifacts/bundle --duration 10]
 
 For each system, wrk at c=1 and c=32 with the cached mix and the load test's 10% never-seen mix (the same Lua
 scripts as `make bench`), after every benchmark query once. The Ray systems are service/ray_deployment.py deployed
-from deploy/ray/serve.yaml (loadtests/ray_cluster.py): the same FastAPI app per replica, behind Ray's HTTP proxy.
+from deploy/ray/serve.yaml (loadtests/bench/ray_cluster.py): the same FastAPI app per replica, behind Ray's HTTP proxy.
 Then c=1 through a DeploymentHandle (`handle.rank.remote(body)` from the driver: no proxy, no HTTP), which is how a
 latency-critical Python caller inside the cluster skips the proxy. Prints one table; needs the `ray` extra and wrk.
 """
@@ -19,9 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtests.bench import TRAFFIC, Run, post, run_wrk, start, wait_serving, wrk_script
-from loadtests.process import ROOT, free_port, stop_group
-from loadtests.ray_cluster import RayServe
+from loadtests.bench.compare import Run
+from loadtests.bench.ray_cluster import RayServe
+from loadtests.bench.systems import start, wait_serving
+from loadtests.bench.traffic import TRAFFIC, post, run_wrk, wrk_script
+from loadtests.process import free_port, stop_group
+from training.paths import ROOT
 
 
 def drive(system: str, url: str, args: argparse.Namespace, bodies: list[dict], warm_passes: int = 1) -> list[Run]:
@@ -71,7 +74,7 @@ def table(rows: list[Run]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_ray", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.ray_serve", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts/bundle")
     parser.add_argument("--model", type=Path, default=ROOT / "artifacts")
     parser.add_argument("--encoder", type=Path, default=ROOT / "artifacts/encoders/minilm")

@@ -1,6 +1,6 @@
 """`make crossval DATA=dir FOLDS=5`: K-fold cross-validation by query of the whole pipeline, through the served path.
 
-    .venv/bin/python -m loadtests.crossval --data ../shared/data/cisi --folds 5
+    .venv/bin/python -m training.evaluate.crossval --data ../shared/data/cisi --folds 5
 
 For each fold f (fold = sha256(query id) mod K, `index.data.records.fold_split`): train with `--folds K --fold f`
 (test = fold f, validation = fold f+1, train = the rest), export (parity checked), build the bundle, load the engine
@@ -9,7 +9,7 @@ query is thus ranked by a model that never saw it. Beside it, on the same querie
 
 - zero_shot_served: the service with a bundle built without a model (dense + BM25, RRF prior): what a user serves
   before having judgments, and what ships when the quality gate refuses a trained model;
-- minilm_cosine, bm25, rrf(minilm,bm25): the zero-shot searches of `loadtests.evaluate`, over the whole catalog
+- minilm_cosine, bm25, rrf(minilm,bm25): the zero-shot searches of `training.evaluate`, over the whole catalog
   (BM25 with --analysis, none by default, as in the zero-shot bundle);
 - shipped: per fold, the trained model where its quality gate (against the best zero-shot system on that fold's
   test queries, recorded at training) passed, zero_shot_served where it refused it.
@@ -38,17 +38,10 @@ from index.data.records import DataError, fold_of
 from index.runtime.files import ArtifactError
 from index.runtime.lexical import NO_ANALYSIS, analysis_choices
 from index.runtime.text_encoder import TextEncoder
-from loadtests.evaluate import (
-    EvaluateError,
-    Evaluation,
-    QueryMetrics,
-    _one_line,
-    load_eval_data,
-    load_in_process,
-    query_metrics,
-    run_systems,
-    served_rankings,
-)
+from training.evaluate.data import load_eval_data
+from training.evaluate.errors import EvaluateError, one_line
+from training.evaluate.scoring import Evaluation, QueryMetrics, query_metrics, run_systems
+from training.evaluate.served import load_in_process, served_rankings
 
 TRAINED, ZERO_SHOT, SHIPPED = "trained_served", "zero_shot_served", "shipped"
 ORDER = (SHIPPED, TRAINED, ZERO_SHOT, "minilm", "bm25", "rrf")
@@ -129,7 +122,7 @@ def fold_table(evaluation: Evaluation, folds: int, runs: list[FoldRun]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.crossval", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate.crossval", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="dataset directory with judgments (user format)")
     parser.add_argument("--folds", type=int, default=5, help="K >= 3 (default: 5)")
     parser.add_argument("--encoder", type=Path, default=Path("artifacts/encoders/minilm"))
@@ -150,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             raise EvaluateError(f"--folds must be at least 3 (test, validation and training folds), got {args.folds}")
         return run(args)
     except (EvaluateError, DataError, ArtifactError, FileNotFoundError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

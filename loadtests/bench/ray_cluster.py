@@ -26,7 +26,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 
-from loadtests.process import ROOT, wait_ready
+from loadtests.process import wait_ready
+from training.paths import ROOT
 
 CONFIG = ROOT / "deploy/ray/serve.yaml"
 

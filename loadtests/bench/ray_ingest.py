@@ -1,10 +1,10 @@
-"""Ingestion engines side by side: `python -m loadtests.bench_ray_ingest` (needs the `ray` extra).
+"""Ingestion engines side by side: `python -m loadtests.bench.ray_ingest` (needs the `ray` extra).
 
 Ingests the Pexels photos (default: all 500, read in place from ../shared) with the single-process engine, then with
 Ray Data at each `--ray-workers` pool size, and prints a markdown table: wall seconds and items per second of each
 run, and whether its bundle is byte-identical to the single-process one (every file's sha256; the manifest's without
 its `created` time; not ingest_report.json, which holds timings). The image tower is the real ViT-B/32 architecture
-with random weights, as in loadtests/bench_images.py (no CLIP weights exist here, and a forward pass costs the same
+with random weights, as in loadtests/bench/images.py (no CLIP weights exist here, and a forward pass costs the same
 whatever the weights): `--tower tiny` for the tests' 2-layer tower.
 
 Ray is started once, on all of this machine's CPUs, before the Ray runs and timed apart: the Ray rows count
@@ -27,7 +27,7 @@ from pathlib import Path
 from index.cli_logging import configure_cli_logging
 from index.offline.ingest import REPORT_FILE, Engine, IngestConfig, ingest
 from index.runtime.bundle import MANIFEST_FILE
-from loadtests.bench_images import DEFAULT_IMAGES
+from loadtests.bench.images import DEFAULT_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _ingest(cfg: IngestConfig) -> tuple[float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_ray_ingest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.ray_ingest", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of photos with manifest.csv")
     parser.add_argument("--model", type=Path, default=Path("artifacts"), help="directory with the exported ranker")
     parser.add_argument("--encoder", type=Path, default=Path("artifacts/encoders/minilm"), help="ONNX MiniLM")
@@ -87,13 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from index.export.image_encoder import export_image_encoder
-    from loadtests.bench_images import _random_clip
+    from loadtests.bench.images import random_clip
 
     cores = os.cpu_count() or 1
     runs: list[Run] = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        tower = export_image_encoder(_random_clip(args.tower, root), root / f"onnx-{args.tower}")
+        tower = export_image_encoder(random_clip(args.tower, root), root / f"onnx-{args.tower}")
 
         def config(name: str, engine: Engine, workers: int) -> IngestConfig:
             return IngestConfig(
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 engine=engine,
             )
 
-        # The single-process engine as loadtests/bench_images.py runs it: a decoding thread per core.
+        # The single-process engine as loadtests/bench/images.py runs it: a decoding thread per core.
         seconds, items = _ingest(config("local", Engine.LOCAL, cores))
         reference = bundle_digests(root / "local")
         runs.append(Run("single process", cores, items, seconds, None))

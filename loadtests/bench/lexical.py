@@ -1,4 +1,4 @@
-r"""BM25 lexical-retrieval benchmark, bm25s versus tantivy: run `.venv/bin/python -m loadtests.bench_lexical`.
+r"""BM25 lexical-retrieval benchmark, bm25s versus tantivy: run `.venv/bin/python -m loadtests.bench.lexical`.
 
 At 5,000 and 100,000 documents it measures index build seconds (including the write to a temp dir), index size on
 disk, and single-query top-100 latency (one query per call, as the service does; p50/p99 over 500 queries after a
@@ -33,6 +33,7 @@ import bm25s
 import numpy as np
 
 from index.runtime.lexical import Analyzer, LexicalIndex
+from training.paths import ROOT
 
 try:
     import tantivy
@@ -44,7 +45,7 @@ try:
 except ImportError:
     tantivy = None
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic"
+DATA = ROOT / "data" / "synthetic"
 OUT_MD = Path("/tmp/bench_lexical.md")
 SIZES = (5_000, 100_000)
 N_QUERIES, N_WARMUP, TOP_K = 500, 50, 100
@@ -294,7 +295,7 @@ def main_analyses(catalogs: list[Path], analyses: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_lexical", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.lexical", description=__doc__.splitlines()[0])
     parser.add_argument("--analyses", help="comma-separated lexical analyses to compare, e.g. none,english")
     parser.add_argument("--catalog", type=Path, action="append", help="a catalog directory (with --analyses)")
     args = parser.parse_args(argv)

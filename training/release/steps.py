@@ -1,39 +1,12 @@
-"""`make rollout`: a new model from training to serving every request, one gated step at a time.
-
-    .venv/bin/python -m loadtests.rollout --url http://127.0.0.1:8000                 # train a candidate, roll it out
-    .venv/bin/python -m loadtests.rollout --url http://127.0.0.1:8000 --model DIR     # roll out an existing export
-
-Steps, in order; the first that fails stops the rollout, says which and why, and undoes what it started:
-
-1. serving: ask the running service which model and bundle it serves, and check that --serving-model and
-   --serving-bundle (default: the RANK_* settings, as the service reads them) are those artifacts.
-2. train (without --model): `training.cli train` into a new directory, with --seed.
-3. export: ONNX export with the PyTorch parity check (`training.export.run_export`).
-4. bundle: the serving bundle's features re-projected for the candidate (`index.offline.bundle_writer`): the
-   catalog is not encoded again, and the candidate ranks exactly the items the service does.
-5. offline gate: the candidate and the serving model, in this process, on the same held-out judged queries of
-   --data (label-based nDCG@10); the candidate must not lose more than --tolerance (default 0.005) and must beat
-   the best zero-shot system (MiniLM cosine, BM25, their RRF) unless --allow-below-zero-shot.
-6. shadow: the candidate loads into the running service as a shadow and ranks live /rank traffic after the
-   responses; once it has compared --shadow-requests request pairs (or --shadow-seconds pass), mean overlap@10
-   and mean RBO must reach --min-overlap and --min-rbo, and no shadow request may have failed.
-7. canary: the shadow's engine serves --canary-share percent of requests for --canary-seconds; it must serve
-   some, answer none with a 5xx, and keep its cached-query p99 server time within --max-latency-ratio of the
-   serving model's over the same seconds (judged once each version served --min-latency-samples cached requests).
-8. promote: the canary serves everything, in one swap (the old engine is kept: `POST /admin/rollback`).
-
-Each step appends one JSON line to --log (default reports/rollout.jsonl) with the versions, its seconds and its
-figures; a summary table is printed at the end. Exit codes: 0 promoted, 1 a gate stopped the candidate, 2 the
-rollout could not run (one sentence says why). The admin token comes from RANK_ADMIN_TOKEN.
-"""
+"""The steps of a rollout (serving, train, export, bundle, offline gate, shadow, canary, promote), each a method of
+`Rollout` that returns its figures or raises `Stopped` (a gate refused the candidate) or `RolloutError` (the rollout
+cannot go on), and the JSON-lines log they append to. The order and the CLI are `training.release.cli`'s."""
 
 from __future__ import annotations
 
 import argparse
 import http.client
 import json
-import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,9 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from loadtests import promstats
+from training.release import promstats
 
-ROOT = Path(__file__).resolve().parents[1]
 ZERO_SHOT = ("minilm", "bm25", "rrf")
 
 
@@ -205,7 +177,10 @@ class Rollout:
         return {"bundle_version": bundle.version, "items": bundle.size}
 
     def offline_gate(self) -> dict[str, Any]:
-        from loadtests.evaluate import EvaluateError, load_eval_data, load_in_process, run_systems
+        from training.evaluate.data import load_eval_data
+        from training.evaluate.errors import EvaluateError
+        from training.evaluate.scoring import run_systems
+        from training.evaluate.served import load_in_process
 
         assert self.candidate_dir is not None
         args = self.args
@@ -335,8 +310,9 @@ def canary_figures(before: str, after: str, serving: str, candidate: str) -> dic
         "cached_requests": {"serving": cached[serving], "candidate": cached[candidate]},
         "cached_p99_ms": {"serving": p99[serving], "candidate": p99[candidate]},
     }
-    if p99[serving] and p99[candidate] is not None:
-        figures["cached_p99_ratio"] = round(p99[candidate] / p99[serving], 3)
+    serving_p99, candidate_p99 = p99[serving], p99[candidate]
+    if serving_p99 and candidate_p99 is not None:
+        figures["cached_p99_ratio"] = round(candidate_p99 / serving_p99, 3)
     return figures
 
 
@@ -347,100 +323,3 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         raise RolloutError(f"{what}: {path} does not exist") from None
     except ValueError as exc:
         raise RolloutError(f"{what}: {path} is not valid JSON ({exc})") from None
-
-
-def summary_table(steps: list[Step]) -> str:
-    lines = ["| step | result | seconds | figures |", "| --- | --- | --- | --- |"]
-    for step in steps:
-        shown = json.dumps(step.figures)[:110]
-        lines.append(
-            f"| {step.step} | {step.status}{': ' + step.reason if step.reason else ''} | {step.seconds:.1f} | {shown} |"
-        )
-    return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from service.settings import Settings
-
-    defaults = Settings()  # the artifacts the service reads, by the same RANK_* variables
-    parser = argparse.ArgumentParser(prog="python -m loadtests.rollout", description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
-    parser.add_argument("--model", type=Path, default=None, help="an exported model dir to roll out (else: train one)")
-    parser.add_argument("--data", type=Path, default=ROOT / "data/synthetic", help="training and held-out queries")
-    parser.add_argument("--split", default="test", help="held-out queries of the offline gate (default test)")
-    parser.add_argument("--seed", type=int, default=1, help="training seed of a new candidate (default 1)")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="where a new candidate goes (default artifacts/rollout-<time>)"
-    )
-    parser.add_argument("--serving-model", type=Path, default=defaults.model_dir)
-    parser.add_argument("--serving-bundle", type=Path, default=defaults.bundle_dir)
-    parser.add_argument("--encoder", type=Path, default=defaults.encoder_dir)
-    parser.add_argument("--tolerance", type=float, default=0.005, help="nDCG@10 the candidate may lose (0.005)")
-    parser.add_argument("--allow-below-zero-shot", action="store_true", help="skip the beat-zero-shot rule")
-    parser.add_argument("--shadow-share", type=float, default=100.0)
-    parser.add_argument("--shadow-requests", type=int, default=200, help="request pairs to compare (200)")
-    parser.add_argument("--shadow-seconds", type=float, default=120.0, help="at most this long in shadow (120)")
-    parser.add_argument("--min-overlap", type=float, default=0.5, help="mean overlap@10 the shadow needs (0.5)")
-    parser.add_argument("--min-rbo", type=float, default=0.5, help="mean RBO (p = 0.9) the shadow needs (0.5)")
-    parser.add_argument("--canary-share", type=float, default=10.0)
-    parser.add_argument("--canary-seconds", type=float, default=30.0)
-    parser.add_argument("--max-latency-ratio", type=float, default=1.5, help="candidate / serving cached p99 (1.5)")
-    parser.add_argument(
-        "--min-latency-samples",
-        type=int,
-        default=200,
-        help="judge the p99 ratio only with this many cached requests per version (200): fewer give a noisy p99",
-    )
-    parser.add_argument("--log", type=Path, default=ROOT / "reports/rollout.jsonl")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    token = os.environ.get("RANK_ADMIN_TOKEN", "")
-    if not token:
-        print("error: set RANK_ADMIN_TOKEN to the service's admin token", file=sys.stderr)
-        return 2
-    rollout = Rollout(args, Admin(args.url.rstrip("/"), token), args.log)
-    if args.model is not None:
-        if not args.model.is_dir():
-            print(f"error: --model {args.model} is not a directory", file=sys.stderr)
-            return 2
-        rollout.candidate_dir = args.model
-    else:
-        rollout.candidate_dir = args.out or ROOT / f"artifacts/rollout-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [("serving", rollout.serving)]
-    if args.model is None:
-        steps.append(("train", rollout.train))
-    steps += [
-        ("export", rollout.export),
-        ("bundle", rollout.bundle),
-        ("offline gate", rollout.offline_gate),
-        ("shadow", rollout.shadow),
-        ("canary", rollout.canary),
-        ("promote", rollout.promote),
-    ]
-    code = 0
-    try:
-        for name, action in steps:
-            rollout.run(name, action)
-    except Stopped:
-        code = 1
-    except RolloutError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
-    print()
-    print(summary_table(rollout.steps))
-    verdict = {0: "PROMOTED", 1: "STOPPED", 2: "FAILED"}[code]
-    print(
-        f"\n{verdict}: candidate {rollout.candidate_version or '(none)'}, "
-        f"serving {rollout.serving_version}; log {args.log}"
-    )
-    return code
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

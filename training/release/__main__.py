@@ -1,0 +1,5 @@
+"""`python -m training.release`: see training.release.cli."""
+
+from training.release.cli import main
+
+raise SystemExit(main())
