@@ -24,22 +24,12 @@ from prometheus_client import Gauge
 from index.runtime.files import ArtifactError
 from service.agreement import agreement
 from service.batcher import MicroBatcher, Then
-from service.engine import (
-    Embedded,
-    Job,
-    Outcome,
-    RankingEngine,
-    RankJob,
-    RankOutcome,
-    RerankJob,
-    RerankOutcome,
-    Work,
-    process_encode_work,
-    process_work,
-)
+from service.engine import RankingEngine, Work, process_encode_work, process_work
 from service.errors import NoCanary, NoShadow, NothingToRollBack, NotReady
+from service.jobs import Embedded, Job, RankJob, RerankJob
 from service.loading import load_engine
 from service.metrics import Metrics
+from service.outcomes import Outcome, RankOutcome, RerankOutcome
 from service.protocol import RankRequest
 from service.settings import EncoderVariant, Settings
 from service.shadow import Shadow

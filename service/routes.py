@@ -21,9 +21,10 @@ from starlette.background import BackgroundTask
 
 from index.runtime.files import ArtifactError
 from index.runtime.text_encoder import MAX_TOKENS
-from service.engine import RankingEngine, RankOutcome, RerankOutcome
+from service.engine import RankingEngine
 from service.errors import AdminDenied, NotReady, error_response
 from service.lifecycle import AppState, Phase
+from service.outcomes import RankOutcome, RerankOutcome
 from service.protocol import (
     CanaryRequest,
     JSONBytes,

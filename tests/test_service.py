@@ -27,9 +27,10 @@ from index.runtime.exported_model import ExportedModel
 from index.runtime.hybrid import SOURCES
 from index.runtime.text_encoder import TextEncoder
 from service.app import create_app
-from service.engine import RankingEngine, RankOutcome
+from service.engine import RankingEngine
 from service.lifecycle import Lifecycle, Phase
 from service.metrics import STAGES, Metrics
+from service.outcomes import RankOutcome
 from service.protocol import RankedItem, RankRequest, RankResponse, RerankResponse
 from training.dataset import CandidateSpace, load_dataset
 from training.export import load_checkpoint, served_dataset
