@@ -271,7 +271,7 @@ def test_the_batcher_flushes_at_max_batch_candidates(
     """Requests of 30 candidates queue behind a held ranker call; once it returns, the ranking stage takes them in
     ranker calls of at most max_batch_candidates (90) candidates: three requests together, then the fourth."""
     batched, _ = clients
-    engine = batched.app.state.rank.engine  # reuse the loaded artifacts: the setting and the batcher are under test
+    engine = batched.app.state.rank.engines.serving  # reuse the loaded artifacts: the batcher is under test
     app = create_app(serving_settings(toy, max_batch_candidates=90), engine=engine, metrics=Metrics())
     queries = [f"a gin drink for the batcher {i}" for i in range(5)]
     calls: list[int] = []  # candidates per ranker call

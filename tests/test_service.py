@@ -28,9 +28,9 @@ from index.runtime.hybrid import SOURCES
 from index.runtime.text_encoder import TextEncoder
 from service.app import create_app
 from service.engine import RankingEngine
-from service.lifecycle import Lifecycle, Phase
 from service.metrics import STAGES, Metrics
 from service.outcomes import RankOutcome
+from service.phase import Lifecycle, Phase
 from service.protocol import RankedItem, RankRequest, RankResponse, RerankResponse
 from training.dataset import CandidateSpace, load_dataset
 from training.export import load_checkpoint, served_dataset
@@ -105,7 +105,7 @@ def test_hybrid_served_ranking_equals_offline_evaluation(
     dataset = dataset.with_candidates(dataclasses.replace(dataset.candidates, sources=sources, prior=prior), k)
     test = dataset.splits["test"]
     offline = score_lists(checkpoint.ranker, FeatureTensors.of(dataset, torch.device("cpu")), test)
-    serving = tiny_client.app.state.rank.engine
+    serving = tiny_client.app.state.rank.engines.serving
     engine = RankingEngine(serving.bundle, serving.model, serving.encoder, serving.settings, Metrics())
     engine.sources, engine.prior = sources, prior
     for q in range(5):
@@ -131,7 +131,7 @@ def test_served_ranking_equals_the_toy_models_offline_scores(
     """The unit loop's ranking check: the engine's candidates (FAISS, BM25, RRF, dense fill-up), evidence, gather
     and ranker call give, score for score, what the offline lists (training's own candidate generation) and a numpy
     reference of the toy ranker give, for every source set and prior a model may have."""
-    serving = client.app.state.rank.engine
+    serving = client.app.state.rank.engines.serving
     bundle: Bundle = serving.bundle
     model: ExportedModel = serving.model
     learned = CandidateSpace("learned", bundle.retrieval, model.project_queries)
@@ -198,7 +198,7 @@ def test_rerank_in_cohere_shape(client: TestClient) -> None:
 def test_cache_misses_are_encoded_off_the_ranking_thread(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """MiniLM runs on the encode threads only (queries on one, /rerank texts on another), and ranks as the inline
     path does."""
-    engine = client.app.state.rank.engine
+    engine = client.app.state.rank.engines.serving
     threads: list[str] = []
     encode = engine.encoder.encode
 
@@ -220,7 +220,7 @@ def test_a_query_being_encoded_does_not_hold_up_cached_ones(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No head-of-line blocking: while a never-seen query is stuck in MiniLM, a cached one is answered."""
-    engine = client.app.state.rank.engine
+    engine = client.app.state.rank.engines.serving
     client.post("/rank", json={"query": "a cached gin", "top_k": 3})
     release, entered = threading.Event(), threading.Event()
     encode = engine.encoder.encode
@@ -252,7 +252,7 @@ def test_a_burst_of_never_seen_queries_leaves_cached_ones_one_ranker_call_of_wai
     """Eight misses, each encode call stuck 0.5 s in MiniLM, arrive together; cached requests sent meanwhile wait for
     the ranking thread at most about one ranker call (the batch in front of them, plus thread-scheduling slack),
     never for an encode."""
-    engine = client.app.state.rank.engine
+    engine = client.app.state.rank.engines.serving
     cached = ["a cached gin", "a cached rum", "a cached mint"]
     for query in cached:
         assert client.post("/rank", json={"query": query, "top_k": 3}).status_code == 200
@@ -279,7 +279,7 @@ def test_minilm_takes_the_idle_threads_only_while_no_other_stage_has_work(
 ) -> None:
     """Alone, a query miss's or /rerank documents' MiniLM call is offered the idle threads (how many that is, is
     RANK_ENCODER_IDLE_THREADS's business); while the ranking thread works, the ranking thread keeps its core."""
-    engine = client.app.state.rank.engine
+    engine = client.app.state.rank.engines.serving
     assert engine.model is not None and engine.document_encoder is not engine.encoder
     calls: list[tuple[str, bool]] = []
     score = engine.model.score
@@ -326,7 +326,7 @@ def test_int8_misses_are_encoded_one_at_a_time_each_answered_when_its_own_is_don
 ) -> None:
     """The int8 graph embeds one text per call, so a burst of misses is taken one by one: the first is not held
     until the last is encoded (with a batch of four, every one would report the whole batch's encode)."""
-    engine = client.app.state.rank.engine
+    engine = client.app.state.rank.engines.serving
     assert engine.encoder.variant == "int8"
     calls: list[int] = []
     encode = engine.encoder.encode
@@ -457,7 +457,7 @@ def test_served_time_is_split_by_whether_minilm_ran(client: TestClient) -> None:
     registry = client.app.state.rank.metrics.registry
 
     def served(encoded: str) -> float:
-        version = client.app.state.rank.engine.model_version
+        version = client.app.state.rank.engines.serving.model_version
         labels = {"route": "/rank", "encoded": encoded, "model_version": version}
         return registry.get_sample_value("rank_served_seconds_count", labels) or 0.0
 
@@ -495,7 +495,7 @@ def test_a_repeated_query_reuses_its_candidates_and_ranks_exactly_the_same(clien
 def test_without_the_candidate_cache_every_lookup_misses_and_rankings_do_not_change(
     toy: ToyArtifacts, client: TestClient
 ) -> None:
-    cached = client.app.state.rank.engine  # reuse the loaded artifacts: only the setting is under test
+    cached = client.app.state.rank.engines.serving  # reuse the loaded artifacts: only the setting is under test
     metrics = Metrics()
     settings = serving_settings(toy, candidate_cache_size=0)
     uncached = RankingEngine(cached.bundle, cached.model, cached.encoder, settings, metrics, cached.document_encoder)
@@ -518,7 +518,7 @@ def test_a_query_log_warms_the_query_cache_and_an_unreadable_one_does_not_stop_t
     app = create_app(serving_settings(toy, warm_queries_file=log))
     with caplog.at_level(logging.INFO, logger="service"), TestClient(app) as client:
         registry = client.app.state.rank.metrics.registry
-        version = client.app.state.rank.engine.model_version
+        version = client.app.state.rank.engines.serving.model_version
 
         def served(encoded: str) -> float:
             labels = {"route": "/rank", "encoded": encoded, "model_version": version}
@@ -562,7 +562,7 @@ def test_lifecycle_is_one_state_machine_that_drives_the_ready_gauge() -> None:
 
 
 def test_after_shutdown_readiness_says_draining(client: TestClient) -> None:
-    app = create_app(client.app.state.rank.settings, engine=client.app.state.rank.engine, metrics=Metrics())
+    app = create_app(client.app.state.rank.settings, engine=client.app.state.rank.engines.serving, metrics=Metrics())
     with TestClient(app) as running:
         assert running.get("/health/ready").status_code == 200
     after = TestClient(app)  # the lifespan has run its shutdown
@@ -575,7 +575,7 @@ def test_after_shutdown_readiness_says_draining(client: TestClient) -> None:
 def test_warm_up_starts_whatever_the_catalog_titles_look_like(client: TestClient) -> None:
     """Warm-up sends catalog titles as queries; a catalog whose titles are longer than a query may be (10,000
     characters against the 8,192 limit) must still start."""
-    serving = client.app.state.rank.engine
+    serving = client.app.state.rank.engines.serving
     long_titles = dataclasses.replace(serving.bundle, titles=["gin " * 2500] * serving.bundle.size)
     engine = RankingEngine(long_titles, serving.model, serving.encoder, serving.settings, Metrics())
     assert len(long_titles.titles[0]) == 10_000 > serving.settings.max_query_chars
