@@ -119,7 +119,7 @@ class AppState:
             if batcher is not None:
                 batcher.close()
 
-    # -- the shadow -------------------------------------------------------------------------------------------
+    # -- shadow ranking, after a /rank response ----------------------------------------------------------------
 
     async def after_rank(self, served_by: RankingEngine, body: RankRequest, query: str, outcome: RankOutcome) -> None:
         """Run after a /rank response is sent (a Starlette background task): hand the request to the shadow, if
