@@ -1,9 +1,12 @@
 """The FastAPI application: `create_app(settings)` wires the pieces together and nothing else.
 
-Where each role lives: protocol.py (wire format), routes.py (handlers), engine.py (the request path), batcher.py
-(micro-batching), lifecycle.py (starting/ready/draining, the serving engine, hot swaps), loading.py (loading and
-checking artifacts), errors.py (domain errors and the one error -> HTTP map), middleware.py (metrics, body limit),
-metrics.py, settings.py; __main__.py runs it under uvicorn.
+Where each role lives: protocol.py (wire format), routes.py and rerank_apis.py (handlers and the other rerank APIs'
+shapes), engine.py (the request path's coordinator) with its steps: jobs.py (validated requests), encoding.py
+(MiniLM), caches.py, retrieval.py (candidates), scoring.py (gather and ranker), outcomes.py (typed results);
+batcher.py (micro-batching), lifecycle.py (`AppState`: the batchers and one request's way through them), phase.py
+(starting/ready/draining), engines.py (the serving, previous, canary and shadow engines, and the swaps), shadow.py,
+loading.py (loading and checking artifacts), errors.py (domain errors and the one error -> HTTP map), middleware.py
+(metrics, body limit), metrics.py, settings.py; __main__.py runs it under uvicorn.
 """
 
 from __future__ import annotations

@@ -24,10 +24,12 @@ from pydantic import ValidationError
 
 from index.runtime.files import ArtifactError
 from service.batcher import Batched
-from service.engine import Job, RankingEngine, RankOutcome
+from service.engine import RankingEngine
 from service.errors import RequestError
+from service.jobs import Job
 from service.loading import load_engine
 from service.metrics import Metrics
+from service.outcomes import RankOutcome
 from service.protocol import RankRequest
 from service.routes import rank_body
 from service.settings import Settings

@@ -35,7 +35,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.errors import RequestError, field_of
-from service.lifecycle import AppState, Phase
+from service.lifecycle import AppState
+from service.phase import Phase
 from service.protocol import RankRequest, RankResponse
 from service.routes import rank_body
 from service.settings import Settings
@@ -135,7 +136,7 @@ class RankReplica:
         wanted = (Path(config.get("model_dir", serving[0])), Path(config.get("bundle_dir", serving[1])))
         if wanted == serving:
             return
-        swapped = await state.reload(*wanted)
+        swapped = await state.engines.reload(*wanted)
         self.serving = wanted
         log.info("replica %s: %s", replica_name(), swapped)
 
@@ -148,7 +149,7 @@ class RankReplica:
         except ValidationError as exc:
             first = exc.errors()[0]
             raise RequestError(field_of(tuple(first["loc"])), first["msg"]) from None
-        engine = state.current(request.query)
+        engine = state.engines.current(request.query)
         outcome, timing_ms = await state.serve(engine, engine.prepare_rank(request), request.timeout_ms, "/rank")
         return rank_body(outcome, timing_ms)
 

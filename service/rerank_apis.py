@@ -24,8 +24,9 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, St
 from typing_extensions import TypedDict
 
 from index.runtime.text_encoder import MAX_TOKENS, TextEncoder
-from service.engine import RankingEngine, RerankOutcome
+from service.engine import RankingEngine
 from service.errors import RequestError, UnknownModel
+from service.outcomes import RerankOutcome
 from service.protocol import RerankRequest
 from service.settings import Settings
 

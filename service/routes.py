@@ -21,9 +21,11 @@ from starlette.background import BackgroundTask
 
 from index.runtime.files import ArtifactError
 from index.runtime.text_encoder import MAX_TOKENS
-from service.engine import RankingEngine, RankOutcome, RerankOutcome
+from service.engine import RankingEngine
 from service.errors import AdminDenied, NotReady, error_response
-from service.lifecycle import AppState, Phase
+from service.lifecycle import AppState
+from service.outcomes import RankOutcome, RerankOutcome
+from service.phase import Phase
 from service.protocol import (
     CanaryRequest,
     JSONBytes,
@@ -64,7 +66,7 @@ def _state(request: Request) -> AppState:
 def _engine_for(request: Request, query: str) -> RankingEngine:
     """The engine for this request: the canary's when one runs and takes the request's key (the X-Request-Key
     header, else the query text: one user, or one query, keeps meeting one model)."""
-    return _state(request).current(request.headers.get("x-request-key") or query)
+    return _state(request).engines.current(request.headers.get("x-request-key") or query)
 
 
 async def _state_dependency(request: Request) -> AppState:
@@ -150,7 +152,7 @@ async def rank(body: RankRequest, request: Request, state: StateDep) -> Response
     job = engine.prepare_rank(body)
     outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/rank")
     response = _with_server_timing(rank_body(outcome, timing_ms), timing_ms, outcome)
-    if state.shadow is not None:  # after the response is sent: the client never waits for the shadow
+    if state.engines.shadow is not None:  # after the response is sent: the client never waits for the shadow
         response.background = BackgroundTask(state.after_rank, engine, body, job.query, outcome)
     return response
 
@@ -232,9 +234,8 @@ async def v1_rerank(body: V1RerankRequest, request: Request, state: StateDep) ->
 @router.post("/admin/reload", summary="Load, validate and warm new artifacts, then switch to them atomically")
 async def admin_reload(admin: AdminDep, body: ReloadRequest | None = None) -> Response:
     request = body or ReloadRequest()
-    return await _loading(
-        admin, admin.reload(request.model_dir, request.bundle_dir), "reload refused, still serving the old model"
-    )
+    change = admin.engines.reload(request.model_dir, request.bundle_dir)
+    return await _loading(admin, change, "reload refused, still serving the old model")
 
 
 async def _loading(admin: AppState, change: Awaitable[Mapping[str, object]], refusal: str) -> Response:
@@ -243,7 +244,7 @@ async def _loading(admin: AppState, change: Awaitable[Mapping[str, object]], ref
     try:
         return JSONBytes(await change)
     except (ArtifactError, FileNotFoundError, ValueError) as exc:
-        serving = admin.current()
+        serving = admin.engines.current()
         message = f"{refusal}: {exc}"
         return error_response(422, message, model_version=serving.model_version, bundle_version=serving.bundle.version)
 
@@ -253,41 +254,41 @@ async def _loading(admin: AppState, change: Awaitable[Mapping[str, object]], ref
     summary="Serve the model and bundle the last swap replaced again, from memory; 409 when there is none",
 )
 async def admin_rollback(admin: AdminDep) -> Response:
-    return JSONBytes(await admin.rollback())
+    return JSONBytes(await admin.engines.rollback())
 
 
 @router.post("/admin/canary", summary="Serve a share of requests with new artifacts, or change the canary's share")
 async def admin_canary(admin: AdminDep, body: CanaryRequest) -> Response:
-    change = admin.start_canary(body.share, body.model_dir, body.bundle_dir)
+    change = admin.engines.start_canary(body.share, body.model_dir, body.bundle_dir)
     return await _loading(admin, change, "canary refused, still serving the old model alone")
 
 
 @router.get("/admin/canary", summary="The running canary: its versions and share")
 async def admin_canary_status(admin: AdminDep) -> Response:
-    return JSONBytes(admin.canary_status())
+    return JSONBytes(admin.engines.canary_status())
 
 
 @router.post(
     "/admin/shadow", summary="Load new artifacts as a shadow that also ranks live /rank traffic, or change its share"
 )
 async def admin_shadow(admin: AdminDep, body: ShadowRequest) -> Response:
-    change = admin.start_shadow(body.share, body.model_dir, body.bundle_dir)
+    change = admin.engines.start_shadow(body.share, body.model_dir, body.bundle_dir)
     return await _loading(admin, change, "shadow refused, nothing changed")
 
 
 @router.get("/admin/shadow", summary="The shadow's figures: agreement with the served lists, its own time, shed work")
 async def admin_shadow_status(admin: AdminDep) -> Response:
-    return JSONBytes(admin.shadow_status())
+    return JSONBytes(admin.engines.shadow_status())
 
 
 @router.delete("/admin/shadow", summary="Unload the shadow; answers its final figures")
 async def admin_shadow_stop(admin: AdminDep) -> Response:
-    return JSONBytes(await admin.stop_shadow())
+    return JSONBytes(await admin.engines.stop_shadow())
 
 
 @router.post("/admin/canary/promote", summary="The canary serves every request; the old model is kept for rollback")
 async def admin_promote(admin: AdminDep) -> Response:
-    return JSONBytes(await admin.promote())
+    return JSONBytes(await admin.engines.promote())
 
 
 @router.get("/health/live", summary="Liveness: the process answers")
@@ -298,7 +299,7 @@ async def live() -> Response:
 @router.get("/health/ready", summary="Readiness: artifacts loaded and warm")
 async def ready(state: StateDep) -> Response:
     try:
-        e = state.current()
+        e = state.engines.current()
     except NotReady as exc:
         status = "draining" if state.lifecycle.phase is Phase.DRAINING else "starting"
         return error_response(503, str(exc), status=status)

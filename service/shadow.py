@@ -15,7 +15,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from service.agreement import Agreement
-from service.engine import RankingEngine, RankOutcome
+from service.engine import RankingEngine
+from service.outcomes import RankOutcome
 from service.split import in_share
 
 RECENT = 2000  # per-request figures kept for the /admin/shadow quantiles

@@ -1,10 +1,12 @@
 """Shared fixtures: one tiny, real pipeline per test session (synthetic data -> MiniLM ONNX -> trained and exported
-ranker -> bundle), built once in a temporary directory; tests that damage artifacts work on copies.
+ranker -> bundle), built once in a temporary directory; tests that damage artifacts work on copies. And `toy`: the
+same kinds of artifacts with stand-in models (tests/toy_artifacts.py), built in about a second without training, so
+that the request path (engine, batcher, routes, swaps) has tests in the unit loop.
 
 Test tiers (markers registered in pyproject.toml): every test that uses an artifact fixture (one that exports an
 encoder, trains or builds a bundle, directly or through another fixture) is marked `artifacts` here, by its fixture
 closure; tests that start servers, Locust, Prometheus or a torch-importing CLI process are marked `integration` in
-their own files. `make test-fast` runs the rest: unit tests, under a minute.
+their own files. `make test-fast` runs the rest: unit tests (the `toy` artifacts among them), under a minute.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -25,6 +28,8 @@ from training.cli import run_train
 from training.export import run_export
 from training.synthetic import SyntheticConfig, write_dataset
 from training.train import TrainConfig
+
+from .toy_artifacts import ToyArtifacts, build_toy_artifacts, second_toy_model
 
 # Session fixtures that export, train or build (the tiny CLIP tower is tests/clip_fixtures.py's). Anything that
 # depends on one of them has it in its fixture closure too, so the roots are enough.
@@ -104,9 +109,21 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, encoder_dir: Path) -> TinyPip
     return build_tiny_pipeline(data, root, encoder_dir, epochs=6, patience=6, retrieval_epochs=8)
 
 
-def serving_settings(tiny: TinyPipeline, **overrides: object) -> Settings:
-    """Settings that serve the tiny artifacts. The tiny model, trained on 60 queries, does not beat the text
-    baseline, so the baseline part of the quality gate is off unless a test turns it on."""
+class Servable(Protocol):
+    """Artifacts `serving_settings` can serve: the tiny pipeline's or the toy ones."""
+
+    @property
+    def bundle(self) -> Path: ...
+    @property
+    def model(self) -> Path: ...
+    @property
+    def encoder(self) -> Path: ...
+
+
+def serving_settings(tiny: Servable, **overrides: object) -> Settings:
+    """Settings that serve the tiny (or toy) artifacts. The tiny model, trained on 60 queries, does not beat the
+    text baseline, and the toy one is not trained at all, so the baseline part of the quality gate is off unless a
+    test turns it on."""
     base: dict[str, object] = dict(
         bundle_dir=tiny.bundle,
         model_dir=tiny.model,
@@ -134,3 +151,15 @@ def second_model(tiny: TinyPipeline, tmp_path_factory: pytest.TempPathFactory) -
     assert run_train(cfg) == 0 and run_export(out) == 0
     reproject_bundle(tiny.bundle, out, out / "bundle")
     return out, out / "bundle"
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> ToyArtifacts:
+    """Toy artifacts (tests/toy_artifacts.py): a toy model, its bundle and a zero-shot bundle, in about a second."""
+    return build_toy_artifacts(tmp_path_factory.mktemp("toy"))
+
+
+@pytest.fixture(scope="session")
+def toy_second(toy: ToyArtifacts, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Another toy model and the toy bundle re-projected for it (a swap's target), like `second_model`."""
+    return second_toy_model(toy, tmp_path_factory.mktemp("toy-b"))

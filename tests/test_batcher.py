@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -21,7 +22,8 @@ from service.batcher import Batched, DeadlineExceeded, MicroBatcher, QueueFull, 
 from service.metrics import Metrics
 from service.settings import Settings
 
-from .conftest import TinyPipeline, serving_settings
+from .conftest import serving_settings
+from .toy_artifacts import ToyArtifacts
 
 
 def _batcher(process=None, **kwargs) -> tuple[MicroBatcher[int, int], list[list[int]]]:
@@ -232,16 +234,16 @@ def test_the_new_name_wins_over_the_old_one(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.fixture(scope="module")
-def clients(tiny: TinyPipeline) -> Iterator[tuple[TestClient, TestClient]]:
-    batched = create_app(serving_settings(tiny, batching=True, max_delay_us=20_000))
-    direct = create_app(serving_settings(tiny, batching=False))
+def clients(toy: ToyArtifacts) -> Iterator[tuple[TestClient, TestClient]]:
+    batched = create_app(serving_settings(toy, batching=True, max_delay_us=20_000))
+    direct = create_app(serving_settings(toy, batching=False))
     with TestClient(batched) as a, TestClient(direct) as b:
         yield a, b
 
 
-def test_rankings_identical_with_batching_on_and_off(tiny: TinyPipeline, clients) -> None:
+def test_rankings_identical_with_batching_on_and_off(toy: ToyArtifacts, clients) -> None:
     batched, direct = clients
-    queries = [json.loads(line)["text"] for line in (tiny.data / "queries.jsonl").read_text().splitlines()][:24]
+    queries = [json.loads(line)["text"] for line in (toy.data / "queries.jsonl").read_text().splitlines()][:24]
     bodies = [{"query": q, "top_k": 10, "num_candidates": 30 + 5 * (i % 3)} for i, q in enumerate(queries)]
     bodies += [{"query": "red drink", "top_k": 5, "filters": {"glass": "coupe"}}]
     with ThreadPoolExecutor(max_workers=12) as pool:
@@ -263,9 +265,42 @@ def test_deadline_gets_504_and_is_counted(clients) -> None:
     assert "rank_deadline_drops_total 1.0" in batched.get("/metrics").text
 
 
-def test_the_batcher_flushes_at_max_batch_candidates(tiny: TinyPipeline, clients) -> None:
+def test_the_batcher_flushes_at_max_batch_candidates(
+    toy: ToyArtifacts, clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests of 30 candidates queue behind a held ranker call; once it returns, the ranking stage takes them in
+    ranker calls of at most max_batch_candidates (90) candidates: three requests together, then the fourth."""
     batched, _ = clients
-    engine = batched.app.state.rank.engine  # reuse the loaded artifacts: only the wiring is under test
-    app = create_app(serving_settings(tiny, max_batch_candidates=77), engine=engine, metrics=Metrics())
-    with TestClient(app):
-        assert app.state.rank.batcher.max_size == 77
+    engine = batched.app.state.rank.engines.serving  # reuse the loaded artifacts: the batcher is under test
+    app = create_app(serving_settings(toy, max_batch_candidates=90), engine=engine, metrics=Metrics())
+    queries = [f"a gin drink for the batcher {i}" for i in range(5)]
+    calls: list[int] = []  # candidates per ranker call
+    inside, release = threading.Event(), threading.Event()
+    score = engine.model.score
+
+    def held(*args: object, **kwargs: object) -> object:
+        query_index = args[-1]
+        assert isinstance(query_index, np.ndarray)
+        calls.append(len(query_index))  # one entry per candidate
+        if not inside.is_set():
+            inside.set()
+            release.wait(30)
+        return score(*args, **kwargs)
+
+    def rank(query: str) -> int:
+        return client.post("/rank", json={"query": query, "num_candidates": 30}).status_code
+
+    with TestClient(app) as client:
+        assert app.state.rank.batcher.max_size == 90
+        assert all(rank(query) == 200 for query in queries)  # embedded now: no encode stage in front of the batcher
+        monkeypatch.setattr(engine.model, "score", held)
+        with ThreadPoolExecutor(5) as pool:
+            first = pool.submit(rank, queries[0])
+            assert inside.wait(30)  # the ranking thread is in the first request's ranker call
+            rest = [pool.submit(rank, query) for query in queries[1:]]
+            deadline = time.monotonic() + 30
+            while app.state.rank.batcher.depth < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            release.set()
+            assert [f.result(30) for f in [first, *rest]] == [200] * 5
+    assert calls == [30, 90, 30]

@@ -24,6 +24,7 @@ from loadtests.process import NotReady, start_service, stop_group, wait_ready
 from service.app import create_app
 
 from .conftest import TinyPipeline, serving_settings
+from .toy_artifacts import ToyArtifacts
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -281,8 +282,8 @@ def test_reload_needs_the_token(server: Server) -> None:
     assert _post(server.port, "/admin/reload", {}, token="wrong-token-0123456789")[0] == 401
 
 
-def test_admin_api_is_off_without_a_token(tiny: TinyPipeline) -> None:
-    with TestClient(create_app(serving_settings(tiny))) as client:
+def test_admin_api_is_off_without_a_token(toy: ToyArtifacts) -> None:
+    with TestClient(create_app(serving_settings(toy))) as client:
         r = client.post("/admin/reload", headers={"authorization": "Bearer anything-at-all-here"})
         assert r.status_code == 403 and "RANK_ADMIN_TOKEN" in r.json()["error"]
 
@@ -320,8 +321,8 @@ def test_sigterm_under_load_fails_no_request_accepted_before_it(tiny: TinyPipeli
 
 
 @pytest.fixture(scope="module")
-def client(tiny: TinyPipeline) -> Iterator[TestClient]:
-    with TestClient(create_app(serving_settings(tiny, max_body_bytes=10_000))) as c:
+def client(toy: ToyArtifacts) -> Iterator[TestClient]:
+    with TestClient(create_app(serving_settings(toy, max_body_bytes=10_000))) as c:
         yield c
 
 

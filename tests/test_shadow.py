@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 from service.agreement import agreement, kendall_tau, overlap_at_k, rank_biased_overlap
 from service.app import create_app
 
-from .conftest import TinyPipeline, serving_settings
+from .conftest import serving_settings
+from .toy_artifacts import ToyArtifacts
 
 TOKEN = "shadow-test-token-0123456789"
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
@@ -64,9 +65,9 @@ def test_agreement_bundles_the_four_figures() -> None:
 
 
 @pytest.fixture
-def admin_client(tiny: TinyPipeline, request: pytest.FixtureRequest) -> Iterator[TestClient]:
+def admin_client(toy: ToyArtifacts, request: pytest.FixtureRequest) -> Iterator[TestClient]:
     overrides = getattr(request, "param", {})
-    with TestClient(create_app(serving_settings(tiny, admin_token=TOKEN, **overrides))) as client:
+    with TestClient(create_app(serving_settings(toy, admin_token=TOKEN, **overrides))) as client:
         yield client
 
 
@@ -81,14 +82,14 @@ def _shadow_after(client: TestClient, compared: int, seconds: float = 20.0) -> d
 
 
 def test_a_shadow_of_the_serving_artifacts_agrees_fully_and_never_serves(
-    admin_client: TestClient, tiny: TinyPipeline
+    admin_client: TestClient, toy: ToyArtifacts
 ) -> None:
     client = admin_client
     assert client.get("/admin/shadow", headers=ADMIN).json() == {"status": "no shadow"}
     assert client.delete("/admin/shadow", headers=ADMIN).status_code == 409
     assert client.post("/admin/shadow", json={"share": 50}, headers=ADMIN).status_code == 409  # none to change
     assert client.post("/admin/shadow", json={}).status_code == 401
-    paths = {"model_dir": str(tiny.model), "bundle_dir": str(tiny.bundle)}
+    paths = {"model_dir": str(toy.model), "bundle_dir": str(toy.bundle)}
     loaded = client.post("/admin/shadow", json=paths, headers=ADMIN)
     assert loaded.status_code == 200 and loaded.json()["share"] == 100.0, loaded.text
     queries = [f"gin sour number {i}" for i in range(12)]
@@ -110,10 +111,10 @@ def test_a_shadow_of_the_serving_artifacts_agrees_fully_and_never_serves(
 
 
 @pytest.mark.parametrize("admin_client", [{"shadow_max_queue": 0}], indirect=True)
-def test_shadow_work_is_shed_when_the_queue_is_long(admin_client: TestClient, tiny: TinyPipeline) -> None:
+def test_shadow_work_is_shed_when_the_queue_is_long(admin_client: TestClient, toy: ToyArtifacts) -> None:
     """With no room allowed (shadow_max_queue = 0) every shadow request is shed, and real ones are all served."""
     client = admin_client
-    paths = {"model_dir": str(tiny.model), "bundle_dir": str(tiny.bundle)}
+    paths = {"model_dir": str(toy.model), "bundle_dir": str(toy.bundle)}
     assert client.post("/admin/shadow", json={"share": 100, **paths}, headers=ADMIN).status_code == 200
     for i in range(5):
         assert client.post("/rank", json={"query": f"a shed query {i}"}).status_code == 200
@@ -121,9 +122,9 @@ def test_shadow_work_is_shed_when_the_queue_is_long(admin_client: TestClient, ti
     assert (status["compared"], status["shed"], status["failed"]) == (0, 5, 0)
 
 
-def test_shadow_share_picks_a_stable_subset(admin_client: TestClient, tiny: TinyPipeline) -> None:
+def test_shadow_share_picks_a_stable_subset(admin_client: TestClient, toy: ToyArtifacts) -> None:
     client = admin_client
-    paths = {"model_dir": str(tiny.model), "bundle_dir": str(tiny.bundle)}
+    paths = {"model_dir": str(toy.model), "bundle_dir": str(toy.bundle)}
     assert client.post("/admin/shadow", json={"share": 0, **paths}, headers=ADMIN).status_code == 200
     for i in range(5):
         client.post("/rank", json={"query": f"unshadowed {i}"})

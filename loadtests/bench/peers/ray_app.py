@@ -21,8 +21,9 @@ from index.runtime.bundle import Bundle
 from index.runtime.exported_model import ExportedModel
 from index.runtime.text_encoder import TextEncoder
 from service.batcher import Batched
-from service.engine import RankingEngine, RankOutcome
+from service.engine import RankingEngine
 from service.metrics import Metrics
+from service.outcomes import RankOutcome
 from service.protocol import RankRequest
 from service.routes import rank_body
 from service.settings import Settings

@@ -1,0 +1,67 @@
+"""What an engine remembers between batches: each query's vector in its model's retrieval space
+(`ProjectionCache`), and each unfiltered /rank query's candidates (`CandidateCache`).
+
+Both belong to one engine: projections are its model's, candidate rows its bundle's, so a swap starts them empty.
+The query's MiniLM embedding is cached by the text encoder itself (`TextEncoder.cached`), shared by every engine
+that embeds with it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from index.runtime.exported_model import ExportedModel
+from index.runtime.lru import LruCache
+from service.jobs import Job, RankJob
+from service.metrics import Metrics
+
+CandidateKey = tuple[str, int]  # (query, number of candidates)
+Candidates = tuple[np.ndarray, np.ndarray]  # (rows, BM25 score of each), read-only
+
+
+class ProjectionCache:
+    """Queries in the model's retrieval space, by query text: a cached query skips the query tower too."""
+
+    def __init__(self, size: int) -> None:
+        self._vectors: LruCache[str, np.ndarray] = LruCache(size)
+
+    def project(self, model: ExportedModel, vectors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each query of `vectors` (MiniLM embeddings by text) in the retrieval space: remembered ones from the
+        cache, the others in one query-tower call, then remembered."""
+        projected = {query: found for query in vectors if (found := self._vectors.get(query)) is not None}
+        new = [query for query in vectors if query not in projected]
+        if new:
+            for query, vector in zip(new, model.project_queries(np.stack([vectors[q] for q in new])), strict=True):
+                self._vectors.put(query, vector)
+                projected[query] = vector
+        return projected
+
+
+class CandidateCache:
+    """Candidate rows and their BM25 scores by (query, depth), for unfiltered /rank jobs (a filtered job's rows
+    depend on its filter, and a /rerank job brings its own); counts hits and misses in `rank_candidate_cache_total`.
+    """
+
+    def __init__(self, size: int, metrics: Metrics) -> None:
+        self._lists: LruCache[CandidateKey, Candidates] = LruCache(size)
+        self._metrics = metrics
+
+    @staticmethod
+    def key(job: Job) -> CandidateKey | None:
+        """The job's cache key, or None for a job whose candidates are never cached."""
+        return (job.query, job.num_candidates) if isinstance(job, RankJob) and job.allowed is None else None
+
+    def lookup(self, jobs: list[Job]) -> tuple[list[CandidateKey | None], list[Candidates | None]]:
+        """Each job's key and its remembered candidates (None: not cached, or never cacheable)."""
+        keys = [self.key(job) for job in jobs]
+        return keys, [self._lists.get(key) if key is not None else None for key in keys]
+
+    def remember(self, key: CandidateKey, rows: np.ndarray, bm25: np.ndarray) -> None:
+        """Keep a job's candidates; they become read-only, since every later hit shares them."""
+        rows.flags.writeable = bm25.flags.writeable = False
+        self._lists.put(key, (rows, bm25))
+
+    def count(self, hits: int, misses: int) -> None:
+        """Record one batch's lookups."""
+        self._metrics.candidate_cache.labels("hit").inc(hits)
+        self._metrics.candidate_cache.labels("miss").inc(misses)
