@@ -150,14 +150,14 @@ BUNDLE        ?= artifacts/bundle
 .PHONY: validate image-encoder ingest bench-images
 
 validate: $(STAMP) ## Check a dataset in the user data format (DATA=dir): every problem with file, line, field
-	$(PY) -m index.data.validate $(DATA) $(ARGS)
+	$(PY) -m index.cli.validate $(DATA) $(ARGS)
 
 image-encoder: $(STAMP) ## Export a local CLIP checkpoint's image tower to ONNX (CLIP=dir, or RANK_CLIP_DIR)
 	@test -n "$(CLIP)" || { echo "error: set CLIP=/path/to/local/clip (a CLIPModel.save_pretrained directory)" >&2; exit 2; }
 	$(PY) -m index.export.image_encoder --clip $(CLIP) --out $(IMAGE_ENCODER)
 
 ingest: $(STAMP) $(ENCODER)/encoder.json $(if $(filter ray,$(ENGINE)),$(RAY_STAMP)) ## Ingest a catalog (DATA=dir, images or vectors) into BUNDLE, resumable (ENGINE=ray WORKERS=n: Ray Data)
-	$(PY) -m index.offline.ingest --data $(DATA) --image-encoder $(IMAGE_ENCODER) --out $(BUNDLE) $(if $(ENGINE),--engine $(ENGINE)) $(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
+	$(PY) -m index.cli.ingest --data $(DATA) --image-encoder $(IMAGE_ENCODER) --out $(BUNDLE) $(if $(ENGINE),--engine $(ENGINE)) $(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 
 # From a bare checkout on a CUDA machine: the gpu extra, then loadtests/bench/gpu_check.py (about 8 minutes).
 # ARGS=--rehearse runs the same steps on the CPU, for trying the script where there is no GPU.

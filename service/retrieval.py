@@ -16,8 +16,13 @@ from service.caches import CandidateCache
 from service.jobs import Job, RankJob, RerankJob
 from service.timing import StageTimer
 
+QueryVectors = dict[str, np.ndarray]
+"""A vector per distinct query text of a batch."""
+Candidates = tuple[list[np.ndarray], list[np.ndarray]]
+"""Per job, its candidate rows and the BM25 score of each candidate."""
 
-def search(index: FaissIndex, jobs: list[Job], vectors: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+
+def search(index: FaissIndex, jobs: list[Job], vectors: QueryVectors) -> dict[int, np.ndarray]:
     """Ranked rows per rank job (by position) from one FAISS index; unfiltered jobs of equal depth share a call, a
     filtered one searches only its allowed rows."""
     out: dict[int, np.ndarray] = {}
@@ -37,26 +42,22 @@ def search(index: FaissIndex, jobs: list[Job], vectors: dict[str, np.ndarray]) -
 
 
 class CandidateFinder:
-    """Finds the candidates of a batch's jobs in one bundle, remembering unfiltered /rank jobs' in `cache`."""
+    """Finds the candidates of a batch's jobs in one bundle by fusing `sources`, remembering unfiltered /rank jobs'
+    in `cache`."""
 
-    def __init__(self, bundle: Bundle, cache: CandidateCache) -> None:
-        self.bundle, self.cache = bundle, cache
+    def __init__(self, bundle: Bundle, sources: tuple[str, ...], cache: CandidateCache) -> None:
+        self.bundle, self.sources, self.cache = bundle, sources, cache
 
     def retrieve(
-        self,
-        jobs: list[Job],
-        vectors: dict[str, np.ndarray],
-        projected: dict[str, np.ndarray],
-        sources: tuple[str, ...],
-        stages: StageTimer,
-    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        self, jobs: list[Job], vectors: QueryVectors, projected: QueryVectors, stages: StageTimer
+    ) -> Candidates:
         """Candidate rows per job and the BM25 score of each candidate: an unfiltered /rank job's from the cache
         when its query and depth were served before, the others' found afresh (`find`, which laps its stages even
         with nothing to find) and the unfiltered /rank ones remembered. `vectors` are the queries' MiniLM
         embeddings, `projected` their vectors in the learned space (empty without a model)."""
         keys, cached = self.cache.lookup(jobs)
         fresh = [i for i, hit in enumerate(cached) if hit is None]
-        rows, bm25 = self.find([jobs[i] for i in fresh], vectors, projected, sources, stages)
+        rows, bm25 = self.find([jobs[i] for i in fresh], vectors, projected, stages)
         found = dict(zip(fresh, zip(rows, bm25, strict=True), strict=True))
         for i, (job_rows, job_bm25) in found.items():
             if (key := keys[i]) is not None:
@@ -65,19 +66,13 @@ class CandidateFinder:
         both = [hit if hit is not None else found[i] for i, hit in enumerate(cached)]
         return [job_rows for job_rows, _ in both], [job_bm25 for _, job_bm25 in both]
 
-    def find(
-        self,
-        jobs: list[Job],
-        vectors: dict[str, np.ndarray],
-        projected: dict[str, np.ndarray],
-        sources: tuple[str, ...],
-        stages: StageTimer,
-    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def find(self, jobs: list[Job], vectors: QueryVectors, projected: QueryVectors, stages: StageTimer) -> Candidates:
         """Candidate rows per job (rerank jobs bring their own; rank jobs fuse `sources`) and the BM25 score of
         each candidate (0 for a rerank text document: the gather scores those). Laps "retrieve", "lexical" (BM25:
         whole-catalog scores when BM25 is a source, then the candidates' own) and "fuse"."""
         b = self.bundle
         ranked: dict[str, dict[int, np.ndarray]] = {}
+        sources = self.sources
         if "dense" in sources:
             ranked["dense"] = search(b.dense, jobs, vectors)
         if "learned" in sources and b.retriever is not None:

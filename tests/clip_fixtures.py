@@ -140,6 +140,20 @@ def write_items(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def add_defective_records(records: list[dict], images: Path, seed: int, at: tuple[int, int]) -> list[dict]:
+    """`records` with the three cases ingestion must survive: a corrupt image file (id "broken", inserted at
+    `at[0]`), an image file that is not there ("gone", at `at[1]`), both under `images`, and a precomputed image
+    vector ("given", appended). Image paths are relative to the catalog file, so `images` must sit beside it."""
+    folder = images.name
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    records.insert(at[0], {"id": "broken", "title": "a broken file", "image": f"{folder}/broken.jpg"})
+    records.insert(at[1], {"id": "gone", "title": "a file that is not there", "image": f"{folder}/gone.jpg"})
+    vector = np.random.default_rng(seed).standard_normal(512)
+    unit = (vector / np.linalg.norm(vector)).tolist()
+    records.append({"id": "given", "title": "precomputed", "image_embedding": unit})
+    return records
+
+
 def copy_pexels(target: Path, count: int) -> list[dict[str, str]]:
     """Copy the first `count` Pexels photos and their manifest rows into target (a scratch copy to damage)."""
     import csv

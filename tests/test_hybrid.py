@@ -13,14 +13,7 @@ from index.runtime.lexical import LOOKUP_COST, LexicalIndex, tokenize
 from model.schema import FeatureSchema
 from service.loading import check_quality_gate
 
-DOCS = [
-    "Gin and tonic with lime",
-    "A negroni: gin, vermouth and campari",
-    "Mojito\nrum, mint, lime and soda",
-    "",  # an item without text: never found by BM25
-    "Old fashioned: bourbon, sugar, bitters",
-    "Lime sorbet",
-]
+from .test_lexical import DOCS  # six short drink texts, one of them empty
 
 
 def test_rrf_adds_reciprocal_ranks_and_breaks_ties_by_row() -> None:

@@ -18,7 +18,16 @@ from index.offline.images import load_image
 from index.offline.ingest import IngestConfig, ingest
 from index.runtime.bundle import Bundle
 
-from .clip_fixtures import ROOT, TinyClip, ingest_config, picture, tiny_clip, write_awkward_images, write_items
+from .clip_fixtures import (
+    ROOT,
+    TinyClip,
+    add_defective_records,
+    ingest_config,
+    picture,
+    tiny_clip,
+    write_awkward_images,
+    write_items,
+)
 from .conftest import TinyPipeline
 
 __all__ = ["tiny_clip"]
@@ -27,17 +36,11 @@ __all__ = ["tiny_clip"]
 def _catalog(root: Path, count: int) -> Path:
     """items.jsonl over `count` awkward images, one corrupt file, one missing file and one precomputed vector."""
     names = write_awkward_images(root / "images", count)
-    (root / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     records = [
         {"id": f"item-{i:03d}", "title": f"drink number {i}", "image": f"images/{name}", "attributes": {"n": i}}
         for i, name in enumerate(names)
     ]
-    records.insert(2, {"id": "broken", "title": "a broken file", "image": "images/broken.jpg"})
-    records.insert(5, {"id": "gone", "title": "a file that is not there", "image": "images/gone.jpg"})
-    vector = np.random.default_rng(9).standard_normal(512)
-    records.append(
-        {"id": "given", "title": "precomputed", "image_embedding": (vector / np.linalg.norm(vector)).tolist()}
-    )
+    add_defective_records(records, root / "images", seed=9, at=(2, 5))
     return write_items(root / "items.jsonl", records)
 
 

@@ -9,14 +9,13 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from index.offline.ingest import Engine, IngestConfig, IngestReport, ingest
 from index.runtime.bundle import MANIFEST_FILE
 from loadtests.bench.ray_ingest import bundle_digests
 
-from .clip_fixtures import TinyClip, ingest_config, require_pexels, tiny_clip, write_items
+from .clip_fixtures import TinyClip, add_defective_records, ingest_config, require_pexels, tiny_clip, write_items
 from .conftest import TinyPipeline
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
@@ -47,13 +46,8 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     records = [
         {"id": row["id"], "title": f"photo {i}", "image": str(source / row["file"])} for i, row in enumerate(rows)
     ]
-    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    records.insert(3, {"id": "broken", "title": "a broken file", "image": "broken.jpg"})
-    records.insert(9, {"id": "gone", "title": "a file that is not there", "image": "gone.jpg"})
-    vector = np.random.default_rng(3).standard_normal(512)
-    records.append(
-        {"id": "given", "title": "precomputed", "image_embedding": (vector / np.linalg.norm(vector)).tolist()}
-    )
+    (root / "images").mkdir()
+    add_defective_records(records, root / "images", seed=3, at=(3, 9))
     return write_items(root / "items.jsonl", records)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from loadtests.process import NotReady, start_service, stop_group, wait_ready
 from service.app import create_app
 
 from .conftest import TinyPipeline, serving_settings
+from .live_service import tiny_env
 from .toy_artifacts import ToyArtifacts
 
 TOKEN = "test-token-0123456789abcdef"
@@ -86,16 +86,7 @@ class LoadGenerator:
 
 
 def _start(tiny: TinyPipeline, **env: str) -> Server:
-    variables = {
-        **os.environ,
-        "RANK_BUNDLE_DIR": str(tiny.bundle),
-        "RANK_MODEL_DIR": str(tiny.model),
-        "RANK_ENCODER_DIR": str(tiny.encoder),
-        "RANK_WARMUP_QUERIES": "2",
-        "RANK_REQUIRE_BEATS_BASELINE": "false",
-        "RANK_LOG_LEVEL": "warning",
-        **env,
-    }
+    variables = {**tiny_env(tiny), **env}
     service = start_service(variables)
     try:
         wait_ready(service.url, service.process, timeout=90, interval=0.2, request_timeout=2, name="the service")

@@ -342,19 +342,10 @@ def write_toy_model(out: Path, schema: FeatureSchema, features: Bundle, seed: in
     kv, item_vectors = w.reference_items(text, image, attrs, mask)
     query_vectors = w.reference_queries(query)
     retrieval = np.einsum("md,md->m", item_vectors, query_vectors[owner]).astype(np.float32)
-    np.savez(
-        out / CANARY_FILE,
-        query=query,
-        text=text,
-        image=image,
-        attrs=attrs,
-        mask=mask,
-        query_index=owner,
-        evidence=evidence,
-        expected=w.reference_scores(query, kv, text, mask, retrieval, evidence, owner),
-        expected_query_vectors=query_vectors,
-        expected_item_vectors=item_vectors,
-    )
+    expected = w.reference_scores(query, kv, text, mask, retrieval, evidence, owner)
+    inputs = {"query": query, "text": text, "image": image, "attrs": attrs, "mask": mask, "query_index": owner}
+    outputs = {"expected": expected, "expected_query_vectors": query_vectors, "expected_item_vectors": item_vectors}
+    np.savez(out / CANARY_FILE, evidence=evidence, **inputs, **outputs)
     files = {name: sha256_file(out / name) for name in (CANDIDATE_ENCODER_FILE, QUERY_TOWER_FILE, RANKER_FILE)}
     card: dict[str, Any] = {
         "name": "fusion-ranker",

@@ -9,7 +9,7 @@ writes the bundle with the same code. A chunk's vectors are made by the same gra
 batches as in one process, so the bundle is the same, byte for byte, and an interrupted run of either engine is
 resumed by either. Only the CLIP session's intra-op thread count differs (a share of the cores per actor); on ONNX
 Runtime's CPU provider that changes no bit of the output (tests/test_ray_ingest.py checks it with the tiny tower and
-loadtests/bench_ray_ingest.py with ViT-B/32). On CUDA, the single-process engine uses the GPU too, and whether two
+loadtests/bench/ray_ingest.py with ViT-B/32). On CUDA, the single-process engine uses the GPU too, and whether two
 runs agree to the bit is up to the CUDA kernels (not checked here: no GPU).
 
 Ray is started here (all of this machine's CPUs) unless the caller started it, or joins a running cluster when

@@ -1,7 +1,7 @@
 """Lexical retrieval: Okapi BM25 over each item's text fields (title and text joined), with bm25s.
 
 bm25s stores the BM25 weight of every (term, item) pair as a sparse matrix, so a query's scores over the whole
-catalog are a sum of a few sparse rows: no Python loop over items (`loadtests/bench_lexical.py` measured it against
+catalog are a sum of a few sparse rows: no Python loop over items (`loadtests/bench/lexical.py` measured it against
 tantivy; BENCHMARKS.md). The index lives in the bundle's `lexical/` directory, every file checksummed in the manifest.
 
 Documents that are not in the catalog (a `/rerank` plain string) are scored with the catalog's statistics (document
