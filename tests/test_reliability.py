@@ -328,6 +328,57 @@ def test_chunked_body_over_the_limit_gets_413(client: TestClient) -> None:
     assert r.status_code == 413
 
 
+@pytest.fixture(scope="module")
+def limited_url(toy: ToyArtifacts) -> Iterator[str]:
+    """The app with its default 1 MB body limit behind a real uvicorn on a free 127.0.0.1 port, in a thread."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = create_app(serving_settings(toy))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_client_that_sends_its_whole_body_first_reads_the_413(limited_url: str, chunked: bool) -> None:
+    """Python's urllib writes the whole body before it reads the answer; a service that answered without reading the
+    body closed the socket on unread bytes and the client saw a connection reset instead of the 413."""
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"query": "gin " * 1_250_000}).encode()  # 5 MB: more than the socket buffers hold
+    data: bytes | Iterator[bytes] = (body[i : i + 65536] for i in range(0, len(body), 65536)) if chunked else body
+    request = urllib.request.Request(f"{limited_url}/rank", data=data, headers={"content-type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        opener.open(request, timeout=10)
+    assert caught.value.code == 413 and "body" in json.loads(caught.value.read())["error"]
+
+
+def test_a_client_that_waits_for_100_continue_gets_the_413_without_sending(limited_url: str) -> None:
+    """curl and others ask first (Expect: 100-continue) for large bodies: they get the 413 and never upload."""
+    host, port = limited_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.putrequest("POST", "/rank")
+    for name, value in (("content-type", "application/json"), ("content-length", "5000000"), ("expect", "100-continue")):
+        connection.putheader(name, value)
+    connection.endheaders()  # no body sent
+    response = connection.getresponse()
+    assert response.status == 413 and "body" in json.loads(response.read())["error"]
+    connection.close()
+
+
 @pytest.mark.parametrize(
     ("body", "status"),
     [
