@@ -153,17 +153,19 @@ def stop_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> int:
     return int(process.wait())
 
 
-def spawn(command: list[str], env: Mapping[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start `command` in the repository root, in a process group of its own (stop it with `stop_group`). Its stdout
-    and stderr go to `log`; without one, stdout is discarded and stderr is a pipe, which `wait_ready` quotes when
-    the process exits during start-up."""
+def spawn(
+    command: list[str], env: Mapping[str, str], log: Path | None = None, root: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """Start `command` in `root` (this repository by default), in a process group of its own (stop it with
+    `stop_group`). Its stdout and stderr go to `log`; without one, stdout is discarded and stderr is a pipe, which
+    `wait_ready` quotes when the process exits during start-up."""
     if log is None:
         return subprocess.Popen(
-            command, cwd=ROOT, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            command, cwd=root, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            command, cwd=ROOT, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=root, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
@@ -188,8 +190,11 @@ def start_service(
     *,
     log: Path | None = None,
     port: int | None = None,
+    root: Path = ROOT,
 ) -> Service:
-    """Start `python -m service --host 127.0.0.1 --port PORT` (a free port unless `port`) in the repository root.
+    """Start `python -m service --host 127.0.0.1 --port PORT` (a free port unless `port`) in the repository root, or
+    in `root`, another checkout of this project, whose code then serves (`python -m` puts the working directory first
+    on the import path): two commits side by side, with this interpreter's packages.
 
     Args:
         env: the process's environment (RANK_* variables are settings); this process's by default.
@@ -197,6 +202,7 @@ def start_service(
             "log_level": "warning"}`), over the environment's RANK_* variables.
         log: the file for its stdout and stderr; None: stdout discarded, stderr a pipe that `wait_ready` quotes.
         port: the port to serve on.
+        root: the checkout whose code serves.
 
     Returns at once: `wait_ready(service.url, service.process, log=service.log)` waits for readiness.
     """
@@ -204,5 +210,5 @@ def start_service(
     command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
     for name, value in (options or {}).items():
         command += [f"--{name.replace('_', '-')}", str(value)]
-    process = spawn(command, os.environ if env is None else env, log)
+    process = spawn(command, os.environ if env is None else env, log, root)
     return Service(f"http://127.0.0.1:{port}", port, process, log)

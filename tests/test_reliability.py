@@ -371,7 +371,11 @@ def test_a_client_that_waits_for_100_continue_gets_the_413_without_sending(limit
     host, port = limited_url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
     connection.putrequest("POST", "/rank")
-    for name, value in (("content-type", "application/json"), ("content-length", "5000000"), ("expect", "100-continue")):
+    for name, value in (
+        ("content-type", "application/json"),
+        ("content-length", "5000000"),
+        ("expect", "100-continue"),
+    ):
         connection.putheader(name, value)
     connection.endheaders()  # no body sent
     response = connection.getresponse()
