@@ -20,6 +20,7 @@ from index.runtime.files import ArtifactError
 from service.app import create_app
 from service.lifecycle import AppState
 from service.loading import load_engine
+from service.logs import configure_logging
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         first = exc.errors()[0]
         print(f"error: setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     metrics = Metrics()
     try:
         engine = load_engine(settings, metrics)
@@ -76,12 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot start: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings, engine=engine, metrics=metrics)
-    print(f"serving on http://{settings.host}:{settings.port}  (docs: http://{settings.host}:{settings.port}/docs)")
-    print(
-        f"try: curl -s -XPOST {settings.host}:{settings.port}/rank -H 'content-type: application/json' "
-        f'-d \'{{"query": "pink gin cocktail in a coupe", "top_k": 3}}\'',
-        flush=True,
+    url = f"http://{settings.host}:{settings.port}"
+    example = (
+        f"curl -s -XPOST {settings.host}:{settings.port}/rank -H 'content-type: application/json' "
+        f'-d \'{{"query": "pink gin cocktail in a coupe", "top_k": 3}}\''
     )
+    if settings.log_format == "json":  # every line a JSON event, so the greeting is one too
+        log.info("serving on %s (docs: %s/docs); try: %s", url, url, example)
+    else:
+        print(f"serving on {url}  (docs: {url}/docs)")
+        print(f"try: {example}", flush=True)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
-        access_log=False,
+        access_log=False,  # the app's AccessLogMiddleware writes access lines, with the request id and the model
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
     DrainingServer(config, app.state.rank, settings.drain_seconds).run()

@@ -6,7 +6,8 @@ shapes), engine.py (the request path's coordinator) with its steps: jobs.py (val
 batcher.py (micro-batching), lifecycle.py (`AppState`: the batchers and one request's way through them), phase.py
 (starting/ready/draining), engines.py (the serving, previous, canary and shadow engines, and the swaps), shadow.py,
 loading.py (loading and checking artifacts), errors.py (domain errors and the one error -> HTTP map), middleware.py
-(metrics, body limit), metrics.py, settings.py; __main__.py runs it under uvicorn.
+(metrics, body limit), logs.py (text or JSON logs, the access line), metrics.py, settings.py; __main__.py runs it
+under uvicorn.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from service.engine import RankingEngine
 from service.errors import install_error_handlers
 from service.lifecycle import AppState
 from service.loading import load_engine
+from service.logs import AccessLogMiddleware
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.routes import router
@@ -50,6 +52,8 @@ def create_app(
     app.state.rank = state
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)  # type: ignore[arg-type]
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # type: ignore[arg-type]
+    if settings.access_log if settings.access_log is not None else settings.log_format == "json":
+        app.add_middleware(AccessLogMiddleware, metrics=metrics)  # type: ignore[arg-type]
     install_error_handlers(app, metrics)
     app.include_router(router)
     return app

@@ -6,11 +6,14 @@ import logging
 import warnings
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("service")
+
+LogFormat = Literal["text", "json"]
 
 UNSAFE_TOKENS = {"changeme", "change-me-please!", "secret", "password", "admin", "token"}
 
@@ -102,6 +105,8 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(1.0, ge=0.0, description="on SIGTERM, answer 503 this long before closing")
     shutdown_grace_seconds: float = Field(10.0, gt=0.0, description="then wait this long for in-flight requests")
     log_level: str = "info"
+    log_format: LogFormat = Field("text", description="text lines, or json: one JSON object per event (logs.py)")
+    access_log: bool | None = Field(None, description="one line per request; unset: on with json logs, off with text")
     ray_targets_dir: Path | None = Field(
         None, description="on Ray Serve: each replica writes its metrics address here as a Prometheus file_sd target"
     )
