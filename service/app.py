@@ -21,7 +21,6 @@ from service.engine import RankingEngine
 from service.errors import install_error_handlers
 from service.lifecycle import AppState
 from service.loading import load_engine
-from service.logs import AccessLogMiddleware
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.routes import router
@@ -51,9 +50,8 @@ def create_app(
     )
     app.state.rank = state
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)  # type: ignore[arg-type]
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # type: ignore[arg-type]
-    if settings.access_log if settings.access_log is not None else settings.log_format == "json":
-        app.add_middleware(AccessLogMiddleware, metrics=metrics)  # type: ignore[arg-type]
+    access_log = settings.access_log if settings.access_log is not None else settings.log_format == "json"
+    app.add_middleware(MetricsMiddleware, metrics=metrics, access_log=access_log)  # type: ignore[arg-type]
     install_error_handlers(app, metrics)
     app.include_router(router)
     return app

@@ -74,7 +74,7 @@ class RankingEngine:
         # Cached queries skip the query tower too (the projection is this engine's model's, hence its own cache);
         # and their candidates (rows and BM25 scores by query and depth) are the bundle's, hence per engine too.
         self._projections = ProjectionCache(settings.query_cache_size)
-        self._finder = CandidateFinder(bundle, self.sources, CandidateCache(settings.candidate_cache_size, metrics))
+        self._finder = CandidateFinder(bundle, CandidateCache(settings.candidate_cache_size, metrics))
         self._scorer = Scorer(bundle, model)
 
     @property
@@ -127,7 +127,7 @@ class RankingEngine:
         vectors = {job.query: e.query for job, e in zip(jobs, embedded, strict=True)}
         projected = self._projections.project(self.model, vectors) if self.model is not None else {}
         stages.lap("project")
-        rows, bm25 = self._finder.retrieve(jobs, vectors, projected, stages)
+        rows, bm25 = self._finder.retrieve(jobs, vectors, projected, self.sources, stages)
         scores = self._scorer.score(jobs, embedded, projected, rows, bm25, self.prior, stages)
         self.metrics.batch_size.observe(sum(len(r) for r in rows))
         self.metrics.batch_requests.observe(len(jobs))

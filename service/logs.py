@@ -2,9 +2,10 @@
 (`RANK_LOG_FORMAT=json`) for a log collector.
 
 JSON events carry `time` (UTC, ISO 8601), `level`, `logger` and `message`; a line logged while a request is served
-carries its `request_id`, and an access line (`AccessLogMiddleware`, logger `service.access`) also carries `method`,
-`route` (the route's template, as the metrics label it), `status`, `model_version` (of the engine that answered) and
-`duration_ms`. A traceback goes into `error`, inside the same object, so that one event is always one line.
+carries its `request_id`. An access line (`AccessLine`, written by service.middleware.MetricsMiddleware; logger
+`service.access`) also carries `method`, `route` (the route's template, as the metrics label it), `status`,
+`model_version` (of the engine that answered) and `duration_ms`. A traceback goes into `error`, inside the same
+object, so that one event is always one line.
 """
 
 from __future__ import annotations
@@ -12,20 +13,19 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import time
 import uuid
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Scope
 
-from service.metrics import Metrics
 from service.settings import LogFormat
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# The request a log line belongs to, for lines logged while it is served (set by AccessLogMiddleware).
+# The request a log line belongs to, for lines logged while it is served (set by AccessLine).
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 # Fields a record may carry (logging's `extra=`) that a JSON event keeps, in this order.
 EVENT_FIELDS = ("request_id", "method", "route", "status", "model_version", "duration_ms")
@@ -74,43 +74,35 @@ def configure_logging(level: str, log_format: LogFormat, stream: TextIO | None =
     root.setLevel(level.upper())
 
 
-class AccessLogMiddleware:
-    """One access line per HTTP request, after its response: the request id (the caller's X-Request-ID, or a fresh
-    one, returned in the response's X-Request-ID), method, route, status, the answering model's version and the
-    time. Outermost, so that the time covers the other middlewares and the 413s and 503s they answer."""
+@dataclass
+class AccessLine:
+    """One request's access line, for `MetricsMiddleware` when access logging is on: the request id (the caller's
+    X-Request-ID, or a fresh one, returned in the response's X-Request-ID) is set for every line logged while the
+    request is served, the answering model's version read from the response, and the line written at the end."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
+    request_id: str
+    token: Token[str | None]
+    model_version: str | None = None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
+    @classmethod
+    def start(cls, scope: Scope) -> AccessLine:
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if CALLER_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        token = REQUEST_ID.set(request_id)
-        status, model_version = 500, None
+        return cls(request_id, REQUEST_ID.set(request_id))
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, model_version
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", []))
-                model_version = dict(headers).get(b"x-model-version", b"").decode("latin-1") or None
-                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
-            await send(message)
+    def on_response(self, message: Message) -> Message:
+        """The response's start message with X-Request-ID added; notes its X-Model-Version."""
+        headers = list(message.get("headers", []))
+        self.model_version = dict(headers).get(b"x-model-version", b"").decode("latin-1") or None
+        return {**message, "headers": [*headers, (b"x-request-id", self.request_id.encode())]}
 
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            fields = {
-                "method": scope["method"],
-                "route": self.metrics.route_label(scope["path"]),
-                "status": status,
-                "model_version": model_version,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            }
-            access_log.info("%s %s %d", scope["method"], scope["path"], status, extra=fields)
-            REQUEST_ID.reset(token)
+    def write(self, method: str, path: str, route: str, status: int, seconds: float) -> None:
+        fields = {
+            "method": method,
+            "route": route,
+            "status": status,
+            "model_version": self.model_version,
+            "duration_ms": round(seconds * 1000, 3),
+        }
+        access_log.info("%s %s %d", method, path, status, extra=fields)
+        REQUEST_ID.reset(self.token)

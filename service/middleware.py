@@ -1,5 +1,5 @@
-"""The two ASGI middlewares: request metrics, and the request-body size limit. Both are pure ASGI (no
-`BaseHTTPMiddleware`), which costs microseconds rather than a task per request."""
+"""The two ASGI middlewares: request metrics (and the access line, when on), and the request-body size limit.
+Both are pure ASGI (no `BaseHTTPMiddleware`), which costs microseconds rather than a task per request."""
 
 from __future__ import annotations
 
@@ -8,15 +8,19 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import BodyTooLarge, error_response
+from service.logs import AccessLine
 from service.metrics import Metrics
 
 
 class MetricsMiddleware:
-    """Counts requests by route and status, times them, and tracks in-flight requests."""
+    """Counts requests by route and status, times them, and tracks in-flight requests; with `access_log`, also
+    gives each request its id and writes its access line (service.logs.AccessLine). The outermost middleware, so
+    that the time covers the others and the 413s and 503s they answer."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = False) -> None:
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -25,11 +29,14 @@ class MetricsMiddleware:
         route = self.metrics.route_label(scope["path"])
         status = 500
         started = time.perf_counter()
+        access = AccessLine.start(scope) if self.access_log else None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if access is not None:
+                    message = access.on_response(message)
             await send(message)
 
         self.metrics.in_flight.inc()
@@ -38,7 +45,10 @@ class MetricsMiddleware:
         finally:
             self.metrics.in_flight.dec()
             self.metrics.requests.labels(route, str(status)).inc()
-            self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.request_seconds.labels(route).observe(elapsed)
+            if access is not None:
+                access.write(scope["method"], scope["path"], route, status, elapsed)
 
 
 # A refused body is read and dropped up to this many times the limit before the 413 goes out. A client that sends

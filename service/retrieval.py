@@ -18,6 +18,8 @@ from service.timing import StageTimer
 
 QueryVectors = dict[str, np.ndarray]
 """A vector per distinct query text of a batch."""
+Sources = tuple[str, ...]
+"""The candidate sources a model fuses (index.runtime.hybrid.SOURCES): the engine's, which a test may change."""
 Candidates = tuple[list[np.ndarray], list[np.ndarray]]
 """Per job, its candidate rows and the BM25 score of each candidate."""
 
@@ -42,14 +44,13 @@ def search(index: FaissIndex, jobs: list[Job], vectors: QueryVectors) -> dict[in
 
 
 class CandidateFinder:
-    """Finds the candidates of a batch's jobs in one bundle by fusing `sources`, remembering unfiltered /rank jobs'
-    in `cache`."""
+    """Finds the candidates of a batch's jobs in one bundle, remembering unfiltered /rank jobs' in `cache`."""
 
-    def __init__(self, bundle: Bundle, sources: tuple[str, ...], cache: CandidateCache) -> None:
-        self.bundle, self.sources, self.cache = bundle, sources, cache
+    def __init__(self, bundle: Bundle, cache: CandidateCache) -> None:
+        self.bundle, self.cache = bundle, cache
 
     def retrieve(
-        self, jobs: list[Job], vectors: QueryVectors, projected: QueryVectors, stages: StageTimer
+        self, jobs: list[Job], vectors: QueryVectors, projected: QueryVectors, sources: Sources, stages: StageTimer
     ) -> Candidates:
         """Candidate rows per job and the BM25 score of each candidate: an unfiltered /rank job's from the cache
         when its query and depth were served before, the others' found afresh (`find`, which laps its stages even
@@ -57,7 +58,7 @@ class CandidateFinder:
         embeddings, `projected` their vectors in the learned space (empty without a model)."""
         keys, cached = self.cache.lookup(jobs)
         fresh = [i for i, hit in enumerate(cached) if hit is None]
-        rows, bm25 = self.find([jobs[i] for i in fresh], vectors, projected, stages)
+        rows, bm25 = self.find([jobs[i] for i in fresh], vectors, projected, sources, stages)
         found = dict(zip(fresh, zip(rows, bm25, strict=True), strict=True))
         for i, (job_rows, job_bm25) in found.items():
             if (key := keys[i]) is not None:
@@ -66,13 +67,14 @@ class CandidateFinder:
         both = [hit if hit is not None else found[i] for i, hit in enumerate(cached)]
         return [job_rows for job_rows, _ in both], [job_bm25 for _, job_bm25 in both]
 
-    def find(self, jobs: list[Job], vectors: QueryVectors, projected: QueryVectors, stages: StageTimer) -> Candidates:
+    def find(
+        self, jobs: list[Job], vectors: QueryVectors, projected: QueryVectors, sources: Sources, stages: StageTimer
+    ) -> Candidates:
         """Candidate rows per job (rerank jobs bring their own; rank jobs fuse `sources`) and the BM25 score of
         each candidate (0 for a rerank text document: the gather scores those). Laps "retrieve", "lexical" (BM25:
         whole-catalog scores when BM25 is a source, then the candidates' own) and "fuse"."""
         b = self.bundle
         ranked: dict[str, dict[int, np.ndarray]] = {}
-        sources = self.sources
         if "dense" in sources:
             ranked["dense"] = search(b.dense, jobs, vectors)
         if "learned" in sources and b.retriever is not None:
