@@ -14,7 +14,6 @@ import threading
 from types import FrameType
 
 import uvicorn
-from pydantic import ValidationError
 
 from index.runtime.files import ArtifactError
 from service.app import create_app
@@ -22,7 +21,7 @@ from service.lifecycle import AppState
 from service.loading import load_engine
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.settings import Settings
+from service.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("service")
 
@@ -48,7 +47,7 @@ class DrainingServer(uvicorn.Server):
 
 def settings_from_args(argv: list[str] | None = None) -> Settings:
     """Settings from the command line over RANK_* variables; every Settings field is an option (`--max-delay-us`).
-    Raises pydantic's ValidationError for a bad value."""
+    Raises SettingsError, one sentence naming the setting, for a bad value."""
     parser = argparse.ArgumentParser(prog="python -m service", description="Serve /rank and /rerank.")
     for name, info in Settings.model_fields.items():
         env = f"RANK_{name.upper()}"
@@ -59,15 +58,14 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
             help=f"{env}: {info.description}" if info.description else env,
         )
     overrides = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    return Settings(**overrides)
+    return load_settings(**overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(argv)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        print(f"error: setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     metrics = Metrics()

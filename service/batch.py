@@ -32,7 +32,7 @@ from service.metrics import Metrics
 from service.outcomes import RankOutcome
 from service.protocol import RankRequest
 from service.routes import rank_body
-from service.settings import Settings
+from service.settings import load_settings
 
 
 def read_requests(lines: TextIO) -> Iterator[tuple[str, RankRequest | str]]:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths = {"bundle_dir": args.bundle_dir, "model_dir": args.model_dir}
     try:
-        engine = load_engine(Settings(**{k: v for k, v in paths.items() if v is not None}), Metrics())
+        engine = load_engine(load_settings(**{k: v for k, v in paths.items() if v is not None}), Metrics())
     except (ArtifactError, FileNotFoundError, ValueError) as exc:
         print(f"error: cannot load the engine: {exc}", file=sys.stderr)
         return 2

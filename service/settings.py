@@ -8,7 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("service")
@@ -140,3 +140,19 @@ class Settings(BaseSettings):
                 f"default_candidates ({self.default_candidates}) exceeds max_candidates ({self.max_candidates})"
             )
         return self
+
+
+class SettingsError(ValueError):
+    """A bad setting, in one sentence that names it (its RANK_* variable too)."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the RANK_* variables, with `overrides` over them; a bad value raises SettingsError, never
+    pydantic's multi-line report, so that every command can print it as one line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(map(str, first["loc"]))
+        where = f"setting {name} (RANK_{name.upper()})" if name else "settings"
+        raise SettingsError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None

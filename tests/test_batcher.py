@@ -20,7 +20,7 @@ from service.__main__ import settings_from_args
 from service.app import create_app
 from service.batcher import Batched, DeadlineExceeded, MicroBatcher, QueueFull, ShuttingDown, Then
 from service.metrics import Metrics
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 
 from .conftest import serving_settings
 from .toy_artifacts import ToyArtifacts
@@ -304,3 +304,20 @@ def test_the_batcher_flushes_at_max_batch_candidates(
             release.set()
             assert [f.result(30) for f in [first, *rest]] == [200] * 5
     assert calls == [30, 90, 30]
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["--max-batch-candidates", "lots"], {}, "setting max_batch_candidates (RANK_MAX_BATCH_CANDIDATES): Input"),
+        ([], {"RANK_ADMIN_TOKEN": "t"}, "settings: admin_token must be at least 16 characters"),
+    ],
+)
+def test_a_bad_setting_is_one_sentence_that_names_it(
+    argv: list[str], env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        settings_from_args(argv)
+    assert str(caught.value).startswith(expected) and "\n" not in str(caught.value)

@@ -270,3 +270,14 @@ def test_canary_figures_come_from_counter_and_histogram_deltas() -> None:
     # serving: all 100 under 10 ms -> p99 in (0, 10 ms]; candidate: half over 10 ms -> p99 in (10, 100 ms]
     assert figures["cached_p99_ms"]["serving"] <= 10.0 < figures["cached_p99_ms"]["candidate"]
     assert figures["cached_p99_ratio"] > 1.0
+
+
+def test_a_bad_admin_token_stops_the_rollout_cli_in_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.release.cli import main
+
+    monkeypatch.setenv("RANK_ADMIN_TOKEN", "short")
+    assert main(["--url", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: settings: admin_token must be at least 16 characters") and err.count("\n") == 1

@@ -120,9 +120,9 @@ def run(args: argparse.Namespace) -> int:
                     )
         encoder = None
         if {"minilm", "rrf"} & set(args.systems):
-            from service.settings import Settings
+            from service.settings import load_settings
 
-            encoder_dir = args.encoder or Settings().encoder_dir
+            encoder_dir = args.encoder or load_settings().encoder_dir
             try:
                 encoder = TextEncoder(encoder_dir)
             except Exception as exc:  # noqa: BLE001 - a broken encoder is one sentence

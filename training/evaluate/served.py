@@ -196,9 +196,9 @@ def served_analysis(served: Served | None, bundle: Path | None) -> str:
         return str(served.engine.bundle.lexical.analyzer.name)
     try:
         if bundle is None:
-            from service.settings import Settings
+            from service.settings import load_settings
 
-            bundle = Settings().bundle_dir
+            bundle = load_settings().bundle_dir
         manifest = json.loads((bundle / "manifest.json").read_text())
     except (OSError, ValueError):  # no bundle there (or settings that do not load): no analysis to match
         return NO_ANALYSIS

@@ -31,9 +31,9 @@ def summary_table(steps: list[Step]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from service.settings import Settings
+    from service.settings import load_settings
 
-    defaults = Settings()  # the artifacts the service reads, by the same RANK_* variables
+    defaults = load_settings()  # the artifacts the service reads, by the same RANK_* variables
     parser = argparse.ArgumentParser(prog="python -m training.release", description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
     parser.add_argument("--model", type=Path, default=None, help="an exported model dir to roll out (else: train one)")
@@ -110,7 +110,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    from service.settings import SettingsError
+
+    try:
+        parser = build_parser()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
