@@ -9,6 +9,11 @@ recombined, so as long as real queries; a new seed each run), so each one pays f
 N` each request is a /rerank of a cached query and N catalog titles (items.jsonl beside the queries) sent as text
 documents, drawn afresh each request, so each one pays for MiniLM over N documents. Prints p50/p99 per stage in ms,
 and the client's time per request (urllib, a new connection each) as `client`.
+
+With `--floors`, the two biggest stages are then timed alone in this process, on the artifacts the service reads (the
+same RANK_* settings) and in the same run, so that a stage reads against its floor on a machine whose speed drifts:
+`floor:encode` is MiniLM on each text sent, one call each, as the encode stage runs it at c=1; `floor:rank` the
+ranker graph on `--candidates` bundle rows of one query, its inputs ready.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import secrets
 import sys
@@ -37,6 +43,49 @@ def post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
+def floor_times(texts: list[str], candidates: int) -> dict[str, list[float]]:
+    """ms per call of MiniLM alone (one text a call) and, with a model, of the ranker graph alone (`candidates` rows
+    of the bundle for one query), once per text, loaded as the service loads them (service.loading)."""
+    from index.runtime.bundle import Bundle
+    from index.runtime.exported_model import MODEL_CARD_FILE, ExportedModel
+    from index.runtime.text_encoder import TextEncoder
+    from service.settings import load_settings
+
+    settings = load_settings()
+    encoder = TextEncoder(
+        settings.encoder_dir,
+        variant=settings.query_encoder.value,
+        threads=settings.encoder_threads,
+        idle_threads=min(settings.encoder_idle_threads, os.cpu_count() or 1),
+    )
+    floors: dict[str, list[float]] = {"floor:encode": []}
+    for text in texts:
+        started = time.perf_counter()
+        encoder.encode([text], idle=True)
+        floors["floor:encode"].append((time.perf_counter() - started) * 1000.0)
+    if not (settings.model_dir / MODEL_CARD_FILE).exists():
+        return floors  # zero-shot: no ranker
+    model = ExportedModel(settings.model_dir, threads=settings.ort_threads)
+    bundle = Bundle.load(settings.bundle_dir)
+    rows = np.random.default_rng(0).choice(bundle.size, min(candidates, bundle.size), replace=False)
+    query = encoder.encode(texts[:1])
+    inputs = (
+        query,
+        bundle.cand_kv[rows],
+        bundle.text[rows],
+        bundle.mask[rows],
+        np.zeros(len(rows), np.float32),
+        np.zeros((len(rows), 2), np.float32),
+        np.zeros(len(rows), np.int64),
+    )
+    floors["floor:rank"] = []
+    for _ in texts:
+        started = time.perf_counter()
+        model.score(*inputs)
+        floors["floor:rank"].append((time.perf_counter() - started) * 1000.0)
+    return floors
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.server_time", description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -47,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--never-seen", action="store_true", help="a new query text every request (cache misses)")
     parser.add_argument(
         "--rerank-documents", type=int, default=0, help="/rerank with this many text documents instead of /rank"
+    )
+    parser.add_argument(
+        "--floors",
+        action="store_true",
+        help="then time MiniLM alone and the ranker graph alone here, on the same artifacts",
     )
     args = parser.parse_args(argv)
     queries = load_queries(args.queries)
@@ -64,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             f"--rerank-documents {args.rerank_documents}: items.jsonl beside the queries has {len(titles)} titles"
         )
     rng = random.Random(secrets.randbits(32))
-    for text in itertools.islice(sent, args.requests):
+    asked = list(itertools.islice(sent, args.requests))
+    for text in asked:
         started = time.perf_counter()
         if args.rerank_documents:
             documents = rng.sample(titles, args.rerank_documents)
@@ -76,15 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         timings["client"].append((time.perf_counter() - started) * 1000.0)
         for stage in STAGES:
             timings[stage].append(timing[stage])
+    if args.floors:
+        timings |= floor_times(asked, args.candidates)
     cache = "every query never seen" if args.never_seen else "warm query cache"
     if args.rerank_documents:
         print(f"/rerank server-side time, {args.requests} requests, {args.rerank_documents} text documents, {cache}")
     else:
         print(f"/rank server-side time, {args.requests} requests, {args.candidates} candidates, {cache}")
-    print(f"{'stage':<10} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'stage':<12} {'p50 ms':>8} {'p99 ms':>8}")
     for stage in timings:
         values = np.asarray(timings[stage])
-        print(f"{stage:<10} {np.percentile(values, 50):>8.3f} {np.percentile(values, 99):>8.3f}")
+        print(f"{stage:<12} {np.percentile(values, 50):>8.3f} {np.percentile(values, 99):>8.3f}")
     return 0
 
 

@@ -340,18 +340,25 @@ def server(tiny: TinyPipeline) -> Iterator[LiveService]:
 
 @pytest.mark.integration
 def test_server_time_reports_every_stage_of_rank_and_of_a_text_rerank(
-    server: LiveService, tiny: TinyPipeline, capsys: pytest.CaptureFixture[str]
+    server: LiveService, tiny: TinyPipeline, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from loadtests import server_time
 
+    for name, path in (("BUNDLE_DIR", tiny.bundle), ("MODEL_DIR", tiny.model), ("ENCODER_DIR", tiny.encoder)):
+        monkeypatch.setenv(f"RANK_{name}", str(path))  # the artifacts --floors times alone: the server's
     common = ["--url", server.url, "--requests", "4", "--distinct", "2", "--queries", str(tiny.data / "queries.jsonl")]
-    for extra, title in (["--never-seen"], "/rank"), (["--rerank-documents", "3"], "/rerank"):
+    floors = {"floor:encode", "floor:rank"}
+    for extra, title, added in (
+        (["--never-seen", "--floors"], "/rank", floors),
+        (["--rerank-documents", "3"], "/rerank", set()),
+    ):
         assert server_time.main([*common, *extra]) == 0
         out = capsys.readouterr().out
         assert out.startswith(f"{title} server-side time, 4 requests")
         rows = {line.split()[0]: float(line.split()[1]) for line in out.splitlines()[2:]}
-        assert set(rows) == {*server_time.STAGES, "client"}
+        assert set(rows) == {*server_time.STAGES, "client", *added}
         assert rows["encode"] > 0 and rows["client"] >= rows["total"] > 0  # MiniLM ran for every request
+        assert all(rows[name] > 0 for name in added)
 
 
 def _slo_file(path: Path, server_ms: float, client_ms: float) -> Path:
