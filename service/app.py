@@ -34,7 +34,7 @@ def create_app(
     lifespan, as the CLI and tests do."""
     settings = settings or Settings()
     metrics = metrics or Metrics()
-    state = AppState(settings=settings, metrics=metrics)
+    state = AppState(settings=settings, metrics=metrics, api_keys=settings.parsed_api_keys())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
+from service.auth import KeyDenied
 from service.batcher import DeadlineExceeded, QueueFull, ShuttingDown
 from service.metrics import Metrics
 from service.protocol import SHAPE_TAGS, JSONBytes
@@ -108,6 +109,13 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, exc: BodyTooLarge) -> Response:
         return error_response(413, str(exc))
+
+    @app.exception_handler(KeyDenied)
+    async def _key_denied(_: Request, exc: KeyDenied) -> Response:
+        response = error_response(exc.status, str(exc), field="authorization")
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(UnknownModel)
     async def _unknown_model(_: Request, exc: UnknownModel) -> Response:

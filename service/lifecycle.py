@@ -16,6 +16,7 @@ from typing import overload
 
 from index.runtime.files import ArtifactError
 from service.agreement import agreement
+from service.auth import ApiKeys
 from service.batcher import MicroBatcher, Then
 from service.engine import RankingEngine, Work, process_encode_work, process_work
 from service.engines import Engines
@@ -37,6 +38,7 @@ class AppState:
 
     settings: Settings
     metrics: Metrics
+    api_keys: ApiKeys | None = None  # the data plane's keys (service/auth.py); None: no key asked for
     batcher: MicroBatcher[Work, Outcome] | None = None  # the ranking stage
     encode_batcher: MicroBatcher[Work, Embedded] | None = None  # the encode stage, for queries not in the cache
     document_batcher: MicroBatcher[Work, Embedded] | None = None  # the same, for /rerank jobs with text documents

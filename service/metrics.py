@@ -165,6 +165,12 @@ class Metrics:
             "Requests dropped unprocessed because their deadline passed (504).",
             registry=self.registry,
         )
+        self.key_requests = Counter(
+            "rank_api_key_requests_total",
+            'Data-plane requests by API key id (RANK_API_KEYS set); refusals as key_id "missing" or "invalid".',
+            ["key_id"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge("rank_in_flight_requests", "Requests being handled now.", registry=self.registry)
         self.ready = Gauge("rank_ready", "1 when the model and bundle are loaded and warm.", registry=self.registry)
         self.info = Info("rank_model", "Versions and execution provider being served.", registry=self.registry)

@@ -21,6 +21,7 @@ from starlette.background import BackgroundTask
 
 from index.runtime.files import ArtifactError
 from index.runtime.text_encoder import MAX_TOKENS
+from service.auth import KeyDenied
 from service.engine import RankingEngine
 from service.errors import AdminDenied, NotReady, error_response
 from service.lifecycle import AppState
@@ -86,7 +87,22 @@ async def _admin(request: Request) -> AppState:
     return state
 
 
+async def _data_plane(request: Request) -> AppState:
+    """The state, once the request's API key is checked (when keys are set): before the body is validated, so a
+    caller without a key learns that first."""
+    state = _state(request)
+    if state.api_keys is not None:
+        try:
+            key_id = state.api_keys.identify(request.headers.get("authorization", ""))
+        except KeyDenied as denied:
+            state.metrics.key_requests.labels("missing" if denied.status == 401 else "invalid").inc()
+            raise
+        state.metrics.key_requests.labels(key_id).inc()
+    return state
+
+
 StateDep = Annotated[AppState, Depends(_state_dependency)]
+DataPlaneDep = Annotated[AppState, Depends(_data_plane)]
 AdminDep = Annotated[AppState, Depends(_admin)]
 
 
@@ -147,7 +163,7 @@ def _with_server_timing(body: Any, timing_ms: dict[str, float], outcome: RankOut
     responses={200: {"model": RankResponse}},
     summary="Rank catalog items for a query",
 )
-async def rank(body: RankRequest, request: Request, state: StateDep) -> Response:
+async def rank(body: RankRequest, request: Request, state: DataPlaneDep) -> Response:
     engine = _engine_for(request, body.query)
     job = engine.prepare_rank(body)
     outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/rank")
@@ -163,7 +179,7 @@ async def rank(body: RankRequest, request: Request, state: StateDep) -> Response
     responses={200: {"model": RerankResponse | list[TeiRank]}},
     summary="Rerank given documents: this service's shape (`documents`), or TEI's (`texts`, answered as TEI does)",
 )
-async def rerank(body: RerankBody, request: Request, state: StateDep) -> Response:
+async def rerank(body: RerankBody, request: Request, state: DataPlaneDep) -> Response:
     engine = _engine_for(request, body.query)
     if isinstance(body, TeiRerankRequest):
         return await _tei_rerank(body, engine, state)
@@ -203,7 +219,7 @@ async def _rerank_texts(
     responses={200: {"model": CohereV2Response}},
     summary="Rerank documents in Cohere's v2 API shape (the cohere SDK's ClientV2.rerank)",
 )
-async def cohere_v2_rerank(body: CohereV2Request, request: Request, state: StateDep) -> Response:
+async def cohere_v2_rerank(body: CohereV2Request, request: Request, state: DataPlaneDep) -> Response:
     engine = _engine_for(request, body.query)
     check_model(engine, state.settings, body.model)
     limit = body.max_tokens_per_doc or COHERE_DEFAULT_MAX_TOKENS
@@ -220,7 +236,7 @@ async def cohere_v2_rerank(body: CohereV2Request, request: Request, state: State
     responses={200: {"model": V1Response}},
     summary="Rerank documents in Cohere's v1 or Jina's API shape (one answer carries both's fields)",
 )
-async def v1_rerank(body: V1RerankRequest, request: Request, state: StateDep) -> Response:
+async def v1_rerank(body: V1RerankRequest, request: Request, state: DataPlaneDep) -> Response:
     engine = _engine_for(request, body.query)
     check_model(engine, state.settings, body.model)
     cut = cut_documents(engine.encoder, v1_texts(body), COHERE_DEFAULT_MAX_TOKENS, "documents")

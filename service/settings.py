@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.auth import ApiKeys
+
 log = logging.getLogger("service")
 
 LogFormat = Literal["text", "json"]
@@ -98,6 +100,10 @@ class Settings(BaseSettings):
         4, ge=0, description="shadow a request only while fewer requests than this wait for the ranking thread"
     )
     admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*; admin API off when unset")
+    api_keys: SecretStr | None = Field(
+        None, description="comma-separated API keys (`id:key` or `key`) that /rank, /rerank and the rerank APIs want"
+    )
+    api_keys_file: Path | None = Field(None, description="a file of API keys, one per line, added to RANK_API_KEYS")
     min_ndcg: float = Field(0.0, ge=0.0, le=1.0, description="quality gate: a model card below this is refused")
     require_beats_baseline: bool = Field(
         True, description="quality gate: refuse a model below the best zero-shot search"
@@ -135,11 +141,17 @@ class Settings(BaseSettings):
         token = self.admin_token.get_secret_value() if self.admin_token else None
         if token is not None and (len(token) < 16 or token.lower() in UNSAFE_TOKENS):
             raise ValueError("admin_token must be at least 16 characters and not a well-known default")
+        self.parsed_api_keys()  # a short key or a repeated id stops the start, with the entry named
         if self.default_candidates > self.max_candidates:
             raise ValueError(
                 f"default_candidates ({self.default_candidates}) exceeds max_candidates ({self.max_candidates})"
             )
         return self
+
+    def parsed_api_keys(self) -> ApiKeys | None:
+        """The data plane's keys (service/auth.py), or None: no key is asked for."""
+        listed = self.api_keys.get_secret_value() if self.api_keys else None
+        return ApiKeys.parse(listed, self.api_keys_file)
 
 
 class SettingsError(ValueError):

@@ -1,0 +1,110 @@
+"""API keys on the data plane (service/auth.py): RANK_API_KEYS makes /rank, /rerank and the Cohere, Jina and TEI
+routes want `Authorization: Bearer <key>`; health, metrics and the admin API are unaffected; counted per key id."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cohere
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.auth import ApiKeys
+from service.settings import SettingsError, load_settings
+
+from .conftest import serving_settings
+from .toy_artifacts import ToyArtifacts
+
+TEAM_A = "team-a:0123456789abcdef-team-a"
+BARE = "fedcba9876543210-no-id"
+ROUTES = [
+    ("/rank", {"query": "gin"}),
+    ("/rerank", {"query": "gin", "documents": ["gin and tonic", "coffee"]}),
+    ("/rerank", {"query": "gin", "texts": ["gin and tonic", "coffee"]}),  # TEI's shape
+    ("/v2/rerank", {"model": "default", "query": "gin", "documents": ["gin and tonic", "coffee"]}),
+    ("/v1/rerank", {"model": "default", "query": "gin", "documents": ["gin and tonic", "coffee"]}),
+]
+
+
+@pytest.fixture(scope="module")
+def client(toy: ToyArtifacts) -> Iterator[TestClient]:
+    with TestClient(create_app(serving_settings(toy, api_keys=f"{TEAM_A},{BARE}"))) as c:
+        yield c
+
+
+@pytest.mark.parametrize(("path", "body"), ROUTES)
+def test_every_data_plane_route_wants_a_key(client: TestClient, path: str, body: dict) -> None:
+    missing = client.post(path, json=body)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert missing.json()["field"] == "authorization" and "Bearer <key>" in missing.json()["message"]
+    wrong = client.post(path, json=body, headers={"authorization": "Bearer 0123456789abcdef-wrong"})
+    assert wrong.status_code == 403 and wrong.json()["error"] == "authorization: the API key is not valid"
+    right = client.post(path, json=body, headers={"authorization": "bearer 0123456789abcdef-team-a"})
+    assert right.status_code == 200, right.text
+
+
+def test_the_key_is_checked_before_the_body(client: TestClient) -> None:
+    assert client.post("/rank", json={"query": ""}).status_code == 401  # not the 422 an empty query gets
+
+
+def test_health_and_metrics_stay_open_and_count_by_key_id_never_by_key(client: TestClient) -> None:
+    assert client.get("/health/ready").status_code == 200
+    client.post("/rank", json={"query": "rum"}, headers={"authorization": f"Bearer {BARE}"})
+    exposition = client.get("/metrics").text
+    bare_id = ApiKeys.parse(BARE, None).keys[0][1]  # type: ignore[union-attr]
+    assert f'rank_api_key_requests_total{{key_id="{bare_id}"}}' in exposition
+    assert 'rank_api_key_requests_total{key_id="team-a"}' in exposition
+    assert 'key_id="missing"' in exposition and 'key_id="invalid"' in exposition
+    assert "0123456789abcdef" not in exposition and BARE not in exposition
+
+
+def test_without_keys_nothing_is_asked(toy: ToyArtifacts) -> None:
+    with TestClient(create_app(serving_settings(toy))) as c:
+        assert c.post("/rank", json={"query": "gin"}).status_code == 200
+
+
+def test_keys_from_a_file_and_bad_keys_stop_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# one per line\nops:aaaaaaaaaaaaaaaaaaaa\n\nbbbbbbbbbbbbbbbbbbbb\n")
+    parsed = load_settings(api_keys_file=keys).parsed_api_keys()
+    assert parsed is not None and [key_id for _, key_id in parsed.keys][0] == "ops" and len(parsed.keys) == 2
+    monkeypatch.setenv("RANK_API_KEYS", "ops:short")
+    with pytest.raises(SettingsError, match="API key 1 \\(id ops\\) is shorter than 16 characters"):
+        load_settings()
+    monkeypatch.setenv("RANK_API_KEYS", "x:aaaaaaaaaaaaaaaaaaaa,x:bbbbbbbbbbbbbbbbbbbb")
+    with pytest.raises(SettingsError, match="API key id 'x' is given twice"):
+        load_settings()
+
+
+@pytest.fixture(scope="module")
+def keyed_url(toy: ToyArtifacts) -> Iterator[str]:
+    """The app with keys behind a real uvicorn on a free 127.0.0.1 port, in a thread, for real client SDKs."""
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = create_app(serving_settings(toy, api_keys=TEAM_A))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_the_cohere_sdk_passes_its_api_key_through_unchanged(keyed_url: str) -> None:
+    documents = ["a gin and tonic", "black coffee", "a negroni"]
+    right = cohere.ClientV2(api_key="0123456789abcdef-team-a", base_url=keyed_url)
+    assert len(right.rerank(model="default", query="gin", documents=documents, top_n=2).results) == 2
+    wrong = cohere.ClientV2(api_key="0123456789abcdef-other", base_url=keyed_url)
+    with pytest.raises(cohere.ForbiddenError):
+        wrong.rerank(model="default", query="gin", documents=documents)
