@@ -8,10 +8,14 @@ import http.client
 import json
 import os
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from loadtests.process import NotReady, start_service, stop_group, wait_ready
+from loadtests.process import NotReady, free_port, start_service, stop_group, wait_ready
 
 from .conftest import TinyPipeline
 
@@ -67,3 +71,23 @@ class LiveService:
     def stop(self) -> None:
         """SIGKILL the process group this helper started (by its id)."""
         stop_group(self.process, grace=0)
+
+
+@contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """`app` behind a real uvicorn on a free 127.0.0.1 port, in a thread of this process, for tests that need real
+    HTTP clients (urllib, SDKs) but not a process of its own; yields its URL and stops it after."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

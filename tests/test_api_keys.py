@@ -3,9 +3,6 @@ routes want `Authorization: Bearer <key>`; health, metrics and the admin API are
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from service.auth import ApiKeys
 from service.settings import SettingsError, load_settings
 
 from .conftest import serving_settings
+from .live_service import serve_in_thread
 from .toy_artifacts import ToyArtifacts
 
 TEAM_A = "team-a:0123456789abcdef-team-a"
@@ -84,21 +82,8 @@ def test_keys_from_a_file_and_bad_keys_stop_the_start(tmp_path: Path, monkeypatc
 @pytest.fixture(scope="module")
 def keyed_url(toy: ToyArtifacts) -> Iterator[str]:
     """The app with keys behind a real uvicorn on a free 127.0.0.1 port, in a thread, for real client SDKs."""
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app = create_app(serving_settings(toy, api_keys=TEAM_A))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(create_app(serving_settings(toy, api_keys=TEAM_A))) as url:
+        yield url
 
 
 def test_the_cohere_sdk_passes_its_api_key_through_unchanged(keyed_url: str) -> None:

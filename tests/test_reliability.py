@@ -23,7 +23,7 @@ from loadtests.process import NotReady, start_service, stop_group, wait_ready
 from service.app import create_app
 
 from .conftest import TinyPipeline, serving_settings
-from .live_service import tiny_env
+from .live_service import serve_in_thread, tiny_env
 from .toy_artifacts import ToyArtifacts
 
 TOKEN = "test-token-0123456789abcdef"
@@ -331,23 +331,8 @@ def test_chunked_body_over_the_limit_gets_413(client: TestClient) -> None:
 @pytest.fixture(scope="module")
 def limited_url(toy: ToyArtifacts) -> Iterator[str]:
     """The app with its default 1 MB body limit behind a real uvicorn on a free 127.0.0.1 port, in a thread."""
-    import socket
-
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app = create_app(serving_settings(toy))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(create_app(serving_settings(toy))) as url:
+        yield url
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
