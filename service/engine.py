@@ -31,6 +31,7 @@ import numpy as np
 from index.runtime.bundle import Bundle
 from index.runtime.exported_model import ExportedModel
 from index.runtime.hybrid import ZERO_SHOT_PRIOR, ZERO_SHOT_SOURCES
+from index.runtime.scoring_graph import ScoringGraph
 from index.runtime.text_encoder import TextEncoder
 from service.batcher import Batched
 from service.caches import CandidateCache, ProjectionCache
@@ -75,7 +76,7 @@ class RankingEngine:
         # and their candidates (rows and BM25 scores by query and depth) are the bundle's, hence per engine too.
         self._projections = ProjectionCache(settings.query_cache_size)
         self._finder = CandidateFinder(bundle, CandidateCache(settings.candidate_cache_size, metrics))
-        self._scorer = Scorer(bundle, model)
+        self._scorer = Scorer(bundle, model, settings.ort_threads)
 
     @property
     def model_version(self) -> str:
@@ -86,6 +87,11 @@ class RankingEngine:
     def synthetic(self) -> bool:
         """Whether the served model was trained on synthetic data (False for zero-shot serving: nothing trained)."""
         return self.model is not None and bool(self.model.card.raw.get("dataset", {}).get("synthetic", False))
+
+    @property
+    def scoring_graph(self) -> ScoringGraph:
+        """The graph run that scores each batch's candidates (`index.runtime.scoring_graph`)."""
+        return self._scorer.graph
 
     @property
     def provider(self) -> str:

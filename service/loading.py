@@ -126,8 +126,9 @@ def warm_query_cache(engine: RankingEngine, path: Path) -> None:
 def load_engine(
     settings: Settings, metrics: Metrics, *, model_dir: Path | None = None, bundle_dir: Path | None = None
 ) -> RankingEngine:
-    """Load bundle, model and encoder; verify checksums, canary parity, the quality gate and that they belong
-    together; then warm the request path. Raises ArtifactError (or another ValueError) saying what is wrong.
+    """Load bundle, model and encoder; verify checksums, canary parity, the scoring graph against the ranker
+    graph, the quality gate and that they belong together; then warm the request path. Raises ArtifactError (or
+    another ValueError) saying what is wrong.
 
     A model directory without a model card means zero-shot serving, which only a zero-shot bundle allows."""
     started = time.perf_counter()
@@ -172,15 +173,17 @@ def load_engine(
             settings.encoder_dir, providers=providers, threads=settings.encoder_threads, idle_threads=idle_threads
         )
     engine = RankingEngine(bundle, model, encoder, settings, metrics, document_encoder=documents)
+    graph_diff = engine.scoring_graph.verify(bundle, engine.prior)
     engine.warm(settings.warmup_queries)
     if settings.warm_queries_file is not None:
         warm_query_cache(engine, settings.warm_queries_file)
     log.info(
-        "loaded in %.1fs: model %s (canary diff %.1e), bundle %s (%d items, %s index on %s), candidates %s, "
-        "prior %s, ranker on %s",
+        "loaded in %.1fs: model %s (canary diff %.1e, scoring graph diff %.1e), bundle %s (%d items, %s index on "
+        "%s), candidates %s, prior %s, ranker on %s",
         time.perf_counter() - started,
         engine.model_version,
         canary_diff,
+        graph_diff,
         bundle.version,
         bundle.size,
         bundle.dense.params.kind.value,

@@ -1,66 +1,54 @@
-"""The gather and rank stages: every candidate's ranker inputs gathered from the bundle (rerank text documents are
-encoded here, as the catalog's items were at index time), the zero-shot evidence of each candidate list, then ONE
-ranker call for every candidate of the batch; without a model the prior is the score.
+"""The gather and rank stages: a batch's candidate lists laid out for the scoring graph
+(`index.runtime.scoring_graph`), /rerank documents given as text encoded as the catalog's items were at index time,
+then ONE graph run that gathers the candidates' features, computes their zero-shot evidence and scores them with the
+ranker (without a model, the prior is the score).
 
-Laps "gather" and "rank" on the batch's `StageTimer`.
+Laps "gather" (the layout and the text documents) and "rank" (the graph run) on the batch's `StageTimer`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
 from index.runtime.bundle import Bundle
-from index.runtime.exported_model import ExportedModel, retrieval_scores
+from index.runtime.exported_model import ExportedModel
 from index.runtime.features import text_only_features
-from index.runtime.hybrid import evidence, ranker_evidence
+from index.runtime.scoring_graph import Extras, ScoringGraph
 from service.jobs import Embedded, Job, RerankJob
 from service.timing import StageTimer
-
-
-class Gathered(NamedTuple):
-    """The ranker's candidate-side inputs for every candidate of a batch, in job order (fresh arrays: rerank text
-    documents are written into them); kv and retrieval are None without a model."""
-
-    kv: np.ndarray | None  # (M, 2, 3, dim)
-    text: np.ndarray  # (M, text_dim)
-    mask: np.ndarray  # (M, 3) image, text, attributes
-    retrieval: np.ndarray | None  # (M, retrieval_dim)
 
 
 class Scorer:
     """Scores a batch's candidates with one bundle's features and one model (None: zero-shot, the prior)."""
 
-    def __init__(self, bundle: Bundle, model: ExportedModel | None) -> None:
+    def __init__(self, bundle: Bundle, model: ExportedModel | None, threads: int = 1) -> None:
         self.bundle, self.model = bundle, model
+        self.graph = ScoringGraph(bundle, model, threads)
 
-    def gather(
-        self, jobs: list[Job], embedded: list[Embedded], rows: list[np.ndarray], bm25: list[np.ndarray]
-    ) -> Gathered:
-        """cand_kv, text, modality mask and retrieval vectors for every candidate of every job, concatenated in job
-        order; rerank documents given as text go through the candidate encoder here, as `text_only_features` makes
-        them from their MiniLM embeddings (the text present, the image and the attributes masked), and get their
-        BM25 scores (written into `bm25`)."""
-        flat = np.concatenate(rows)
+    def extras(self, jobs: list[Job], embedded: list[Embedded], length: int, bm25: list[np.ndarray]) -> Extras | None:
+        """The rows of /rerank documents given as text, at their places in the (jobs, `length`) layout: made by
+        `text_only_features` from their MiniLM embeddings (the text present, the image and the attributes masked)
+        and the candidate encoder, as the catalog's were. Their BM25 scores are written into `bm25`. None when the
+        batch has no text documents."""
         b = self.bundle
-        kv = b.cand_kv[flat] if b.cand_kv is not None else None
-        retrieval = b.retrieval[flat] if b.retrieval is not None else None
-        gathered = Gathered(kv, b.text[flat], b.mask[flat], retrieval)
-        start = 0
-        for job, job_embedded, job_rows, job_bm25 in zip(jobs, embedded, rows, bm25, strict=True):
-            if isinstance(job, RerankJob) and job.texts and job_embedded.documents is not None:
-                order = list(job.texts)
-                texts = [job.texts[i] for i in order]
-                docs = text_only_features(job_embedded.documents, b.schema)
-                at = [start + i for i in order]
-                gathered.text[at], gathered.mask[at] = docs.text, docs.mask
-                job_bm25[order] = b.lexical.score_texts(job.query, texts)
-                if self.model is not None and gathered.kv is not None and gathered.retrieval is not None:
-                    encoded = self.model.encode_candidates(docs.text, docs.image, docs.attrs, docs.mask)
-                    gathered.kv[at], gathered.retrieval[at] = encoded.kv, encoded.retrieval
-            start += len(job_rows)
-        return gathered
+        at: list[np.ndarray] = []
+        parts: dict[str, list[np.ndarray]] = {}
+        for i, (job, job_embedded, job_bm25) in enumerate(zip(jobs, embedded, bm25, strict=True)):
+            if not (isinstance(job, RerankJob) and job.texts and job_embedded.documents is not None):
+                continue
+            order = list(job.texts)
+            job_bm25[order] = b.lexical.score_texts(job.query, [job.texts[d] for d in order])
+            docs = text_only_features(job_embedded.documents, b.schema)
+            rows = {"text": docs.text, "mask": docs.mask}
+            if self.model is not None:
+                encoded = self.model.encode_candidates(docs.text, docs.image, docs.attrs, docs.mask)
+                rows.update(kv=encoded.kv, retrieval=encoded.retrieval)
+            at.append(i * length + np.asarray(order, dtype=np.int64))
+            for name, values in rows.items():
+                parts.setdefault(name, []).append(np.asarray(values, dtype=np.float32))
+        if not at:
+            return None
+        return Extras(np.concatenate(at), {name: np.concatenate(values) for name, values in parts.items()})
 
     def score(
         self,
@@ -72,22 +60,23 @@ class Scorer:
         prior: str,
         stages: StageTimer,
     ) -> np.ndarray:
-        """Scores (M,) of every candidate of every job, concatenated in job order: the ranker's over the gathered
-        inputs and the evidence with `prior` as the prior, or without a model the prior itself."""
-        cand = self.gather(jobs, embedded, rows, bm25)
-        queries = np.stack([e.query for e in embedded])
+        """Scores (M,) of every candidate of every job, concatenated in job order: the ranker's with `prior` as the
+        prior, or without a model the prior itself. Each job's list is one row of the graph's (B, L) layout."""
         lengths = [len(r) for r in rows]
-        query_index = np.repeat(np.arange(len(jobs)), lengths)
-        dense = np.einsum("md,md->m", cand.text, queries[query_index])
-        found = evidence(dense, np.concatenate(bm25), lengths)
-        if self.model is None or cand.kv is None or cand.retrieval is None:
-            scores = found.prior(prior)  # zero-shot: the prior is the score
+        length = max(lengths, default=0)
+        if length == 0:
             stages.lap("gather")
-        else:
-            query_vectors = np.stack([projected[job.query] for job in jobs])
-            retrieval_score = retrieval_scores(query_vectors, cand.retrieval, query_index)
-            ranker_inputs = (cand.kv, cand.text, cand.mask, retrieval_score, ranker_evidence(found, prior))
-            stages.lap("gather")
-            scores = self.model.score(queries, *ranker_inputs, query_index) if len(query_index) else dense
+            stages.lap("rank")
+            return np.zeros(0, np.float32)
+        extras = self.extras(jobs, embedded, length, bm25)
+        valid = np.arange(length) < np.asarray(lengths)[:, None]
+        table_rows = np.zeros((len(jobs), length), np.int64)
+        table_rows[valid] = np.concatenate(rows)
+        scores_bm25 = np.zeros((len(jobs), length), np.float32)
+        scores_bm25[valid] = np.concatenate(bm25)
+        queries = np.stack([e.query for e in embedded]).astype(np.float32, copy=False)
+        vectors = np.stack([projected[job.query] for job in jobs]) if self.model is not None else None
+        stages.lap("gather")
+        scores = self.graph.run(prior, queries, vectors, table_rows, valid, scores_bm25, extras)
         stages.lap("rank")
-        return scores
+        return scores[valid]

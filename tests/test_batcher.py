@@ -276,12 +276,12 @@ def test_the_batcher_flushes_at_max_batch_candidates(
     queries = [f"a gin drink for the batcher {i}" for i in range(5)]
     calls: list[int] = []  # candidates per ranker call
     inside, release = threading.Event(), threading.Event()
-    score = engine.model.score
+    score = engine.scoring_graph.run
 
     def held(*args: object, **kwargs: object) -> object:
-        query_index = args[-1]
-        assert isinstance(query_index, np.ndarray)
-        calls.append(len(query_index))  # one entry per candidate
+        valid = args[4]  # ScoringGraph.run(prior, query, query_vectors, rows, valid, bm25, extras)
+        assert isinstance(valid, np.ndarray)
+        calls.append(int(valid.sum()))  # one entry per candidate
         if not inside.is_set():
             inside.set()
             release.wait(30)
@@ -293,7 +293,7 @@ def test_the_batcher_flushes_at_max_batch_candidates(
     with TestClient(app) as client:
         assert app.state.rank.batcher.max_size == 90
         assert all(rank(query) == 200 for query in queries)  # embedded now: no encode stage in front of the batcher
-        monkeypatch.setattr(engine.model, "score", held)
+        monkeypatch.setattr(engine.scoring_graph, "run", held)
         with ThreadPoolExecutor(5) as pool:
             first = pool.submit(rank, queries[0])
             assert inside.wait(30)  # the ranking thread is in the first request's ranker call

@@ -53,8 +53,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # The folders of `index` that are layers of their own; a module of `index` in none of them is of the layer `index`.
 INDEX_LAYERS = ("index.data", "index.runtime", "index.offline", "index.export", "index.cli")
-# Third-party packages the serving image does not install (the `cpu` extra has none of them).
-NOT_IN_THE_IMAGE = ("torch", "PIL", "transformers", "sentence_transformers", "onnx", "lightgbm", "sklearn", "tqdm")
+# Third-party packages the serving image does not install (the `cpu` extra has none of them; `onnx` is a base
+# dependency: the service composes its scoring graph with it).
+NOT_IN_THE_IMAGE = ("torch", "PIL", "transformers", "sentence_transformers", "lightgbm", "sklearn", "tqdm")
 OWN_PACKAGES = ("index", "model", "service")
 
 

@@ -282,7 +282,7 @@ def test_minilm_takes_the_idle_threads_only_while_no_other_stage_has_work(
     engine = client.app.state.rank.engines.serving
     assert engine.model is not None and engine.document_encoder is not engine.encoder
     calls: list[tuple[str, bool]] = []
-    score = engine.model.score
+    score = engine.scoring_graph.run
     ranking, release = threading.Event(), threading.Event()
 
     def recording(name: str, encode: Any) -> Any:
@@ -308,7 +308,7 @@ def test_minilm_takes_the_idle_threads_only_while_no_other_stage_has_work(
     for path, body in requests():
         assert client.post(path, json=body).status_code == 200
     assert calls == [("query", True), ("documents", True)]
-    monkeypatch.setattr(engine.model, "score", held)
+    monkeypatch.setattr(engine.scoring_graph, "run", held)
     with ThreadPoolExecutor(3) as pool:
         busy = pool.submit(client.post, "/rank", json={"query": "a cached gin"})
         assert ranking.wait(30)  # the ranking thread is in a ranker call

@@ -33,9 +33,10 @@ def preload_cuda_libraries() -> None:
 
 
 def make_session(
-    path: Path, *, providers: list[str] | None = None, threads: int = 1, spin_us: int | None = None
+    path: Path | bytes, *, providers: list[str] | None = None, threads: int = 1, spin_us: int | None = None
 ) -> ort.InferenceSession:
-    """An InferenceSession with full graph optimisation and a small, fixed thread pool.
+    """An InferenceSession with full graph optimisation and a small, fixed thread pool, for a model file (or a
+    serialised model built in memory, `index.runtime.scoring_graph`).
 
     One intra-op thread by default: the request path runs many small graphs, where thread hand-off costs more than
     it saves, and the service's concurrency comes from batching, not from splitting one small matmul.
@@ -55,9 +56,15 @@ def make_session(
         preload_cuda_libraries()
     try:
         session = ort.InferenceSession(
-            str(path), sess_options=options, providers=[(p, CUDA_OPTIONS) if p == CUDA else p for p in providers]
+            path if isinstance(path, bytes) else str(path),
+            sess_options=options,
+            providers=[(p, CUDA_OPTIONS) if p == CUDA else p for p in providers],
         )
     except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
-        raise ValueError(f"cannot load ONNX model {path}: {exc}") from exc
-    log.debug("loaded %s with providers %s", path, session.get_providers())
+        raise ValueError(f"cannot load ONNX model {_name(path)}: {exc}") from exc
+    log.debug("loaded %s with providers %s", _name(path), session.get_providers())
     return session
+
+
+def _name(path: Path | bytes) -> str:
+    return "(built in memory)" if isinstance(path, bytes) else str(path)
