@@ -6,7 +6,8 @@ compared: ids in the same order, and scores within a tolerance (0: identical flo
 
 This is how a change that must not change behaviour (a refactor, a faster request path) shows that it did not: name
 a worktree of the commit before it (`git worktree add ../before <commit>`). The /rerank requests send each query's
-/rank top 20 (from the first checkout) as catalog ids, in reverse order, so that reranking has work to do.
+/rank top 20 (from the first checkout) in reverse order, so that reranking has work to do: every other one as its
+catalog id, the others as their titles given as text (which the service encodes per request).
 """
 
 from __future__ import annotations
@@ -30,23 +31,29 @@ class Answers:
 
     rank: list[tuple[list[str], list[float]]]
     rerank: list[tuple[list[int], list[float]]]
+    titles: list[list[str]]  # per /rank answer, its items' titles
 
 
-def ask(tree: Path, env: dict[str, str], queries: list[str], rerank_ids: list[list[str]] | None) -> Answers:
-    """Serve from `tree`, send every /rank (and /rerank) request one at a time, stop the service."""
+def ask(tree: Path, env: dict[str, str], queries: list[str], reranked: Answers | None) -> Answers:
+    """Serve from `tree`, send every /rank (and /rerank) request one at a time, stop the service. The /rerank
+    documents come from `reranked`'s /rank answers (None: this checkout's own)."""
     service = start_service(env, root=tree)
     try:
         wait_ready(service.url, service.process, log=service.log)
-        rank, rerank = [], []
+        rank, rerank, titles = [], [], []
         for i, query in enumerate(queries):
             body = json.loads(_post(f"{service.url}/rank", {"query": query, "top_k": RERANK_DEPTH}))
             rank.append(([r["id"] for r in body["results"]], [r["score"] for r in body["results"]]))
-            ids = rerank_ids[i] if rerank_ids is not None else rank[-1][0]
-            documents = [{"id": item} for item in reversed(ids)]
+            titles.append([r["title"] for r in body["results"]])
+            ids, texts = (
+                (reranked.rank[i][0], reranked.titles[i]) if reranked is not None else (rank[-1][0], titles[-1])
+            )
+            pairs = list(zip(ids, texts, strict=True))[::-1]
+            documents = [{"id": item} if j % 2 == 0 else {"text": text} for j, (item, text) in enumerate(pairs)]
             if documents:
                 body = json.loads(_post(f"{service.url}/rerank", {"query": query, "documents": documents}))
                 rerank.append(([r["index"] for r in body["results"]], [r["relevance_score"] for r in body["results"]]))
-        return Answers(rank, rerank)
+        return Answers(rank, rerank, titles)
     finally:
         service.stop()
 
@@ -86,10 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             env[f"RANK_{name}"] = str(value.resolve())
     env.setdefault("RANK_LOG_LEVEL", "warning")
     first = ask(args.tree[0], env, queries, None)
-    reference_ids = [ids for ids, _ in first.rank]
     failed = False
     for tree in args.tree[1:]:
-        other = ask(tree, env, queries, reference_ids)
+        other = ask(tree, env, queries, first)
         for route, a, b in (("/rank", first.rank, other.rank), ("/rerank", first.rerank, other.rerank)):
             line = compare(a, b, args.tolerance)
             failed |= line.endswith("DIFFERENT")
