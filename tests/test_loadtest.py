@@ -347,7 +347,7 @@ def test_server_time_reports_every_stage_of_rank_and_of_a_text_rerank(
     for name, path in (("BUNDLE_DIR", tiny.bundle), ("MODEL_DIR", tiny.model), ("ENCODER_DIR", tiny.encoder)):
         monkeypatch.setenv(f"RANK_{name}", str(path))  # the artifacts --floors times alone: the server's
     common = ["--url", server.url, "--requests", "4", "--distinct", "2", "--queries", str(tiny.data / "queries.jsonl")]
-    floors = {"floor:encode", "floor:rank"}
+    floors = {"floor:encode", "floor:rank", "floor:scoring", "floor:scoring-paused"}
     for extra, title, added in (
         (["--never-seen", "--floors"], "/rank", floors),
         (["--rerank-documents", "3"], "/rerank", set()),

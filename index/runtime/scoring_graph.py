@@ -242,9 +242,16 @@ class ScoringGraph:
         if extras is not None:
             feeds["extra_at"] = extras.at
             feeds.update({f"extra_{t}": a for t, a in extras.rows.items()})
-        values = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in feeds.items()}
-        session = self.session(prior, extras is not None)
-        return session.run_with_ort_values(["scores"], {**values, **self._tables})[0].numpy()
+        # An IOBinding per run (runs may overlap on several threads): the tables stay where they were bound, the
+        # per-run inputs are copied to the device by ONNX Runtime, and the scores come back to the host.
+        binding = self.session(prior, extras is not None).io_binding()
+        for name, value in self._tables.items():
+            binding.bind_ortvalue_input(name, value)
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        binding.bind_output("scores", "cpu")
+        self.session(prior, extras is not None).run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
     def verify(self, bundle: Bundle, prior: str, rows: int = 32) -> float:
         """Score the catalog's first `rows` items for two made-up queries both ways, this graph and the numpy
