@@ -14,7 +14,7 @@ PORT    ?= 8000
 STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 RAY_STAMP := .venv/.installed-ray
 
-.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval batch gpu-check rollout ray serve-ray
+.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval student batch gpu-check rollout ray serve-ray
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -99,6 +99,12 @@ rollout: $(STAMP) ## Train or take MODEL=dir, gate it offline, shadow, canary, p
 
 batch: $(STAMP) ## Rank a JSONL file of /rank bodies in process, no HTTP (IN=queries.jsonl OUT=results.jsonl)
 	$(PY) -m service.batch --in $(IN) --out $(OUT) $(ARGS)
+
+# A faster query encoder for the CPU (python -m training.student): MiniLM's first layers distilled on DATA's texts,
+# exported to artifacts/encoders/student and gated on the held-out queries through the served path (exit 3: failed).
+# Serve a student that passed with RANK_QUERY_ENCODER_DIR=artifacts/encoders/student.
+student: $(STAMP) $(ENCODER)/encoder.json ## Distil a faster query encoder on DATA and gate it against MiniLM (ARGS=--layers 3)
+	$(PY) -m training.student --data $(DATA) $(ARGS)
 
 # K-fold cross-validation by query of the whole pipeline (python -m training.evaluate.crossval): per fold train,
 # export, index and serve in process, rank the held-out fold; beside zero-shot serving and search. For small judged

