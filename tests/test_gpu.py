@@ -10,11 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from index.runtime.exported_model import ExportedModel
+from index.runtime.bundle import Bundle
+from index.runtime.exported_model import ExportedModel, ModelCard
 from index.runtime.faiss_gpu import gpu_available
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index
 from index.runtime.files import ArtifactError
 from index.runtime.ort_session import CUDA
+from index.runtime.scoring_graph import ScoringGraph
 from service.loading import load_engine
 from service.metrics import Metrics
 
@@ -69,6 +71,26 @@ def test_ranker_runs_on_the_cuda_provider_and_matches_cpu(tiny: TinyPipeline) ->
     # TF32 off: with it, scores moved by 2e-4 on an H200, past the export's parity tolerance.
     assert gpu.session.get_provider_options()[CUDA]["use_tf32"] == "0"
     assert gpu.check_canaries() <= 1e-4 and cpu.check_canaries() <= 1e-4
+
+
+@pytest.mark.gpu
+@needs_ort_cuda
+def test_the_scoring_graph_keeps_the_bundle_on_the_gpu_and_scores_as_on_the_cpu(tiny: TinyPipeline) -> None:
+    """The bundle's tables are bound on the device once; a run sends row ids and BM25 and scores as the CPU does."""
+    bundle = Bundle.load(tiny.bundle)
+    gpu = ScoringGraph(bundle, ExportedModel(tiny.model))
+    cpu = ScoringGraph(bundle, ExportedModel(tiny.model, providers=["CPUExecutionProvider"]))
+    assert gpu.device == "cuda" and cpu.device == "cpu"
+    prior = ModelCard.load(tiny.model).prior
+    assert gpu.verify(bundle, prior) <= 1e-5
+    rng = np.random.default_rng(0)
+    query = rng.standard_normal((4, bundle.schema.text_dim)).astype(np.float32)
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    vectors = cpu.model.project_queries(query)  # type: ignore[union-attr]
+    rows = rng.integers(0, bundle.size, (4, 40))
+    valid, bm25 = np.ones((4, 40), bool), rng.random((4, 40)).astype(np.float32)
+    on_gpu, on_cpu = (graph.run(prior, query, vectors, rows, valid, bm25) for graph in (gpu, cpu))
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-5)
 
 
 @pytest.mark.gpu

@@ -1,9 +1,10 @@
 """Whether FAISS can search on this machine's GPU, found out in a child process before the index moves there.
 
 A FAISS GPU build can import, count the GPU and copy an index onto it, and still carry no kernels for that GPU's
-architecture. faiss-gpu-cu12 (the `gpu` extra) is built for compute capability 7.0-8.9 (Volta to Ada: its fat
-binary holds sm_70 and sm_80 code and no PTX), so on a Hopper GPU (H100, H200: sm_90) every search fails, and a
-failed CUDA check inside FAISS can abort the process instead of raising. A first search in the service's own
+architecture: faiss-gpu-cu12 1.14.1 held sm_70 and sm_80 code and no PTX, so on a Hopper GPU (H100, H200: sm_90)
+every search failed. The `gpu` extra's faiss-cuda 1.14.3 holds sm_70 to sm_90, but a newer GPU, a driver too old for
+CUDA 12.8 or missing CUDA 12 libraries fail the same way, and a failed CUDA check inside FAISS can abort the process
+instead of raising. A first search in the service's own
 process could therefore kill it at start-up. The probe runs that first search in a child process, on a small
 random index, and the GPU's answer must match the CPU's before the service uses the GPU.
 """
