@@ -57,7 +57,7 @@ def floor_times(texts: list[str], candidates: int) -> dict[str, list[float]]:
 
     settings = load_settings()
     encoder = TextEncoder(
-        settings.encoder_dir,
+        settings.query_encoder_dir or settings.encoder_dir,
         variant=settings.query_encoder.value,
         threads=settings.encoder_threads,
         idle_threads=min(settings.encoder_idle_threads, os.cpu_count() or 1),

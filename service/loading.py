@@ -210,7 +210,7 @@ def load_engine(
         warm_query_cache(engine, settings.warm_queries_file)
     log.info(
         "loaded in %.1fs: model %s (canary diff %.1e, scoring graph diff %.1e), bundle %s (%d items, %s index on "
-        "%s), candidates %s, prior %s, ranker on %s",
+        "%s), candidates %s, prior %s, ranker on %s, queries encoded by %s %s",
         time.perf_counter() - started,
         engine.model_version,
         canary_diff,
@@ -222,5 +222,7 @@ def load_engine(
         "+".join(engine.sources),
         engine.prior,
         engine.provider,
+        "a distilled student" if "student" in encoder.info else "MiniLM",
+        encoder.variant,
     )
     return engine

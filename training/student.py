@@ -49,8 +49,8 @@ GATE_FAILED = 3
 
 @dataclass(frozen=True)
 class StudentConfig:
-    """How the student is made. Defaults measured on SYNTHETIC (BENCHMARKS.md, "A distilled query encoder"):
-    two layers lost 0.067 nDCG@10, three layers 0.0044 at 0.87 against 2.0 ms per query."""
+    """How the student is made. Three layers passed the gate on SYNTHETIC (0.9411 against MiniLM's 0.9451) at 0.83
+    against 2.09 ms per query (BENCHMARKS.md, "A distilled query encoder")."""
 
     layers: int = 3
     epochs: int = 10
