@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from index.runtime.bundle import Bundle
-from index.runtime.exported_model import ExportedModel, retrieval_scores
+from index.runtime.exported_model import ExportedModel
 from index.runtime.files import ArtifactError
-from index.runtime.hybrid import PRIORS, evidence, ranker_evidence
-from index.runtime.scoring_graph import Extras, ScoringGraph
+from index.runtime.hybrid import PRIORS
+from index.runtime.scoring_graph import Extras, ScoringGraph, reference_scores
 from tests.toy_artifacts import ToyArtifacts
 
 LENGTHS = [9, 4, 1]
@@ -44,37 +44,15 @@ def _lists(bundle: Bundle, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.nd
     return queries, rows, valid, bm25
 
 
-def _reference(
-    bundle: Bundle,
-    model: ExportedModel | None,
-    prior: str,
-    queries: np.ndarray,
-    rows: np.ndarray,
-    valid: np.ndarray,
-    bm25: np.ndarray,
-) -> np.ndarray:
-    flat = rows[valid]
-    owner = np.repeat(np.arange(len(queries)), valid.sum(axis=1))
-    dense = np.einsum("md,md->m", bundle.text[flat], queries[owner])
-    found = evidence(dense, bm25[valid], valid.sum(axis=1).tolist())
-    if model is None:
-        return found.prior(prior)
-    vectors = model.project_queries(queries)
-    similarity = retrieval_scores(vectors, bundle.retrieval[flat], owner)
-    evidence_in = ranker_evidence(found, prior)
-    return model.score(
-        queries, bundle.cand_kv[flat], bundle.text[flat], bundle.mask[flat], similarity, evidence_in, owner
-    )
-
-
 @pytest.mark.parametrize("prior", PRIORS)
 def test_the_scoring_graph_scores_as_the_numpy_gather_evidence_and_ranker_graph(
     toy_bundle: Bundle, toy_model: ExportedModel, prior: str
 ) -> None:
     queries, rows, valid, bm25 = _lists(toy_bundle)
     graph = ScoringGraph(toy_bundle, toy_model)
-    got = graph.run(prior, queries, toy_model.project_queries(queries), rows, valid, bm25)
-    expected = _reference(toy_bundle, toy_model, prior, queries, rows, valid, bm25)
+    vectors = toy_model.project_queries(queries)
+    got = graph.run(prior, queries, vectors, rows, valid, bm25)
+    expected = reference_scores(toy_bundle, toy_model, prior, queries, vectors, rows, valid, bm25)
     np.testing.assert_allclose(got[valid], expected, atol=1e-5)
     assert np.isneginf(got[~valid]).all()
 
@@ -84,7 +62,9 @@ def test_without_a_ranker_the_score_is_the_prior(toy: ToyArtifacts, prior: str) 
     bundle = Bundle.load(toy.zero_shot_bundle)
     queries, rows, valid, bm25 = _lists(bundle, seed=1)
     got = ScoringGraph(bundle, None).run(prior, queries, None, rows, valid, bm25)
-    np.testing.assert_allclose(got[valid], _reference(bundle, None, prior, queries, rows, valid, bm25), atol=1e-6)
+    np.testing.assert_allclose(
+        got[valid], reference_scores(bundle, None, prior, queries, None, rows, valid, bm25), atol=1e-6
+    )
 
 
 def test_extras_take_the_place_of_the_gathered_rows(toy_bundle: Bundle, toy_model: ExportedModel) -> None:

@@ -244,13 +244,14 @@ class ScoringGraph:
             feeds.update({f"extra_{t}": a for t, a in extras.rows.items()})
         # An IOBinding per run (runs may overlap on several threads): the tables stay where they were bound, the
         # per-run inputs are copied to the device by ONNX Runtime, and the scores come back to the host.
-        binding = self.session(prior, extras is not None).io_binding()
+        session = self.session(prior, extras is not None)
+        binding = session.io_binding()
         for name, value in self._tables.items():
             binding.bind_ortvalue_input(name, value)
         for name, array in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         binding.bind_output("scores", "cpu")
-        self.session(prior, extras is not None).run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
     def verify(self, bundle: Bundle, prior: str, rows: int = 32) -> float:
@@ -263,28 +264,10 @@ class ScoringGraph:
         query /= np.linalg.norm(query, axis=1, keepdims=True)
         table_rows = np.stack([np.arange(n), np.arange(n)[::-1]]).astype(np.int64)
         bm25 = np.where(rng.random((2, n)) < 0.5, rng.random((2, n)) * 5, 0).astype(np.float32)
-        owner = np.repeat(np.arange(2), n)
-        flat = table_rows.reshape(-1)
-        dense = np.einsum("md,md->m", bundle.text[flat], query[owner])
-        found = evidence(dense, bm25.reshape(-1), [n, n])
-        vectors = None
-        if self.model is None:
-            expected = found.prior(prior)
-        elif bundle.retrieval is None or bundle.cand_kv is None:
-            raise ArtifactError(f"bundle {bundle.path} is zero-shot: it has no rows for a ranker")
-        else:
-            vectors = self.model.project_queries(query)
-            similarity = retrieval_scores(vectors, bundle.retrieval[flat], owner)
-            expected = self.model.score(
-                query,
-                bundle.cand_kv[flat],
-                bundle.text[flat],
-                bundle.mask[flat],
-                similarity,
-                ranker_evidence(found, prior),
-                owner,
-            )
-        got = self.run(prior, query, vectors, table_rows, np.ones((2, n), bool), bm25).reshape(-1)
+        valid = np.ones((2, n), bool)
+        vectors = self.model.project_queries(query) if self.model is not None else None
+        expected = reference_scores(bundle, self.model, prior, query, vectors, table_rows, valid, bm25)
+        got = self.run(prior, query, vectors, table_rows, valid, bm25).reshape(-1)
         diff = float(np.abs(got - expected).max()) if n else 0.0
         if not diff <= CANARY_TOLERANCE:
             raise ArtifactError(
@@ -292,3 +275,32 @@ class ScoringGraph:
                 "on this bundle; please report it with the model card"
             )
         return diff
+
+
+def reference_scores(
+    bundle: Bundle,
+    model: ExportedModel | None,
+    prior: str,
+    query: np.ndarray,
+    query_vectors: np.ndarray | None,
+    rows: np.ndarray,
+    valid: np.ndarray,
+    bm25: np.ndarray,
+) -> np.ndarray:
+    """What the scoring graph computes, the numpy way: the valid candidates' rows gathered, their evidence
+    (`index.runtime.hybrid.evidence`) and the ranker graph run on them, (M,) in row-major order of `valid`; without a
+    model, the prior."""
+    flat = rows[valid]
+    lengths = valid.sum(axis=1)
+    owner = np.repeat(np.arange(len(query)), lengths)
+    dense = np.einsum("md,md->m", bundle.text[flat], query[owner])
+    found = evidence(dense, bm25[valid], lengths.tolist())
+    if model is None:
+        return found.prior(prior)
+    if bundle.retrieval is None or bundle.cand_kv is None or query_vectors is None:
+        raise ArtifactError(f"bundle {bundle.path} is zero-shot: it has no rows for a ranker")
+    similarity = retrieval_scores(query_vectors, bundle.retrieval[flat], owner)
+    evidence_in = ranker_evidence(found, prior)
+    return model.score(
+        query, bundle.cand_kv[flat], bundle.text[flat], bundle.mask[flat], similarity, evidence_in, owner
+    )
