@@ -1,7 +1,8 @@
 """What an engine remembers between batches: each query's vector in its model's retrieval space
-(`ProjectionCache`), and each unfiltered /rank query's candidates (`CandidateCache`).
+(`ProjectionCache`), each unfiltered /rank query's candidates (`CandidateCache`) and their scores (`ResultCache`).
 
-Both belong to one engine: projections are its model's, candidate rows its bundle's, so a swap starts them empty.
+All belong to one engine: projections and scores are its model's, candidate rows its bundle's, so a swap starts them
+empty.
 The query's MiniLM embedding is cached by the text encoder itself (`TextEncoder.cached`), shared by every engine
 that embeds with it.
 """
@@ -17,6 +18,8 @@ from service.metrics import Metrics
 
 CandidateKey = tuple[str, int]  # (query, number of candidates)
 Candidates = tuple[np.ndarray, np.ndarray]  # (rows, BM25 score of each), read-only
+ResultKey = tuple[str, int, str]  # (query, number of candidates, prior)
+Scored = tuple[np.ndarray, np.ndarray]  # (candidate rows, the score of each), read-only
 
 
 class ProjectionCache:
@@ -65,3 +68,40 @@ class CandidateCache:
         """Record one batch's lookups."""
         self._metrics.candidate_cache.labels("hit").inc(hits)
         self._metrics.candidate_cache.labels("miss").inc(misses)
+
+
+class ResultCache:
+    """Every candidate's score by (query, depth, prior), for unfiltered /rank jobs: a repeated request skips the
+    whole path after validation, the scoring graph included, since one engine's model and bundle score the same
+    candidates the same way every time. top_k is not in the key (the top-k is cut from all the candidates' scores),
+    nor the filters (a filtered job is never cached). Counts hits and misses in `rank_result_cache_total`."""
+
+    def __init__(self, size: int, metrics: Metrics) -> None:
+        self._scored: LruCache[ResultKey, Scored] = LruCache(size)
+        self._metrics = metrics
+
+    @staticmethod
+    def key(job: Job, prior: str) -> ResultKey | None:
+        """The job's key, or None for a job whose results are never cached (as `CandidateCache.key`)."""
+        found = CandidateCache.key(job)
+        return (*found, prior) if found is not None else None
+
+    def peek(self, job: Job, prior: str) -> bool:
+        """Whether `job`'s scores are remembered (not counted, not refreshed): such a job needs no MiniLM."""
+        key = self.key(job, prior)
+        return key is not None and key in self._scored
+
+    def lookup(self, jobs: list[Job], prior: str) -> list[Scored | None]:
+        """Each job's remembered rows and scores (None: not cached, or never cacheable); counts the cacheable."""
+        keys = [self.key(job, prior) for job in jobs]
+        found = [self._scored.get(key) if key is not None else None for key in keys]
+        hits = sum(hit is not None for hit in found)
+        self._metrics.result_cache.labels("hit").inc(hits)
+        self._metrics.result_cache.labels("miss").inc(sum(key is not None for key in keys) - hits)
+        return found
+
+    def remember(self, job: Job, prior: str, rows: np.ndarray, scores: np.ndarray) -> None:
+        """Keep a cacheable job's scores (read-only from now on: every later hit shares them); others are ignored."""
+        if (key := self.key(job, prior)) is not None:
+            rows.flags.writeable = scores.flags.writeable = False
+            self._scored.put(key, (rows, scores))

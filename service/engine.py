@@ -8,7 +8,8 @@ The engine coordinates; each step has a module of its own:
   service/caches.py's projection cache puts them into the retrieval space in one query-tower call (`project`);
 - service/retrieval.py: unfiltered searches with the same depth go to each FAISS index as one batch (`retrieve`),
   BM25 scores each distinct query once (`lexical`), and the candidate lists are fused (`fuse`); an unfiltered /rank
-  job whose query and depth this engine served before takes its candidates from the candidate cache instead;
+  job whose query and depth this engine served before takes its candidates from the candidate cache instead, and
+  its scores from the result cache (then no stage runs for it);
 - service/scoring.py: the candidates' features and evidence are gathered (`gather`) and every candidate of every
   job is scored in ONE ranker call (`rank`);
 - service/outcomes.py: each job ends in a typed outcome (`RankOutcome`, `RerankOutcome`).
@@ -22,7 +23,7 @@ zero-shot prior (`index.runtime.hybrid`): the same code path, with the prior as 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -34,7 +35,7 @@ from index.runtime.hybrid import ZERO_SHOT_PRIOR, ZERO_SHOT_SOURCES
 from index.runtime.scoring_graph import ScoringGraph
 from index.runtime.text_encoder import TextEncoder
 from service.batcher import Batched
-from service.caches import CandidateCache, ProjectionCache
+from service.caches import CandidateCache, ProjectionCache, ResultCache, Scored
 from service.encoding import Embedder
 from service.jobs import Embedded, Job, JobValidator, RankJob, RerankJob
 from service.metrics import Metrics
@@ -76,6 +77,7 @@ class RankingEngine:
         # and their candidates (rows and BM25 scores by query and depth) are the bundle's, hence per engine too.
         self._projections = ProjectionCache(settings.query_cache_size)
         self._finder = CandidateFinder(bundle, CandidateCache(settings.candidate_cache_size, metrics))
+        self._results = ResultCache(settings.result_cache_size, metrics)
         self._scorer = Scorer(bundle, model, settings.ort_threads)
 
     @property
@@ -111,8 +113,9 @@ class RankingEngine:
     # -- serving, on the batchers' worker threads --------------------------------------------------------------
 
     def needs_encoding(self, job: Job) -> bool:
-        """Whether `job` has text to run through MiniLM: a query not in the cache, or /rerank text documents."""
-        return self._embedder.needs_encoding(job)
+        """Whether `job` has text to run through MiniLM: a query not in the cache (and whose results are not
+        remembered either), or /rerank text documents."""
+        return not self._results.peek(job, self.prior) and self._embedder.needs_encoding(job)
 
     def embed(self, jobs: list[Job], idle: bool = False) -> list[Embedded]:
         """MiniLM embeddings for each job (`Embedder.embed`)."""
@@ -123,9 +126,35 @@ class RankingEngine:
         return self._embedder.encode_batch(batch, idle)
 
     def process_batch(self, batch: list[Batched[Job]]) -> list[Outcome | Exception]:
-        """Serve a batch of jobs; returns one outcome (timing without 'total') per job, in order."""
+        """Serve a batch of jobs; returns one outcome (timing without 'total') per job, in order. Jobs whose
+        results are remembered take them from the result cache; the others run every stage together (with none,
+        the stages run empty, so that every job reports every stage)."""
         jobs = [b.item for b in batch]
         stages = StageTimer()
+        remembered = self._results.lookup(jobs, self.prior)
+        fresh = [i for i, hit in enumerate(remembered) if hit is None]
+        embedded, scored = self._score([jobs[i] for i in fresh], stages)
+        found = dict(zip(fresh, zip(embedded, scored, strict=True), strict=True))
+        out: list[Outcome | Exception] = []
+        for i, (b, job, hit) in enumerate(zip(batch, jobs, remembered, strict=True)):
+            job_timing: Mapping[str, float] = {}
+            if hit is None:
+                job_embedded, (job_rows, job_scores) = found[i]
+                self._results.remember(job, self.prior, job_rows, job_scores)
+                # A job embedded on the encode stage reports that stage's times, not the (then empty) encode lap.
+                job_timing = job_embedded.timing
+            else:
+                job_rows, job_scores = hit
+            self.metrics.candidates.observe(len(job_rows))
+            timing = {"encode_queue": 0.0, "queue": b.queue_seconds * 1000.0, **stages.ms, **job_timing}
+            if isinstance(job, RankJob):
+                out.append(rank_outcome(self.bundle, self.model_version, job, job_rows, job_scores, timing))
+            else:
+                out.append(rerank_outcome(self.bundle, self.model_version, job, job_scores, timing))
+        return out
+
+    def _score(self, jobs: list[Job], stages: StageTimer) -> tuple[list[Embedded], list[Scored]]:
+        """Every stage for `jobs`: their embeddings, and each job's candidate rows and the score of each."""
         missing = [i for i, job in enumerate(jobs) if job.embedded is None]
         made = dict(zip(missing, self.embed([jobs[i] for i in missing]), strict=True)) if missing else {}
         embedded = [job.embedded or made[i] for i, job in enumerate(jobs)]
@@ -135,22 +164,12 @@ class RankingEngine:
         stages.lap("project")
         rows, bm25 = self._finder.retrieve(jobs, vectors, projected, self.sources, stages)
         scores = self._scorer.score(jobs, embedded, projected, rows, bm25, self.prior, stages)
-        self.metrics.batch_size.observe(sum(len(r) for r in rows))
-        self.metrics.batch_requests.observe(len(jobs))
-
-        out: list[Outcome | Exception] = []
-        start = 0
-        for b, job, job_embedded, job_rows in zip(batch, jobs, embedded, rows, strict=True):
-            job_scores = np.asarray(scores[start : start + len(job_rows)], dtype=np.float32)
-            start += len(job_rows)
-            self.metrics.candidates.observe(len(job_rows))
-            # A job embedded on the encode stage reports that stage's times, not the (then empty) encode lap here.
-            timing = {"encode_queue": 0.0, "queue": b.queue_seconds * 1000.0, **stages.ms, **job_embedded.timing}
-            if isinstance(job, RankJob):
-                out.append(rank_outcome(self.bundle, self.model_version, job, job_rows, job_scores, timing))
-            else:
-                out.append(rerank_outcome(self.bundle, self.model_version, job, job_scores, timing))
-        return out
+        if jobs:
+            self.metrics.batch_size.observe(sum(len(r) for r in rows))
+            self.metrics.batch_requests.observe(len(jobs))
+        ends = np.cumsum([len(r) for r in rows])
+        per_job = np.split(np.asarray(scores, dtype=np.float32), ends[:-1]) if jobs else []
+        return embedded, list(zip(rows, per_job, strict=True))
 
     def serve_one(self, job: Job) -> Outcome:
         """The unbatched path: a batch of one, on the caller's thread."""

@@ -131,6 +131,12 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.result_cache = Counter(
+            "rank_result_cache_total",
+            "Result (score) cache lookups of unfiltered /rank jobs, by result: a hit skips every stage.",
+            ["result"],
+            registry=self.registry,
+        )
         self.query_encodes = Counter(
             "rank_query_encodes_total",
             "Queries MiniLM embedded (cache misses), by the intra-op threads it ran on: the idle session's while no "

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     candidate_cache_size: int = Field(
         10_000, ge=0, description="unfiltered /rank queries whose candidate lists are remembered (0: off)"
     )
+    # A repeated unfiltered /rank request's scores do not change either, so a hit skips the scoring graph too (the
+    # last stage a cached query ran). 12 bytes per candidate, as above.
+    result_cache_size: int = Field(
+        10_000, ge=0, description="unfiltered /rank queries whose candidates' scores are remembered (0: off)"
+    )
     # int8 by default: 2.5x faster on a cache miss than fp32; on one model it moves the served nDCG@10 by at most
     # 0.0042 (SYNTHETIC) and 0.0022 (CISI) (BENCHMARKS.md, "The request path on 2026-12-03"). RANK_QUERY_ENCODER=fp32
     # restores the original; train with the same variant (`--query-encoder`).

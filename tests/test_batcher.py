@@ -287,12 +287,13 @@ def test_the_batcher_flushes_at_max_batch_candidates(
             release.wait(30)
         return score(*args, **kwargs)
 
-    def rank(query: str) -> int:
-        return client.post("/rank", json={"query": query, "num_candidates": 30}).status_code
+    def rank(query: str, depth: int = 30) -> int:
+        return client.post("/rank", json={"query": query, "num_candidates": depth}).status_code
 
     with TestClient(app) as client:
         assert app.state.rank.batcher.max_size == 90
-        assert all(rank(query) == 200 for query in queries)  # embedded now: no encode stage in front of the batcher
+        # Embedded now, so no encode stage in front of the batcher; at another depth, so no result is remembered.
+        assert all(rank(query, depth=31) == 200 for query in queries)
         monkeypatch.setattr(engine.scoring_graph, "run", held)
         with ThreadPoolExecutor(5) as pool:
             first = pool.submit(rank, queries[0])

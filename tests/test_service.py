@@ -310,7 +310,8 @@ def test_minilm_takes_the_idle_threads_only_while_no_other_stage_has_work(
     assert calls == [("query", True), ("documents", True)]
     monkeypatch.setattr(engine.scoring_graph, "run", held)
     with ThreadPoolExecutor(3) as pool:
-        busy = pool.submit(client.post, "/rank", json={"query": "a cached gin"})
+        # A cached query at a depth not served yet: no MiniLM, but not in the result cache either, so it is ranked.
+        busy = pool.submit(client.post, "/rank", json={"query": "a cached gin", "num_candidates": 90})
         assert ranking.wait(30)  # the ranking thread is in a ranker call
         sent = [pool.submit(client.post, path, json=body) for path, body in requests()]
         deadline = time.monotonic() + 30
@@ -468,36 +469,62 @@ def test_served_time_is_split_by_whether_minilm_ran(client: TestClient) -> None:
     assert (served("yes"), served("no")) == (before[0] + 1, before[1] + 1)
 
 
-def test_a_repeated_query_reuses_its_candidates_and_ranks_exactly_the_same(client: TestClient) -> None:
+def test_a_repeated_query_is_answered_from_the_result_cache_and_ranks_exactly_the_same(client: TestClient) -> None:
     registry = client.app.state.rank.metrics.registry
 
-    def lookups() -> tuple[float, ...]:  # (hits, misses) so far
+    def lookups() -> tuple[float, ...]:  # (result hits, result misses, candidate hits, candidate misses) so far
         return tuple(
-            registry.get_sample_value("rank_candidate_cache_total", {"result": r}) or 0.0 for r in ("hit", "miss")
+            registry.get_sample_value(f"rank_{cache}_cache_total", {"result": r}) or 0.0
+            for cache in ("result", "candidate")
+            for r in ("hit", "miss")
         )
 
-    query = "a query for the candidate cache, sent by no other test"
+    def moved(**by: float) -> tuple[float, ...]:
+        return tuple(b + by.get(name, 0.0) for b, name in zip(before, ("rh", "rm", "ch", "cm"), strict=True))
+
+    query = "a query for the result cache, sent by no other test"
     before = lookups()
     first = client.post("/rank", json={"query": query, "top_k": 10, "num_candidates": 40}).json()
-    assert lookups() == (before[0], before[1] + 1)
+    assert lookups() == moved(rm=1, cm=1)
     again = client.post("/rank", json={"query": query, "top_k": 10, "num_candidates": 40}).json()
-    assert lookups() == (before[0] + 1, before[1] + 1)
+    assert lookups() == moved(rh=1, rm=1, cm=1)  # a result hit looks up no candidates
     assert [(x["id"], x["score"]) for x in again["results"]] == [(x["id"], x["score"]) for x in first["results"]]
     assert set(again["timing_ms"]) == set(STAGES)
+    # top_k is cut from every candidate's scores, so a shorter list is the same answer's head.
+    head = client.post("/rank", json={"query": query, "top_k": 3, "num_candidates": 40}).json()
+    assert lookups() == moved(rh=2, rm=1, cm=1)
+    assert [x["id"] for x in head["results"]] == [x["id"] for x in first["results"][:3]]
     # Another depth is another candidate list; a filtered request is never looked up (its rows depend on the filter).
     client.post("/rank", json={"query": query, "top_k": 10, "num_candidates": 50})
-    assert lookups() == (before[0] + 1, before[1] + 2)
+    assert lookups() == moved(rh=2, rm=2, cm=2)
     filtered = client.post("/rank", json={"query": query, "top_k": 3, "filters": {"glass": "coupe"}})
-    assert filtered.status_code == 200 and lookups() == (before[0] + 1, before[1] + 2)
+    assert filtered.status_code == 200 and lookups() == moved(rh=2, rm=2, cm=2)
     assert all(x["attributes"]["glass"] == "coupe" for x in filtered.json()["results"])
 
 
-def test_without_the_candidate_cache_every_lookup_misses_and_rankings_do_not_change(
+def test_a_result_cache_miss_with_known_candidates_reuses_them(toy: ToyArtifacts, client: TestClient) -> None:
+    served = client.app.state.rank.engines.serving  # reuse the loaded artifacts: only the setting is under test
+    metrics = Metrics()
+    settings = serving_settings(toy, result_cache_size=0)
+    engine = RankingEngine(served.bundle, served.model, served.encoder, settings, metrics, served.document_encoder)
+    request = RankRequest(query="a query for the candidate cache alone", top_k=10)
+    outcomes = [engine.serve_one(engine.prepare_rank(request)) for _ in range(2)]
+    assert isinstance(outcomes[0], RankOutcome) and isinstance(outcomes[1], RankOutcome)
+    assert (outcomes[0].ids, outcomes[0].scores) == (outcomes[1].ids, outcomes[1].scores)
+    count = metrics.registry.get_sample_value
+    assert (
+        count("rank_candidate_cache_total", {"result": "hit"}),
+        count("rank_candidate_cache_total", {"result": "miss"}),
+    ) == (1, 1)
+    assert not count("rank_result_cache_total", {"result": "hit"})
+
+
+def test_without_the_caches_every_lookup_misses_and_rankings_do_not_change(
     toy: ToyArtifacts, client: TestClient
 ) -> None:
-    cached = client.app.state.rank.engines.serving  # reuse the loaded artifacts: only the setting is under test
+    cached = client.app.state.rank.engines.serving  # reuse the loaded artifacts: only the settings are under test
     metrics = Metrics()
-    settings = serving_settings(toy, candidate_cache_size=0)
+    settings = serving_settings(toy, candidate_cache_size=0, result_cache_size=0)
     uncached = RankingEngine(cached.bundle, cached.model, cached.encoder, settings, metrics, cached.document_encoder)
     request = RankRequest(query="another query for the candidate cache", top_k=10)
     for _ in range(2):  # the second pass: a hit in the cached engine, a miss in the other
@@ -508,6 +535,7 @@ def test_without_the_candidate_cache_every_lookup_misses_and_rankings_do_not_cha
     count = metrics.registry.get_sample_value
     assert count("rank_candidate_cache_total", {"result": "miss"}) == 2
     assert not count("rank_candidate_cache_total", {"result": "hit"})
+    assert not count("rank_result_cache_total", {"result": "hit"})
 
 
 def test_a_query_log_warms_the_query_cache_and_an_unreadable_one_does_not_stop_the_start(

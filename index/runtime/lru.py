@@ -28,6 +28,11 @@ class LruCache(Generic[K, V]):
                 self._items.move_to_end(key)
             return value
 
+    def __contains__(self, key: object) -> bool:
+        """Whether `key` is held, without making it the most recently used."""
+        with self._lock:
+            return key in self._items
+
     def put(self, key: K, value: V) -> None:
         if self._size <= 0:
             return
