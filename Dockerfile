@@ -37,8 +37,8 @@ COPY --from=build --chown=ranker /app/artifacts/bundle /app/artifacts/bundle
 COPY --from=build --chown=ranker /app/artifacts/*.onnx /app/artifacts/canaries.npz /app/artifacts/model_card.json \
      /app/artifacts/
 USER ranker
-ENV RANK_HOST=0.0.0.0 RANK_PORT=8000
-EXPOSE 8000
+ENV RANK_HOST=0.0.0.0 RANK_PORT=8000 RANK_GRPC_PORT=50051
+EXPOSE 8000 50051
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=2).status != 200)"
 CMD ["python", "-m", "service"]

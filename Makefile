@@ -14,7 +14,7 @@ PORT    ?= 8000
 STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 RAY_STAMP := .venv/.installed-ray
 
-.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval student batch gpu-check rollout ray serve-ray
+.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval student batch gpu-check rollout ray serve-ray proto
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ MODEL ?= artifacts
 
 index: $(STAMP) $(ENCODER)/encoder.json ## Build the bundle (FAISS, BM25, features) in artifacts/bundle (MODEL=none: zero-shot)
 	$(PY) -m index.offline.build --data $(DATA) --model $(MODEL) $(if $(ANALYSIS),--analysis $(ANALYSIS))
+
+proto: $(STAMP) ## Regenerate the gRPC modules service/rpc/rank_pb2*.py from service/rpc/rank.proto
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. service/rpc/rank.proto
 
 serve: $(STAMP) ## Serve existing artifacts on $(HOST):$(PORT) (MODEL=none: the zero-shot bundle)
 	$(PY) -m service --host $(HOST) --port $(PORT) --model-dir $(MODEL)

@@ -21,6 +21,7 @@ from service.lifecycle import AppState
 from service.loading import load_engine
 from service.logs import configure_logging
 from service.metrics import Metrics
+from service.rpc.server import RpcServer, RpcStartError
 from service.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("service")
@@ -70,11 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     metrics = Metrics()
     try:
+        # gRPC listens first, so that its health service answers NOT_SERVING while the artifacts load and warm.
+        rpc = RpcServer(settings).start() if settings.grpc_port else None
+    except RpcStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         engine = load_engine(settings, metrics)
     except (ArtifactError, FileNotFoundError, ValueError) as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)
+        if rpc is not None:
+            rpc.stop(0)
         return 2
-    app = create_app(settings, engine=engine, metrics=metrics)
+    app = create_app(settings, engine=engine, metrics=metrics, rpc=rpc)
     url = f"http://{settings.host}:{settings.port}"
     example = (
         f"curl -s -XPOST {settings.host}:{settings.port}/rank -H 'content-type: application/json' "

@@ -6,8 +6,8 @@ shapes), engine.py (the request path's coordinator) with its steps: jobs.py (val
 batcher.py (micro-batching), lifecycle.py (`AppState`: the batchers and one request's way through them), phase.py
 (starting/ready/draining), engines.py (the serving, previous, canary and shadow engines, and the swaps), shadow.py,
 loading.py (loading and checking artifacts), errors.py (domain errors and the one error -> HTTP map), middleware.py
-(metrics, body limit), logs.py (text or JSON logs, the access line), metrics.py, settings.py; __main__.py runs it
-under uvicorn.
+(metrics, body limit), logs.py (text or JSON logs, the access line), metrics.py, settings.py; rpc/ (the gRPC API
+beside HTTP, on the same `AppState`); __main__.py runs it under uvicorn.
 """
 
 from __future__ import annotations
@@ -24,23 +24,35 @@ from service.loading import load_engine
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.routes import router
+from service.rpc.server import RpcServer
 from service.settings import Settings
 
 
 def create_app(
-    settings: Settings | None = None, engine: RankingEngine | None = None, metrics: Metrics | None = None
+    settings: Settings | None = None,
+    engine: RankingEngine | None = None,
+    metrics: Metrics | None = None,
+    rpc: RpcServer | None = None,
 ) -> FastAPI:
     """Build the app. Pass a pre-loaded `engine` (with the `metrics` it reports to) to skip loading in the
-    lifespan, as the CLI and tests do."""
+    lifespan, as the CLI and tests do, and a started `rpc` server to serve gRPC from (the CLI starts it before
+    loading); without one, the lifespan starts gRPC itself when `settings.grpc_port` is set."""
     settings = settings or Settings()
     metrics = metrics or Metrics()
     state = AppState(settings=settings, metrics=metrics, api_keys=settings.parsed_api_keys())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.start(engine or load_engine(settings, metrics))
-        yield
-        state.stop()
+        server = rpc or (RpcServer(settings).start() if settings.grpc_port else None)
+        if server is not None:
+            server.attach(state)
+        try:
+            state.start(engine or load_engine(settings, metrics))
+            yield
+        finally:
+            state.stop()
+            if server is not None:
+                server.stop(settings.shutdown_grace_seconds)
 
     app = FastAPI(
         title="Fusion ranking service",

@@ -16,7 +16,7 @@ from typing import overload
 
 from index.runtime.files import ArtifactError
 from service.agreement import agreement
-from service.auth import ApiKeys
+from service.auth import ApiKeys, KeyDenied
 from service.batcher import MicroBatcher, Then
 from service.engine import RankingEngine, Work, process_encode_work, process_work
 from service.engines import Engines
@@ -50,6 +50,18 @@ class AppState:
     def __post_init__(self) -> None:
         self.lifecycle = Lifecycle(self.metrics.ready)
         self.engines = Engines(self.settings, self.metrics, self.lifecycle)
+
+    def admit(self, authorization: str) -> None:
+        """Check a data-plane request's `Authorization` value when API keys are set (KeyDenied: 401 without a
+        key, 403 with a wrong one), and count the request under its key's id, never the key."""
+        if self.api_keys is None:
+            return
+        try:
+            key_id = self.api_keys.identify(authorization)
+        except KeyDenied as denied:
+            self.metrics.key_requests.labels("missing" if denied.status == 401 else "invalid").inc()
+            raise
+        self.metrics.key_requests.labels(key_id).inc()
 
     # -- start and stop, from the lifespan ---------------------------------------------------------------------
 

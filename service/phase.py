@@ -3,6 +3,7 @@ only writer of the `rank_ready` gauge."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 
 from prometheus_client import Gauge
@@ -29,7 +30,18 @@ class Lifecycle:
     def __init__(self, ready_gauge: Gauge) -> None:
         self._phase = Phase.STARTING
         self._ready_gauge = ready_gauge
+        self._watchers: list[Callable[[Phase], object]] = []
         ready_gauge.set(0)
+
+    def watch(self, callback: Callable[[Phase], object]) -> None:
+        """Call `callback` with the new phase after every transition (the gRPC health service follows it so)."""
+        self._watchers.append(callback)
+
+    def _enter(self, phase: Phase) -> None:
+        self._phase = phase
+        self._ready_gauge.set(1 if phase is Phase.READY else 0)
+        for callback in self._watchers:
+            callback(phase)
 
     @property
     def phase(self) -> Phase:
@@ -39,8 +51,7 @@ class Lifecycle:
         """STARTING -> READY; False (and no change) when a drain began first."""
         if self._phase is not Phase.STARTING:
             return False
-        self._phase = Phase.READY
-        self._ready_gauge.set(1)
+        self._enter(Phase.READY)
         return True
 
     def begin_drain(self) -> bool:
@@ -48,6 +59,5 @@ class Lifecycle:
         call began the drain, False when it was already draining."""
         if self._phase is Phase.DRAINING:
             return False
-        self._phase = Phase.DRAINING
-        self._ready_gauge.set(0)
+        self._enter(Phase.DRAINING)
         return True

@@ -94,8 +94,9 @@ class ReplicaMetrics:
 
 def build_replica_app() -> FastAPI:
     """The app of one replica, built on the replica when it starts, with settings from its RANK_* environment (the
-    Serve config's `runtime_env.env_vars`). Loading and warming happen next, in the app's lifespan."""
-    app = create_app(Settings())
+    Serve config's `runtime_env.env_vars`). Loading and warming happen next, in the app's lifespan. No gRPC server
+    per replica: replicas on one node would contend for its port, and callers reach replicas through Ray's proxy."""
+    app = create_app(Settings(grpc_port=0))
     replica = replica_name()
     app.add_middleware(ReplicaHeader, replica=replica)  # type: ignore[arg-type]
     app.state.replica_metrics = ReplicaMetrics.start(app.state.rank, replica)

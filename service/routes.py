@@ -21,7 +21,6 @@ from starlette.background import BackgroundTask
 
 from index.runtime.files import ArtifactError
 from index.runtime.text_encoder import MAX_TOKENS
-from service.auth import KeyDenied
 from service.engine import RankingEngine
 from service.errors import AdminDenied, NotReady, error_response
 from service.lifecycle import AppState
@@ -91,13 +90,7 @@ async def _data_plane(request: Request) -> AppState:
     """The state, once the request's API key is checked (when keys are set): before the body is validated, so a
     caller without a key learns that first."""
     state = _state(request)
-    if state.api_keys is not None:
-        try:
-            key_id = state.api_keys.identify(request.headers.get("authorization", ""))
-        except KeyDenied as denied:
-            state.metrics.key_requests.labels("missing" if denied.status == 401 else "invalid").inc()
-            raise
-        state.metrics.key_requests.labels(key_id).inc()
+    state.admit(request.headers.get("authorization", ""))
     return state
 
 

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     model_alias: str = Field("default", description="a name rerank clients may give as `model`, besides the version")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # The gRPC API (service/rpc/rank.proto) on the same host, beside HTTP: the same engine, batchers and caches.
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port beside HTTP (0: no gRPC)")
     device: Device = Device.AUTO
     allow_cpu_fallback: bool = True
     ort_threads: int = Field(1, ge=1, le=64, description="intra-op threads of the ranker's ONNX graphs")

@@ -31,6 +31,10 @@ from training.train import TrainConfig
 
 from .toy_artifacts import ToyArtifacts, build_toy_artifacts, second_toy_model
 
+# Every app a test starts (in process, or as a `python -m service` child, which inherits this) serves HTTP only:
+# many live at once, and each would take gRPC's default port. tests/test_grpc.py asks for gRPC on a free port.
+os.environ["RANK_GRPC_PORT"] = "0"
+
 # Session fixtures that export, train or build (the tiny CLIP tower is tests/clip_fixtures.py's). Anything that
 # depends on one of them has it in its fixture closure too, so the roots are enough.
 ARTIFACT_FIXTURES = frozenset({"encoder_dir", "tiny", "tiny_copy", "tiny_clip", "second_model"})

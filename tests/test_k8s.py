@@ -44,15 +44,18 @@ def test_every_manifest_file_is_in_the_kustomization() -> None:
     assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
 
 
-def test_probes_use_the_service_health_routes_on_its_port() -> None:
+def test_probes_use_the_service_health_routes_and_grpc_health_on_their_ports() -> None:
     c = container()
     routes = {route.path for route in router.routes}  # type: ignore[attr-defined]
     assert c["startupProbe"]["httpGet"]["path"] == "/health/ready"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/health/live"
-    assert {c[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")} <= routes
-    port = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
-    assert int(env()["RANK_PORT"]) == port
+    assert {c[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe")} <= routes
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert int(env()["RANK_PORT"]) == ports["http"]
+    # Readiness asks the gRPC health service (the whole server's status: no `service` named), on the gRPC port.
+    assert c["readinessProbe"]["grpc"] == {"port": ports["grpc"]} and int(env()["RANK_GRPC_PORT"]) == ports["grpc"]
+    targets = {p["name"]: p["targetPort"] for p in resources()["Service"]["spec"]["ports"]}
+    assert targets == {"http": "http", "grpc": "grpc"}
 
 
 def test_env_names_are_service_settings() -> None:
