@@ -5,7 +5,12 @@
 # To serve your own model and bundle, mount them over /app/artifacts.
 #
 #   docker build -t fusion-rank .
-#   docker run --rm -p 8000:8000 fusion-rank
+#   docker run --rm -p 8000:8000 -p 50051:50051 fusion-rank
+#
+# For a GPU host, the runtime stage installs the `gpu` extra instead (onnxruntime-gpu and faiss-cuda bring their CUDA
+# libraries as wheels; the host gives the driver):
+#   docker build --build-arg EXTRA=gpu -t fusion-rank:gpu .
+#   docker run --rm --gpus all -p 8000:8000 -p 50051:50051 fusion-rank:gpu
 
 FROM python:3.11-slim AS build
 WORKDIR /app
@@ -22,6 +27,7 @@ RUN python -m venv --system-site-packages .venv && .venv/bin/pip install --no-ca
 RUN make data encoder train export index
 
 FROM python:3.11-slim AS runtime
+ARG EXTRA=cpu
 WORKDIR /app
 COPY pyproject.toml README.md ./
 # What serving imports, and nothing else (tests/test_layout.py checks both halves of that): the feature schema of
@@ -30,7 +36,7 @@ COPY model/__init__.py model/schema.py model/
 COPY index/__init__.py index/
 COPY index/runtime index/runtime
 COPY service service
-RUN pip install --no-cache-dir ".[cpu]" && useradd --create-home --uid 10001 ranker
+RUN pip install --no-cache-dir ".[${EXTRA}]" && useradd --create-home --uid 10001 ranker
 COPY --from=build --chown=ranker /app/artifacts/encoders /app/artifacts/encoders
 COPY --from=build --chown=ranker /app/artifacts/bundle /app/artifacts/bundle
 # Every exported graph (ranker, query tower, candidate encoder), the canaries and the card; not the checkpoint.

@@ -73,6 +73,25 @@ def _runtime_copies() -> list[str]:
     return sources
 
 
+def _context_copies() -> list[str]:
+    """The source paths every stage of the Dockerfile COPYs from the build context."""
+    sources: list[str] = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
+            sources += words[1:-1]
+    return sources
+
+
+def test_the_build_context_is_what_the_dockerfile_copies_and_nothing_else() -> None:
+    rules = [r for r in (ROOT / ".dockerignore").read_text().splitlines() if r and not r.startswith("#")]
+    assert rules[0] == "*", ".dockerignore starts by leaving everything out"
+    let_in = {r[1:] for r in rules if r.startswith("!")}
+    needed = {source.split("/")[0] for source in _context_copies()}
+    assert needed <= let_in, f".dockerignore leaves out {sorted(needed - let_in)}, which the Dockerfile copies"
+    assert not let_in & {".venv", "artifacts", "data", "build", "reports"}
+
+
 def _service_imports() -> list[str]:
     """Every module loaded by importing the service's entry point and app, in a fresh interpreter."""
     code = "import json, sys; import service.__main__, service.app; print(json.dumps(sorted(sys.modules)))"
