@@ -26,6 +26,7 @@ from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.routes import router
 from service.rpc.server import RpcServer
 from service.settings import Settings
+from service.tracing import Tracing
 
 
 def create_app(
@@ -39,7 +40,9 @@ def create_app(
     loading); without one, the lifespan starts gRPC itself when `settings.grpc_port` is set."""
     settings = settings or Settings()
     metrics = metrics or Metrics()
-    state = AppState(settings=settings, metrics=metrics, api_keys=settings.parsed_api_keys())
+    state = AppState(
+        settings=settings, metrics=metrics, api_keys=settings.parsed_api_keys(), tracing=Tracing.from_environment()
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,6 +56,8 @@ def create_app(
             state.stop()
             if server is not None:
                 server.stop(settings.shutdown_grace_seconds)
+            if state.tracing is not None:
+                state.tracing.shutdown()  # export what is buffered
 
     app = FastAPI(
         title="Fusion ranking service",

@@ -148,9 +148,9 @@ class RankingEngine:
             self.metrics.candidates.observe(len(job_rows))
             timing = {"encode_queue": 0.0, "queue": b.queue_seconds * 1000.0, **stages.ms, **job_timing}
             if isinstance(job, RankJob):
-                out.append(rank_outcome(self.bundle, self.model_version, job, job_rows, job_scores, timing))
+                out.append(rank_outcome(self.bundle, self.model_version, job, job_rows, job_scores, timing, len(jobs)))
             else:
-                out.append(rerank_outcome(self.bundle, self.model_version, job, job_scores, timing))
+                out.append(rerank_outcome(self.bundle, self.model_version, job, job_scores, timing, len(jobs)))
         return out
 
     def _score(self, jobs: list[Job], stages: StageTimer) -> tuple[list[Embedded], list[Scored]]:

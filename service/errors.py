@@ -4,11 +4,12 @@ batcher's and FastAPI's own) to an HTTP status and a JSON body `{"error": "<fiel
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from service.auth import KeyDenied
@@ -78,6 +79,19 @@ def field_of(loc: tuple[Any, ...]) -> str:
     """The body field a pydantic error location names (`documents.0.text`), or `body`."""
     parts = [str(p) for p in loc if p != "body" and p not in SHAPE_TAGS]
     return ".".join(parts) or "body"
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], data: Any) -> M:
+    """`data` validated as `model`, outside FastAPI (gRPC, Ray's handle calls); RequestError names the first wrong
+    field as the HTTP 422 does."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise RequestError(field_of(tuple(first.get("loc", ()))), first["msg"]) from None
 
 
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:

@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import overload
 
@@ -28,6 +29,7 @@ from service.phase import Lifecycle
 from service.protocol import RankRequest
 from service.settings import EncoderVariant, Settings
 from service.shadow import Shadow
+from service.tracing import RequestTrace, Tracing
 
 log = logging.getLogger("service")
 
@@ -43,6 +45,7 @@ class AppState:
     encode_batcher: MicroBatcher[Work, Embedded] | None = None  # the encode stage, for queries not in the cache
     document_batcher: MicroBatcher[Work, Embedded] | None = None  # the same, for /rerank jobs with text documents
     shadow_batcher: MicroBatcher[Work, Outcome] | None = None  # the shadow's own ranking thread
+    tracing: Tracing | None = None  # OpenTelemetry (service/tracing.py); None: off
     lifecycle: Lifecycle = field(init=False)
     engines: Engines = field(init=False)
     _shadow_tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -62,6 +65,11 @@ class AppState:
             self.metrics.key_requests.labels("missing" if denied.status == 401 else "invalid").inc()
             raise
         self.metrics.key_requests.labels(key_id).inc()
+
+    def trace(self, route: str, carrier: Mapping[str, str]) -> RequestTrace | None:
+        """A request's trace under the caller's `traceparent` in `carrier` (headers, gRPC metadata), or None with
+        tracing off. `serve` finishes it."""
+        return self.tracing.start(route, carrier) if self.tracing is not None else None
 
     # -- start and stop, from the lifespan ---------------------------------------------------------------------
 
@@ -186,20 +194,39 @@ class AppState:
 
     @overload
     async def serve(
-        self, engine: RankingEngine, job: RankJob, timeout_ms: int | None, route: str
+        self, engine: RankingEngine, job: RankJob, timeout_ms: int | None, route: str, trace: RequestTrace | None = None
     ) -> tuple[RankOutcome, dict[str, float]]: ...
 
     @overload
     async def serve(
-        self, engine: RankingEngine, job: RerankJob, timeout_ms: int | None, route: str
+        self,
+        engine: RankingEngine,
+        job: RerankJob,
+        timeout_ms: int | None,
+        route: str,
+        trace: RequestTrace | None = None,
     ) -> tuple[RerankOutcome, dict[str, float]]: ...
 
     async def serve(
-        self, engine: RankingEngine, job: Job, timeout_ms: int | None, route: str
+        self, engine: RankingEngine, job: Job, timeout_ms: int | None, route: str, trace: RequestTrace | None = None
     ) -> tuple[Outcome, dict[str, float]]:
         """Run a job through the encode stage when it needs MiniLM, then the ranking batcher (or all inline when
         batching is off), and time it. Returns the outcome and its stage timing in ms with `total` added, rounded to
-        4 decimals; each stage is observed (unrounded) in the `rank_stage_seconds` histogram under `route`."""
+        4 decimals; each stage is observed (unrounded) in the `rank_stage_seconds` histogram under `route`. A
+        `trace` (`trace`) is finished with the outcome, or failed with the error."""
+        try:
+            outcome, timing = await self._serve(engine, job, timeout_ms, route)
+        except Exception as exc:
+            if trace is not None:
+                trace.fail(exc)
+            raise
+        if trace is not None:
+            trace.finish(outcome, timing)
+        return outcome, timing
+
+    async def _serve(
+        self, engine: RankingEngine, job: Job, timeout_ms: int | None, route: str
+    ) -> tuple[Outcome, dict[str, float]]:
         started = time.perf_counter()
         deadline = started + timeout_ms / 1000.0 if timeout_ms else None
         encode = self.document_batcher if isinstance(job, RerankJob) and job.texts else self.encode_batcher

@@ -33,6 +33,7 @@ class RankOutcome:
     model_version: str
     bundle_version: str
     timing: Mapping[str, float]  # ms per stage (service.metrics.STAGES; the caller adds total)
+    batch_jobs: int = 1  # jobs in the micro-batch that served it
 
 
 class RerankDocument(NamedTuple):
@@ -54,6 +55,7 @@ class RerankOutcome:
     documents: list[RerankDocument] | None  # None unless return_documents
     model_version: str
     timing: Mapping[str, float]  # as RankOutcome.timing
+    batch_jobs: int = 1  # as RankOutcome.batch_jobs
 
 
 Outcome = RankOutcome | RerankOutcome
@@ -64,7 +66,13 @@ def _sigmoid(x: float) -> float:
 
 
 def rank_outcome(
-    bundle: Bundle, model_version: str, job: RankJob, rows: np.ndarray, scores: np.ndarray, timing: dict[str, float]
+    bundle: Bundle,
+    model_version: str,
+    job: RankJob,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    timing: dict[str, float],
+    batch_jobs: int = 1,
 ) -> RankOutcome:
     """The best `job.top_k` of the candidate `rows` by `scores` (ties in candidate order), with their items."""
     top = np.argsort(-scores, kind="stable")[: job.top_k]
@@ -77,11 +85,17 @@ def rank_outcome(
         model_version=model_version,
         bundle_version=bundle.version,
         timing=timing,
+        batch_jobs=batch_jobs,
     )
 
 
 def rerank_outcome(
-    bundle: Bundle, model_version: str, job: RerankJob, scores: np.ndarray, timing: dict[str, float]
+    bundle: Bundle,
+    model_version: str,
+    job: RerankJob,
+    scores: np.ndarray,
+    timing: dict[str, float],
+    batch_jobs: int = 1,
 ) -> RerankOutcome:
     """The best `job.top_n` of the job's documents by `scores` (ties in request order), with the documents
     themselves when the request asked for them back."""
@@ -94,6 +108,7 @@ def rerank_outcome(
         documents=[_document(bundle, job.documents[t]) for t in indices] if job.return_documents else None,
         model_version=model_version,
         timing=timing,
+        batch_jobs=batch_jobs,
     )
 
 

@@ -29,12 +29,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import start_http_server
-from pydantic import ValidationError
 from ray import serve
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
-from service.errors import RequestError, field_of
+from service.errors import parse_body
 from service.lifecycle import AppState
 from service.phase import Phase
 from service.protocol import RankRequest, RankResponse
@@ -145,11 +144,7 @@ class RankReplica:
         """/rank without HTTP, for a caller holding a DeploymentHandle (`handle.rank.remote(body)`): no proxy hop
         and no JSON over HTTP. Bad input raises RequestError, naming the field, as /rank answers 422."""
         state = self._state()
-        try:
-            request = RankRequest.model_validate(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise RequestError(field_of(tuple(first["loc"])), first["msg"]) from None
+        request = parse_body(RankRequest, body)
         engine = state.engines.current(request.query)
         outcome, timing_ms = await state.serve(engine, engine.prepare_rank(request), request.timeout_ms, "/rank")
         return rank_body(outcome, timing_ms)

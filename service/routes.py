@@ -55,6 +55,7 @@ from service.rerank_apis import (
     v1_body,
     v1_texts,
 )
+from service.tracing import RequestTrace
 
 router = APIRouter()
 
@@ -139,12 +140,17 @@ def rerank_body(outcome: RerankOutcome, timing_ms: dict[str, float]) -> RerankRe
     }
 
 
-def _with_server_timing(body: Any, timing_ms: dict[str, float], outcome: RankOutcome | RerankOutcome) -> Response:
+def _with_server_timing(
+    body: Any, timing_ms: dict[str, float], outcome: RankOutcome | RerankOutcome, trace: RequestTrace | None
+) -> Response:
     """The JSON response with its stage times in `Server-Timing` and the version that served it in
     `X-Model-Version` (in a header too, so a client of any of the rerank shapes, and a load generator, can read
-    it without parsing the body)."""
+    it without parsing the body); with tracing on, the request span's `traceparent`."""
     server_timing = ", ".join(f"{stage};dur={ms:.3f}" for stage, ms in timing_ms.items())
-    return JSONBytes(body, headers={"Server-Timing": server_timing, "X-Model-Version": outcome.model_version})
+    headers = {"Server-Timing": server_timing, "X-Model-Version": outcome.model_version}
+    if trace is not None and trace.traceparent is not None:
+        headers["traceparent"] = trace.traceparent
+    return JSONBytes(body, headers=headers)
 
 
 # -- handlers ------------------------------------------------------------------------------------------------------
@@ -159,8 +165,9 @@ def _with_server_timing(body: Any, timing_ms: dict[str, float], outcome: RankOut
 async def rank(body: RankRequest, request: Request, state: DataPlaneDep) -> Response:
     engine = _engine_for(request, body.query)
     job = engine.prepare_rank(body)
-    outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/rank")
-    response = _with_server_timing(rank_body(outcome, timing_ms), timing_ms, outcome)
+    trace = state.trace("/rank", request.headers)
+    outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/rank", trace)
+    response = _with_server_timing(rank_body(outcome, timing_ms), timing_ms, outcome, trace)
     if state.engines.shadow is not None:  # after the response is sent: the client never waits for the shadow
         response.background = BackgroundTask(state.after_rank, engine, body, job.query, outcome)
     return response
@@ -175,12 +182,14 @@ async def rank(body: RankRequest, request: Request, state: DataPlaneDep) -> Resp
 async def rerank(body: RerankBody, request: Request, state: DataPlaneDep) -> Response:
     engine = _engine_for(request, body.query)
     if isinstance(body, TeiRerankRequest):
-        return await _tei_rerank(body, engine, state)
-    outcome, timing_ms = await state.serve(engine, engine.prepare_rerank(body), body.timeout_ms, "/rerank")
-    return _with_server_timing(rerank_body(outcome, timing_ms), timing_ms, outcome)
+        return await _tei_rerank(body, engine, state, request)
+    job = engine.prepare_rerank(body)
+    trace = state.trace("/rerank", request.headers)
+    outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/rerank", trace)
+    return _with_server_timing(rerank_body(outcome, timing_ms), timing_ms, outcome, trace)
 
 
-async def _tei_rerank(body: TeiRerankRequest, engine: RankingEngine, state: AppState) -> Response:
+async def _tei_rerank(body: TeiRerankRequest, engine: RankingEngine, state: AppState, request: Request) -> Response:
     from_end = body.truncation_direction.lower() == "left"
     cut = cut_documents(engine.encoder, body.texts, MAX_TOKENS, "texts", from_end)
     if cut.cut and not body.truncate:
@@ -188,8 +197,10 @@ async def _tei_rerank(body: TeiRerankRequest, engine: RankingEngine, state: AppS
         raise InputTooLong(
             f"texts[{at}]", f"is {cut.counts[at]} word pieces long; the limit is {MAX_TOKENS}: set truncate: true"
         )
-    outcome, timing_ms = await _rerank_texts(engine, state, body.query, cut.texts, None, body.timeout_ms, "/rerank")
-    return _with_server_timing(tei_body(body, outcome), timing_ms, outcome)
+    outcome, timing_ms, trace = await _rerank_texts(
+        engine, state, body.query, cut.texts, None, body.timeout_ms, "/rerank", request
+    )
+    return _with_server_timing(tei_body(body, outcome), timing_ms, outcome, trace)
 
 
 async def _rerank_texts(
@@ -200,10 +211,14 @@ async def _rerank_texts(
     top_n: int | None,
     timeout_ms: int | None,
     route: str,
-) -> tuple[RerankOutcome, dict[str, float]]:
-    """Serve plain-text documents through the one rerank path, for the other APIs' shapes."""
+    request: Request,
+) -> tuple[RerankOutcome, dict[str, float], RequestTrace | None]:
+    """Serve plain-text documents through the one rerank path, for the other APIs' shapes; with the request's
+    trace when tracing is on."""
     job = engine.prepare_rerank(rerank_request(query, texts, top_n, timeout_ms))
-    return await state.serve(engine, job, timeout_ms, route)
+    trace = state.trace(route, request.headers)
+    outcome, timing_ms = await state.serve(engine, job, timeout_ms, route, trace)
+    return outcome, timing_ms, trace
 
 
 @router.post(
@@ -217,10 +232,10 @@ async def cohere_v2_rerank(body: CohereV2Request, request: Request, state: DataP
     check_model(engine, state.settings, body.model)
     limit = body.max_tokens_per_doc or COHERE_DEFAULT_MAX_TOKENS
     cut = cut_documents(engine.encoder, body.documents, limit, "documents")
-    outcome, timing_ms = await _rerank_texts(
-        engine, state, body.query, cut.texts, body.top_n, body.timeout_ms, "/v2/rerank"
+    outcome, timing_ms, trace = await _rerank_texts(
+        engine, state, body.query, cut.texts, body.top_n, body.timeout_ms, "/v2/rerank", request
     )
-    return _with_server_timing(cohere_v2_body(outcome, cut.warnings()), timing_ms, outcome)
+    return _with_server_timing(cohere_v2_body(outcome, cut.warnings()), timing_ms, outcome, trace)
 
 
 @router.post(
@@ -233,11 +248,12 @@ async def v1_rerank(body: V1RerankRequest, request: Request, state: DataPlaneDep
     engine = _engine_for(request, body.query)
     check_model(engine, state.settings, body.model)
     cut = cut_documents(engine.encoder, v1_texts(body), COHERE_DEFAULT_MAX_TOKENS, "documents")
-    outcome, timing_ms = await _rerank_texts(
-        engine, state, body.query, cut.texts, body.top_n, body.timeout_ms, "/v1/rerank"
+    outcome, timing_ms, trace = await _rerank_texts(
+        engine, state, body.query, cut.texts, body.top_n, body.timeout_ms, "/v1/rerank", request
     )
     tokens = cut.tokens + int(engine.encoder.token_counts([body.query])[0])
-    return _with_server_timing(v1_body(body, outcome, cut.texts, tokens, cut.warnings()), timing_ms, outcome)
+    body_out = v1_body(body, outcome, cut.texts, tokens, cut.warnings())
+    return _with_server_timing(body_out, timing_ms, outcome, trace)
 
 
 @router.post("/admin/reload", summary="Load, validate and warm new artifacts, then switch to them atomically")

@@ -8,9 +8,8 @@ import uuid
 from typing import Any
 
 from google.protobuf.struct_pb2 import Struct
-from pydantic import ValidationError
 
-from service.errors import RequestError, field_of
+from service.errors import parse_body
 from service.outcomes import RankOutcome, RerankOutcome
 from service.protocol import RankRequest, RerankRequest
 from service.rpc import rank_pb2 as pb
@@ -25,14 +24,6 @@ def timeout_ms(seconds_left: float | None) -> int | None:
     return max(1, min(MAX_TIMEOUT_MS, int(seconds_left * 1000.0)))
 
 
-def _validated(model: type[RankRequest] | type[RerankRequest], fields: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise RequestError(field_of(tuple(first.get("loc", ()))), first["msg"]) from None
-
-
 def rank_request(message: pb.RankRequest, timeout: int | None) -> RankRequest:
     """The /rank request a Rank message asks for; RequestError naming the field when it is invalid."""
     fields: dict[str, Any] = {"query": message.query, "timeout_ms": timeout}
@@ -41,8 +32,7 @@ def rank_request(message: pb.RankRequest, timeout: int | None) -> RankRequest:
             fields[name] = getattr(message, name)
     if message.filters:
         fields["filters"] = {name: list(allowed.values) for name, allowed in message.filters.items()}
-    request: RankRequest = _validated(RankRequest, fields)
-    return request
+    return parse_body(RankRequest, fields)
 
 
 def _document(document: pb.Document) -> str | dict[str, str]:
@@ -60,8 +50,7 @@ def rerank_request(message: pb.RerankRequest, timeout: int | None) -> RerankRequ
     }
     if message.HasField("top_n"):
         fields["top_n"] = message.top_n
-    request: RerankRequest = _validated(RerankRequest, fields)
-    return request
+    return parse_body(RerankRequest, fields)
 
 
 def _struct(values: dict[str, Any] | None) -> Struct | None:

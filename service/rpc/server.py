@@ -29,6 +29,7 @@ from service.phase import Phase
 from service.rpc import convert, rank_pb2_grpc
 from service.rpc import rank_pb2 as pb
 from service.settings import Settings
+from service.tracing import RequestTrace
 
 log = logging.getLogger("service")
 
@@ -38,6 +39,17 @@ T = TypeVar("T")
 
 class RpcStartError(RuntimeError):
     """The gRPC server could not listen (its port taken, most often); one sentence that says what to do."""
+
+
+def metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The call's metadata (keys are lower case in gRPC), text values only."""
+    return {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+
+
+def send_traceparent(context: grpc.aio.ServicerContext, trace: RequestTrace | None) -> None:
+    """The request span's `traceparent` back to the caller, in the reply's trailing metadata."""
+    if trace is not None and trace.traceparent is not None:
+        context.set_trailing_metadata((("traceparent", trace.traceparent),))
 
 
 class RankerServicer(rank_pb2_grpc.RankerServicer):
@@ -51,7 +63,9 @@ class RankerServicer(rank_pb2_grpc.RankerServicer):
             body = convert.rank_request(request, convert.timeout_ms(context.time_remaining()))
             engine = state.engines.current(request.request_key or body.query)
             job = engine.prepare_rank(body)
-            outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, f"/{SERVICE}/Rank")
+            trace = state.trace(f"/{SERVICE}/Rank", metadata(context))
+            outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, f"/{SERVICE}/Rank", trace)
+            send_traceparent(context, trace)
             if state.engines.shadow is not None:
                 await state.after_rank(engine, body, job.query, outcome)
             return convert.rank_reply(outcome, timing_ms)
@@ -65,7 +79,9 @@ class RankerServicer(rank_pb2_grpc.RankerServicer):
             body = convert.rerank_request(request, convert.timeout_ms(context.time_remaining()))
             engine = state.engines.current(request.request_key or body.query)
             job = engine.prepare_rerank(body)
-            outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, f"/{SERVICE}/Rerank")
+            trace = state.trace(f"/{SERVICE}/Rerank", metadata(context))
+            outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, f"/{SERVICE}/Rerank", trace)
+            send_traceparent(context, trace)
             return convert.rerank_reply(outcome, timing_ms)
 
         return await self._answer(context, rerank)
@@ -77,8 +93,7 @@ class RankerServicer(rank_pb2_grpc.RankerServicer):
         try:
             if state is None:
                 raise NotReady("the service is not ready")
-            metadata = dict(context.invocation_metadata() or ())
-            state.admit(str(metadata.get("authorization", "")))
+            state.admit(metadata(context).get("authorization", ""))
             return await handle(state)
         except KeyDenied as denied:
             code = grpc.StatusCode.UNAUTHENTICATED if denied.status == 401 else grpc.StatusCode.PERMISSION_DENIED
