@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.auth import KeyQuotas
 from service.engine import RankingEngine
 from service.errors import install_error_handlers
 from service.lifecycle import AppState
@@ -40,8 +41,13 @@ def create_app(
     loading); without one, the lifespan starts gRPC itself when `settings.grpc_port` is set."""
     settings = settings or Settings()
     metrics = metrics or Metrics()
+    quotas = KeyQuotas(settings.key_rate_limit, settings.key_rate_burst) if settings.key_rate_limit else None
     state = AppState(
-        settings=settings, metrics=metrics, api_keys=settings.parsed_api_keys(), tracing=Tracing.from_environment()
+        settings=settings,
+        metrics=metrics,
+        api_keys=settings.parsed_api_keys(),
+        quotas=quotas,
+        tracing=Tracing.from_environment(),
     )
 
     @asynccontextmanager

@@ -7,12 +7,19 @@ A key is given as `id:key` (the id names it in metrics, e.g. a team) or as a bar
 8 hex digits of its SHA-256. Keys are compared as SHA-256 digests with `hmac.compare_digest` against every
 configured key, so a comparison takes the same time whichever key matches, and a key is never logged or exported,
 only its id.
+
+With `RANK_KEY_RATE_LIMIT` set, each key id may make that many requests a second on average, in bursts of up to
+`RANK_KEY_RATE_BURST` (`KeyQuotas`, a token bucket per id); a request over it is refused with 429 and a
+`Retry-After` that says when the next one will be taken.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,3 +81,40 @@ class ApiKeys:
         if found is None:
             raise KeyDenied(403, "authorization: the API key is not valid")
         return found
+
+
+class QuotaExceeded(PermissionError):
+    """A key id's requests came faster than its quota (429, with `retry_after_s`)."""
+
+    def __init__(self, key_id: str, rate: float, retry_after_s: float) -> None:
+        super().__init__(
+            f"authorization: the API key {key_id!r} is over its quota of {rate:g} requests/s; "
+            f"retry after {retry_after_s:.2f} s"
+        )
+        self.retry_after_s = retry_after_s
+
+
+class KeyQuotas:
+    """A token bucket per key id: `rate` requests a second on average, up to `burst` at once. Thread-safe (HTTP
+    and gRPC requests are admitted on different threads)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, when they were counted)
+        self._lock = threading.Lock()
+
+    def take(self, key_id: str) -> None:
+        """Take one request from `key_id`'s bucket; QuotaExceeded when it is empty."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, then = self._buckets.get(key_id, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+            if tokens < 1.0:
+                self._buckets[key_id] = (tokens, now)
+                raise QuotaExceeded(key_id, self.rate, (1.0 - tokens) / self.rate)
+            self._buckets[key_id] = (tokens - 1.0, now)
+
+
+def retry_after_header(seconds: float) -> str:
+    """HTTP's Retry-After is whole seconds: rounded up, at least 1."""
+    return str(max(1, math.ceil(seconds)))

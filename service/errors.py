@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from service.auth import KeyDenied
+from service.auth import KeyDenied, QuotaExceeded, retry_after_header
 from service.batcher import DeadlineExceeded, QueueFull, ShuttingDown
 from service.metrics import Metrics
 from service.protocol import SHAPE_TAGS, JSONBytes
@@ -129,6 +129,12 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         response = error_response(exc.status, str(exc), field="authorization")
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(QuotaExceeded)
+    async def _over_quota(_: Request, exc: QuotaExceeded) -> Response:
+        response = error_response(429, str(exc), field="authorization")
+        response.headers["Retry-After"] = retry_after_header(exc.retry_after_s)
         return response
 
     @app.exception_handler(UnknownModel)

@@ -17,7 +17,7 @@ from typing import overload
 
 from index.runtime.files import ArtifactError
 from service.agreement import agreement
-from service.auth import ApiKeys, KeyDenied
+from service.auth import ApiKeys, KeyDenied, KeyQuotas, QuotaExceeded
 from service.batcher import MicroBatcher, Then
 from service.engine import RankingEngine, Work, process_encode_work, process_work
 from service.engines import Engines
@@ -41,6 +41,7 @@ class AppState:
     settings: Settings
     metrics: Metrics
     api_keys: ApiKeys | None = None  # the data plane's keys (service/auth.py); None: no key asked for
+    quotas: KeyQuotas | None = None  # each key id's request rate (service/auth.py); None: no quota
     batcher: MicroBatcher[Work, Outcome] | None = None  # the ranking stage
     encode_batcher: MicroBatcher[Work, Embedded] | None = None  # the encode stage, for queries not in the cache
     document_batcher: MicroBatcher[Work, Embedded] | None = None  # the same, for /rerank jobs with text documents
@@ -56,7 +57,8 @@ class AppState:
 
     def admit(self, authorization: str) -> None:
         """Check a data-plane request's `Authorization` value when API keys are set (KeyDenied: 401 without a
-        key, 403 with a wrong one), and count the request under its key's id, never the key."""
+        key, 403 with a wrong one) and its key's quota when there is one (QuotaExceeded: 429), and count the
+        request under its key's id, never the key."""
         if self.api_keys is None:
             return
         try:
@@ -64,6 +66,12 @@ class AppState:
         except KeyDenied as denied:
             self.metrics.key_requests.labels("missing" if denied.status == 401 else "invalid").inc()
             raise
+        if self.quotas is not None:
+            try:
+                self.quotas.take(key_id)
+            except QuotaExceeded:
+                self.metrics.rejections.labels("key_quota").inc()
+                raise
         self.metrics.key_requests.labels(key_id).inc()
 
     def trace(self, route: str, carrier: Mapping[str, str]) -> RequestTrace | None:

@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         None, description="comma-separated API keys (`id:key` or `key`) that /rank, /rerank and the rerank APIs want"
     )
     api_keys_file: Path | None = Field(None, description="a file of API keys, one per line, added to RANK_API_KEYS")
+    # Per key id, as a token bucket: the average rate and the burst above it (service/auth.py, KeyQuotas).
+    key_rate_limit: float | None = Field(
+        None, gt=0.0, description="requests/s each API key id may make (unset: no quota; needs RANK_API_KEYS)"
+    )
+    key_rate_burst: int = Field(20, ge=1, description="requests an API key id may make at once above its rate")
     min_ndcg: float = Field(0.0, ge=0.0, le=1.0, description="quality gate: a model card below this is refused")
     require_beats_baseline: bool = Field(
         True, description="quality gate: refuse a model below the best zero-shot search"
@@ -153,7 +158,9 @@ class Settings(BaseSettings):
         token = self.admin_token.get_secret_value() if self.admin_token else None
         if token is not None and (len(token) < 16 or token.lower() in UNSAFE_TOKENS):
             raise ValueError("admin_token must be at least 16 characters and not a well-known default")
-        self.parsed_api_keys()  # a short key or a repeated id stops the start, with the entry named
+        keys = self.parsed_api_keys()  # a short key or a repeated id stops the start, with the entry named
+        if self.key_rate_limit is not None and keys is None:
+            raise ValueError("key_rate_limit is a quota per API key, but no API key is set: set RANK_API_KEYS too")
         if self.default_candidates > self.max_candidates:
             raise ValueError(
                 f"default_candidates ({self.default_candidates}) exceeds max_candidates ({self.max_candidates})"

@@ -3,6 +3,7 @@ routes want `Authorization: Bearer <key>`; health, metrics and the admin API are
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,15 @@ def test_health_and_metrics_stay_open_and_count_by_key_id_never_by_key(client: T
     assert "0123456789abcdef" not in exposition and BARE not in exposition
 
 
+def test_a_key_never_appears_in_the_logs(toy: ToyArtifacts, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with TestClient(create_app(serving_settings(toy, api_keys=TEAM_A, access_log=True))) as c:
+        for key in ("0123456789abcdef-team-a", "0123456789abcdef-wrong-one"):
+            c.post("/rank", json={"query": "gin"}, headers={"authorization": f"Bearer {key}"})
+    assert "POST /rank" in caplog.text  # the access lines were written
+    assert "0123456789abcdef" not in caplog.text
+
+
 def test_without_keys_nothing_is_asked(toy: ToyArtifacts) -> None:
     with TestClient(create_app(serving_settings(toy))) as c:
         assert c.post("/rank", json={"query": "gin"}).status_code == 200
@@ -77,6 +87,21 @@ def test_keys_from_a_file_and_bad_keys_stop_the_start(tmp_path: Path, monkeypatc
     monkeypatch.setenv("RANK_API_KEYS", "x:aaaaaaaaaaaaaaaaaaaa,x:bbbbbbbbbbbbbbbbbbbb")
     with pytest.raises(SettingsError, match="API key id 'x' is given twice"):
         load_settings()
+
+
+def test_a_key_over_its_quota_gets_429_with_retry_after_and_other_keys_do_not(toy: ToyArtifacts) -> None:
+    settings = serving_settings(toy, api_keys=f"{TEAM_A},{BARE}", key_rate_limit=0.5, key_rate_burst=2)
+    team_a = {"authorization": "Bearer 0123456789abcdef-team-a"}
+    with TestClient(create_app(settings)) as c:
+        assert [c.post("/rank", json={"query": "gin"}, headers=team_a).status_code for _ in range(2)] == [200, 200]
+        over = c.post("/rerank", json={"query": "gin", "documents": ["gin"]}, headers=team_a)
+        assert over.status_code == 429 and over.json()["field"] == "authorization"
+        assert "'team-a' is over its quota of 0.5 requests/s" in over.json()["error"]
+        assert 1 <= int(over.headers["retry-after"]) <= 2  # one request's worth of tokens at 0.5/s: about 2 s
+        assert c.post("/rank", json={"query": "gin"}, headers={"authorization": f"Bearer {BARE}"}).status_code == 200
+        assert 'rank_rejections_total{reason="key_quota"} 1.0' in c.get("/metrics").text
+    with pytest.raises(SettingsError, match="key_rate_limit is a quota per API key, but no API key is set"):
+        load_settings(key_rate_limit=5)
 
 
 @pytest.fixture(scope="module")

@@ -257,6 +257,20 @@ def test_api_keys_hold_for_grpc_and_are_counted_by_id(toy: ToyArtifacts) -> None
         assert "0123456789abcdef-grpc" not in exposition
 
 
+def test_a_key_over_its_quota_is_resource_exhausted_with_retry_after(toy: ToyArtifacts) -> None:
+    port = free_port()
+    settings = serving_settings(toy, grpc_port=port, api_keys=KEY, key_rate_limit=0.5, key_rate_burst=1)
+    with TestClient(create_app(settings)), grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = rank_pb2_grpc.RankerStub(channel)
+        key = [("authorization", "Bearer 0123456789abcdef-grpc")]
+        assert stub.Rank(pb.RankRequest(query="gin"), timeout=10, metadata=key)
+        with pytest.raises(grpc.RpcError) as over:
+            stub.Rank(pb.RankRequest(query="gin"), timeout=10, metadata=key)
+        assert over.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "over its quota" in over.value.details()
+        assert dict(over.value.trailing_metadata())["retry-after"] in {"1", "2"}
+
+
 def test_the_generated_modules_match_the_proto(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools", reason="grpcio-tools (the dev extra) regenerates the modules")
     command = [

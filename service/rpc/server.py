@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.auth import KeyDenied
+from service.auth import KeyDenied, QuotaExceeded, retry_after_header
 from service.batcher import DeadlineExceeded, QueueFull, ShuttingDown
 from service.errors import NotReady, RequestError
 from service.lifecycle import AppState
@@ -98,6 +98,9 @@ class RankerServicer(rank_pb2_grpc.RankerServicer):
         except KeyDenied as denied:
             code = grpc.StatusCode.UNAUTHENTICATED if denied.status == 401 else grpc.StatusCode.PERMISSION_DENIED
             await context.abort(code, str(denied))
+        except QuotaExceeded as exc:
+            retry = (("retry-after", retry_after_header(exc.retry_after_s)),)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), trailing_metadata=retry)
         except RequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except QueueFull as exc:
