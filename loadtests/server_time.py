@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         "--rerank-documents", type=int, default=0, help="/rerank with this many text documents instead of /rank"
     )
     parser.add_argument(
+        "--explain", action="store_true", help='ask for explanations ("explain": true; no result or candidate cache)'
+    )
+    parser.add_argument(
         "--floors",
         action="store_true",
         help="then time MiniLM alone, the ranker graph alone and the scoring graph alone here, on the same artifacts",
@@ -122,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     queries = load_queries(args.queries)
     texts = [q.text for q in queries[: args.distinct]]
-    body = {"top_k": 10, "num_candidates": args.candidates}
+    body: dict = {"top_k": 10, "num_candidates": args.candidates}
+    if args.explain:
+        body["explain"] = True
     for text in texts:  # warm the query cache
         post(f"{args.url}/rank", {**body, "query": text})
     timings: dict[str, list[float]] = {stage: [] for stage in [*STAGES, "client"]}

@@ -52,7 +52,10 @@ class CandidateCache:
     @staticmethod
     def key(job: Job) -> CandidateKey | None:
         """The job's cache key, or None for a job whose candidates are never cached."""
-        return (job.query, job.num_candidates) if isinstance(job, RankJob) and job.allowed is None else None
+        # An explained job needs each source's own list, which the cache does not keep.
+        if isinstance(job, RankJob) and job.allowed is None and not job.explain:
+            return (job.query, job.num_candidates)
+        return None
 
     def lookup(self, jobs: list[Job]) -> tuple[list[CandidateKey | None], list[Candidates | None]]:
         """Each job's key and its remembered candidates (None: not cached, or never cacheable)."""

@@ -37,6 +37,7 @@ from index.runtime.text_encoder import TextEncoder
 from service.batcher import Batched
 from service.caches import CandidateCache, ProjectionCache, ResultCache, Scored
 from service.encoding import Embedder
+from service.explain import Details
 from service.jobs import Embedded, Job, JobValidator, RankJob, RerankJob
 from service.metrics import Metrics
 from service.outcomes import Outcome, rank_outcome, rerank_outcome
@@ -133,13 +134,14 @@ class RankingEngine:
         stages = StageTimer()
         remembered = self._results.lookup(jobs, self.prior)
         fresh = [i for i, hit in enumerate(remembered) if hit is None]
-        embedded, scored = self._score([jobs[i] for i in fresh], stages)
-        found = dict(zip(fresh, zip(embedded, scored, strict=True), strict=True))
+        embedded, scored, details = self._score([jobs[i] for i in fresh], stages)
+        found = dict(zip(fresh, zip(embedded, scored, details, strict=True), strict=True))
         out: list[Outcome | Exception] = []
         for i, (b, job, hit) in enumerate(zip(batch, jobs, remembered, strict=True)):
             job_timing: Mapping[str, float] = {}
+            job_details: Details | None = None
             if hit is None:
-                job_embedded, (job_rows, job_scores) = found[i]
+                job_embedded, (job_rows, job_scores), job_details = found[i]
                 self._results.remember(job, self.prior, job_rows, job_scores)
                 # A job embedded on the encode stage reports that stage's times, not the (then empty) encode lap.
                 job_timing = job_embedded.timing
@@ -147,14 +149,17 @@ class RankingEngine:
                 job_rows, job_scores = hit
             self.metrics.candidates.observe(len(job_rows))
             timing = {"encode_queue": 0.0, "queue": b.queue_seconds * 1000.0, **stages.ms, **job_timing}
+            version, size = self.model_version, len(jobs)
             if isinstance(job, RankJob):
-                out.append(rank_outcome(self.bundle, self.model_version, job, job_rows, job_scores, timing, len(jobs)))
+                out.append(rank_outcome(self.bundle, version, job, job_rows, job_scores, timing, size, job_details))
             else:
-                out.append(rerank_outcome(self.bundle, self.model_version, job, job_scores, timing, len(jobs)))
+                out.append(rerank_outcome(self.bundle, version, job, job_scores, timing, size, job_details))
         return out
 
-    def _score(self, jobs: list[Job], stages: StageTimer) -> tuple[list[Embedded], list[Scored]]:
-        """Every stage for `jobs`: their embeddings, and each job's candidate rows and the score of each."""
+    def _score(self, jobs: list[Job], stages: StageTimer) -> tuple[list[Embedded], list[Scored], list[Details | None]]:
+        """Every stage for `jobs`: their embeddings, each job's candidate rows and the score of each, and for a job
+        that asked for explanations the parts of its scores (the batch then runs the explained graph: the same
+        nodes and scores, more outputs)."""
         missing = [i for i, job in enumerate(jobs) if job.embedded is None]
         made = dict(zip(missing, self.embed([jobs[i] for i in missing]), strict=True)) if missing else {}
         embedded = [job.embedded or made[i] for i, job in enumerate(jobs)]
@@ -162,14 +167,22 @@ class RankingEngine:
         vectors = {job.query: e.query for job, e in zip(jobs, embedded, strict=True)}
         projected = self._projections.project(self.model, vectors) if self.model is not None else {}
         stages.lap("project")
-        rows, bm25 = self._finder.retrieve(jobs, vectors, projected, self.sources, stages)
-        scores = self._scorer.score(jobs, embedded, projected, rows, bm25, self.prior, stages)
+        rows, bm25, found_by = self._finder.retrieve(jobs, vectors, projected, self.sources, stages)
+        explain = any(job.explain for job in jobs)
+        scores, parts = self._scorer.score(jobs, embedded, projected, rows, bm25, self.prior, stages, explain)
         if jobs:
             self.metrics.batch_size.observe(sum(len(r) for r in rows))
             self.metrics.batch_requests.observe(len(jobs))
-        ends = np.cumsum([len(r) for r in rows])
-        per_job = np.split(np.asarray(scores, dtype=np.float32), ends[:-1]) if jobs else []
-        return embedded, list(zip(rows, per_job, strict=True))
+        ends = np.cumsum([len(r) for r in rows])[:-1]
+        per_job = np.split(np.asarray(scores, dtype=np.float32), ends) if jobs else []
+        details: list[Details | None] = [None] * len(jobs)
+        if parts is not None:
+            split = {name: np.split(values, ends) for name, values in parts.items()}
+            for j, job in enumerate(jobs):
+                if job.explain:
+                    job_parts = {name: values[j] for name, values in split.items()}
+                    details[j] = Details(job_parts, found_by[j], self.prior, self.sources, self.model is None)
+        return embedded, list(zip(rows, per_job, strict=True)), details
 
     def serve_one(self, job: Job) -> Outcome:
         """The unbatched path: a batch of one, on the caller's thread."""

@@ -38,6 +38,8 @@ class RankJob:
     num_candidates: int
     allowed: np.ndarray | None = None  # (N,) bool filter mask
     embedded: Embedded | None = None
+    explain: bool = False  # the request asked why each hit ranks where it does
+    filters: Mapping[str, list[str]] | None = None  # the filters `allowed` was made from, for explanations
 
     @property
     def size(self) -> int:
@@ -55,6 +57,7 @@ class RerankJob:
     top_n: int
     return_documents: bool
     embedded: Embedded | None = None
+    explain: bool = False
 
     @property
     def size(self) -> int:
@@ -118,7 +121,9 @@ class JobValidator:
         if request.top_k > num_candidates:
             raise RequestError("top_k", f"({request.top_k}) must not exceed num_candidates ({num_candidates})")
         allowed = self._filter_mask(request.filters) if request.filters else None
-        return RankJob(normalize_query(request.query, s.max_query_chars), request.top_k, num_candidates, allowed)
+        filters = {k: [v] if isinstance(v, str) else list(v) for k, v in (request.filters or {}).items()}
+        query = normalize_query(request.query, s.max_query_chars)
+        return RankJob(query, request.top_k, num_candidates, allowed, explain=request.explain, filters=filters or None)
 
     def prepare_rerank(self, request: RerankRequest) -> RerankJob:
         """Check a /rerank request and resolve its documents: catalog rows for ids, normalised text for the rest."""
@@ -137,4 +142,6 @@ class JobValidator:
             else:
                 rows[i] = self.bundle.row_of[doc.id]
         top_n = min(request.top_n or len(rows), len(rows))
-        return RerankJob(query, request.documents, rows, texts, top_n, request.return_documents)
+        return RerankJob(
+            query, request.documents, rows, texts, top_n, request.return_documents, explain=request.explain
+        )

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from index.runtime.bundle import Bundle
+from service.explain import Details, explanation
 from service.jobs import RankJob, RerankJob
 from service.protocol import DocumentRef
 
@@ -34,6 +35,7 @@ class RankOutcome:
     bundle_version: str
     timing: Mapping[str, float]  # ms per stage (service.metrics.STAGES; the caller adds total)
     batch_jobs: int = 1  # jobs in the micro-batch that served it
+    explanations: list[dict[str, Any]] | None = None  # per hit, with explain (service/explain.py)
 
 
 class RerankDocument(NamedTuple):
@@ -56,6 +58,7 @@ class RerankOutcome:
     model_version: str
     timing: Mapping[str, float]  # as RankOutcome.timing
     batch_jobs: int = 1  # as RankOutcome.batch_jobs
+    explanations: list[dict[str, Any]] | None = None  # as RankOutcome.explanations
 
 
 Outcome = RankOutcome | RerankOutcome
@@ -73,10 +76,15 @@ def rank_outcome(
     scores: np.ndarray,
     timing: dict[str, float],
     batch_jobs: int = 1,
+    details: Details | None = None,
 ) -> RankOutcome:
-    """The best `job.top_k` of the candidate `rows` by `scores` (ties in candidate order), with their items."""
+    """The best `job.top_k` of the candidate `rows` by `scores` (ties in candidate order), with their items (and
+    with `details`, their explanations)."""
     top = np.argsort(-scores, kind="stable")[: job.top_k]
     picked = rows[top].tolist()
+    explained = None
+    if details is not None:
+        explained = [explanation(details, int(t), row, job.filters) for t, row in zip(top, picked, strict=True)]
     return RankOutcome(
         ids=[bundle.ids[r] for r in picked],
         scores=scores[top].tolist(),
@@ -86,6 +94,7 @@ def rank_outcome(
         bundle_version=bundle.version,
         timing=timing,
         batch_jobs=batch_jobs,
+        explanations=explained,
     )
 
 
@@ -96,11 +105,15 @@ def rerank_outcome(
     scores: np.ndarray,
     timing: dict[str, float],
     batch_jobs: int = 1,
+    details: Details | None = None,
 ) -> RerankOutcome:
     """The best `job.top_n` of the job's documents by `scores` (ties in request order), with the documents
-    themselves when the request asked for them back."""
+    themselves when the request asked for them back (and with `details`, their explanations)."""
     top = np.argsort(-scores, kind="stable")[: job.top_n]
     indices, raw = top.tolist(), scores[top].tolist()
+    explained = None
+    if details is not None:
+        explained = [explanation(details, t, None if t in job.texts else int(job.rows[t]), None) for t in indices]
     return RerankOutcome(
         indices=indices,
         scores=raw,
@@ -109,6 +122,7 @@ def rerank_outcome(
         model_version=model_version,
         timing=timing,
         batch_jobs=batch_jobs,
+        explanations=explained,
     )
 
 

@@ -58,6 +58,9 @@ class RankRequest(BaseModel):
     timeout_ms: StrictInt | None = Field(
         None, ge=1, le=60_000, description="Deadline; a request still queued when it passes is answered 504."
     )
+    explain: bool = Field(
+        False, description="Add each hit's explanation: sources, evidence, prior, residual, attention."
+    )
 
 
 class DocumentRef(BaseModel):
@@ -88,6 +91,7 @@ class RerankRequest(BaseModel):
     timeout_ms: StrictInt | None = Field(
         None, ge=1, le=60_000, description="Deadline; a request still queued when it passes is answered 504."
     )
+    explain: bool = Field(False, description="Add each result's explanation: evidence, prior, residual, attention.")
 
 
 class ReloadRequest(BaseModel):
@@ -137,6 +141,7 @@ class RankedItem(TypedDict):
     rank: Annotated[int, Field(description="1 for the best item.")]
     title: str
     attributes: dict[str, Any]
+    explanation: NotRequired[Annotated[dict[str, Any], Field(description="With explain: why it ranks here.")]]
 
 
 class RankResponse(TypedDict):
@@ -158,6 +163,7 @@ class RerankResult(TypedDict):
     document: NotRequired[
         Annotated[dict[str, Any], Field(description="Present when return_documents: the text (and id, attributes).")]
     ]
+    explanation: NotRequired[Annotated[dict[str, Any], Field(description="With explain: why it ranks here.")]]
 
 
 class ApiVersion(TypedDict):

@@ -20,8 +20,8 @@ QueryVectors = dict[str, np.ndarray]
 """A vector per distinct query text of a batch."""
 Sources = tuple[str, ...]
 """The candidate sources a model fuses (index.runtime.hybrid.SOURCES): the engine's, which a test may change."""
-Candidates = tuple[list[np.ndarray], list[np.ndarray]]
-"""Per job, its candidate rows and the BM25 score of each candidate."""
+FoundBy = list[dict[str, np.ndarray] | None]
+"""Per job, for an explained /rank job, each source's ranked rows (the lists fused into its candidates); else None."""
 
 
 def search(index: FaissIndex, jobs: list[Job], vectors: QueryVectors) -> dict[int, np.ndarray]:
@@ -51,28 +51,33 @@ class CandidateFinder:
 
     def retrieve(
         self, jobs: list[Job], vectors: QueryVectors, projected: QueryVectors, sources: Sources, stages: StageTimer
-    ) -> Candidates:
+    ) -> tuple[list[np.ndarray], list[np.ndarray], FoundBy]:
         """Candidate rows per job and the BM25 score of each candidate: an unfiltered /rank job's from the cache
         when its query and depth were served before, the others' found afresh (`find`, which laps its stages even
         with nothing to find) and the unfiltered /rank ones remembered. `vectors` are the queries' MiniLM
-        embeddings, `projected` their vectors in the learned space (empty without a model)."""
+        embeddings, `projected` their vectors in the learned space (empty without a model). Explained jobs also get
+        their sources' lists (never cached)."""
         keys, cached = self.cache.lookup(jobs)
         fresh = [i for i, hit in enumerate(cached) if hit is None]
-        rows, bm25 = self.find([jobs[i] for i in fresh], vectors, projected, sources, stages)
+        rows, bm25, lists = self.find([jobs[i] for i in fresh], vectors, projected, sources, stages)
+        found_by: FoundBy = [None] * len(jobs)
+        for i, job_lists in zip(fresh, lists, strict=True):
+            found_by[i] = job_lists
         found = dict(zip(fresh, zip(rows, bm25, strict=True), strict=True))
         for i, (job_rows, job_bm25) in found.items():
             if (key := keys[i]) is not None:
                 self.cache.remember(key, job_rows, job_bm25)
         self.cache.count(hits=len(jobs) - len(fresh), misses=sum(keys[i] is not None for i in fresh))
         both = [hit if hit is not None else found[i] for i, hit in enumerate(cached)]
-        return [job_rows for job_rows, _ in both], [job_bm25 for _, job_bm25 in both]
+        return [job_rows for job_rows, _ in both], [job_bm25 for _, job_bm25 in both], found_by
 
     def find(
         self, jobs: list[Job], vectors: QueryVectors, projected: QueryVectors, sources: Sources, stages: StageTimer
-    ) -> Candidates:
-        """Candidate rows per job (rerank jobs bring their own; rank jobs fuse `sources`) and the BM25 score of
-        each candidate (0 for a rerank text document: the gather scores those). Laps "retrieve", "lexical" (BM25:
-        whole-catalog scores when BM25 is a source, then the candidates' own) and "fuse"."""
+    ) -> tuple[list[np.ndarray], list[np.ndarray], FoundBy]:
+        """Candidate rows per job (rerank jobs bring their own; rank jobs fuse `sources`), the BM25 score of each
+        candidate (0 for a rerank text document: the gather scores those) and, for explained /rank jobs, the lists
+        fused. Laps "retrieve", "lexical" (BM25: whole-catalog scores when BM25 is a source, then the candidates'
+        own) and "fuse"."""
         b = self.bundle
         ranked: dict[str, dict[int, np.ndarray]] = {}
         if "dense" in sources:
@@ -91,6 +96,7 @@ class CandidateFinder:
             }
         stages.lap("lexical")
         rows = []
+        found_by: FoundBy = [None] * len(jobs)
         for i, job in enumerate(jobs):
             if isinstance(job, RerankJob):
                 rows.append(job.rows)
@@ -102,10 +108,12 @@ class CandidateFinder:
                     lists["dense"] = search(b.dense, [job], vectors).get(0, np.zeros(0, np.int64))
                     fused = candidate_rows(lists, sources, job.num_candidates)
                 rows.append(fused)
+                if job.explain:
+                    found_by[i] = lists
         stages.lap("fuse")
         bm25 = [
             lexical[job.query][job_rows] if job.query in lexical else b.lexical.scores_at(job.query, job_rows)
             for job, job_rows in zip(jobs, rows, strict=True)
         ]
         stages.lap("lexical")
-        return rows, bm25
+        return rows, bm25, found_by

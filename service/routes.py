@@ -112,6 +112,9 @@ def rank_body(outcome: RankOutcome, timing_ms: dict[str, float]) -> RankResponse
             zip(o.ids, o.scores, o.titles, o.attributes, strict=True), start=1
         )
     ]
+    if o.explanations is not None:
+        for result, why in zip(results, o.explanations, strict=True):
+            result["explanation"] = why
     return {
         "results": results,
         "model_version": o.model_version,
@@ -132,6 +135,9 @@ def rerank_body(outcome: RerankOutcome, timing_ms: dict[str, float]) -> RerankRe
             result["document"] = (
                 {"text": doc.text} if doc.id is None else {"id": doc.id, "text": doc.text, "attributes": doc.attributes}
             )
+    if o.explanations is not None:
+        for result, why in zip(results, o.explanations, strict=True):
+            result["explanation"] = why
     return {
         "id": str(uuid.uuid4()),
         "results": results,

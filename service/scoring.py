@@ -13,7 +13,7 @@ import numpy as np
 from index.runtime.bundle import Bundle
 from index.runtime.exported_model import ExportedModel
 from index.runtime.features import text_only_features
-from index.runtime.scoring_graph import Extras, ScoringGraph
+from index.runtime.scoring_graph import PER_POSITION, Extras, ScoringGraph
 from service.jobs import Embedded, Job, RerankJob
 from service.timing import StageTimer
 
@@ -59,15 +59,18 @@ class Scorer:
         bm25: list[np.ndarray],
         prior: str,
         stages: StageTimer,
-    ) -> np.ndarray:
+        explain: bool = False,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
         """Scores (M,) of every candidate of every job, concatenated in job order: the ranker's with `prior` as the
-        prior, or without a model the prior itself. Each job's list is one row of the graph's (B, L) layout."""
+        prior, or without a model the prior itself. Each job's list is one row of the graph's (B, L) layout. With
+        `explain`, from the explained graph, also the parts of each score (`explain_*`, (M, ...) in the same order);
+        else None."""
         lengths = [len(r) for r in rows]
         length = max(lengths, default=0)
         if length == 0:
             stages.lap("gather")
             stages.lap("rank")
-            return np.zeros(0, np.float32)
+            return np.zeros(0, np.float32), ({} if explain else None)
         extras = self.extras(jobs, embedded, length, bm25)
         valid = np.arange(length) < np.asarray(lengths)[:, None]
         table_rows = np.zeros((len(jobs), length), np.int64)
@@ -77,6 +80,17 @@ class Scorer:
         queries = np.stack([e.query for e in embedded]).astype(np.float32, copy=False)
         vectors = np.stack([projected[job.query] for job in jobs]) if self.model is not None else None
         stages.lap("gather")
-        scores = self.graph.run(prior, queries, vectors, table_rows, valid, scores_bm25, extras)
+        if not explain:
+            scores = self.graph.run(prior, queries, vectors, table_rows, valid, scores_bm25, extras)
+            stages.lap("rank")
+            return scores[valid], None
+        outputs = self.graph.run_explained(prior, queries, vectors, table_rows, valid, scores_bm25, extras)
         stages.lap("rank")
-        return scores[valid]
+        # The evidence outputs are (B, L); the ranker's and the mask are per flat position b * L + j.
+        flat = valid.reshape(-1)
+        parts = {
+            name: value[flat] if name in PER_POSITION else value[valid]
+            for name, value in outputs.items()
+            if name != "scores"
+        }
+        return outputs["scores"][valid], parts

@@ -15,6 +15,13 @@ what Python has after candidate generation and does the rest:
                                           encoded per request
     tables   table_<table> (N, ...)       the bundle's arrays (`TABLES`), bound once per engine by ScoringSession
     output   scores (B, L) float32        -inf in padding
+    explain  (built with `explain` only) the same run's parts of each score, flat (M = B * L):
+             explain_<evidence> (B, L)    the zero-shot evidence: lexical (BM25 over the list's best), dense (the
+                                          cosine; not with the lexical prior), rrf (with the RRF prior)
+             explain_prior (M,)           the ranker's prior term (its prior_weight times the prior)
+             explain_residual (M,)        the ranker's learned residual: score = prior term + residual
+             explain_attention (M, H, T)  the query's attention over the candidate's tokens, per head
+             explain_mask (M, T)          which of the candidate's modalities are present (1) or missing (0)
 
 Inside: the gather by row id (extras scattered in), the retrieval score and the dense cosine, the per-list evidence
 of `index.runtime.hybrid` (BM25 over the list's best; RRF ranks from a TopK, which breaks ties by the lower index as
@@ -45,6 +52,8 @@ IR_VERSION = 10  # the exporter's; onnx's own default can be newer than onnxrunt
 TABLES = {"text": "text", "mask": "mask", "kv": "cand_kv", "retrieval": "retrieval"}
 ZERO_SHOT_TABLES = ("text", "mask")
 _F, _I, _B = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
+# The explained graph's outputs that are per flat position (b * L + j), not (B, L).
+PER_POSITION = frozenset({"explain_prior", "explain_residual", "explain_attention", "explain_mask"})
 
 
 @dataclass(frozen=True)
@@ -85,11 +94,37 @@ class _Graph:
         return names
 
 
-def scoring_graph(ranker: onnx.ModelProto | None, prior: str, widths: Widths, extras: bool) -> onnx.ModelProto:
+def explained_tensors(ranker: onnx.ModelProto) -> dict[str, str]:
+    """The ranker graph's tensors that `explain` outputs: its prior term and residual (the two inputs of the Add
+    that makes its output: the prior term is a Mul by an initializer, `prior_weight`) and its attention (its one
+    Softmax). Empty for a graph not shaped so (a ranker not made by model.fusion): its explanations then have the
+    evidence and the sources, without the ranker's parts."""
+    graph = ranker.graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    weights = {init.name for init in graph.initializer}
+    last = made_by.get(graph.output[0].name)
+    softmax = [node.output[0] for node in graph.node if node.op_type == "Softmax"]
+    if last is None or last.op_type != "Add" or len(softmax) != 1:
+        return {}
+    is_prior = [
+        made_by.get(x) is not None and made_by[x].op_type == "Mul" and bool(weights & set(made_by[x].input))
+        for x in last.input
+    ]
+    if sorted(is_prior) != [False, True]:
+        return {}
+    prior_term = last.input[is_prior.index(True)]
+    residual = last.input[is_prior.index(False)]
+    return {"explain_prior": prior_term, "explain_residual": residual, "explain_attention": softmax[0]}
+
+
+def scoring_graph(
+    ranker: onnx.ModelProto | None, prior: str, widths: Widths, extras: bool, explain: bool = False
+) -> onnx.ModelProto:
     """The scoring graph for `prior` (one of PRIORS) in front of `ranker`'s nodes; with `ranker` None (zero-shot
     serving) the prior itself is the score. With `extras`, some candidates' rows are given per run instead of
-    gathered (a separate graph because the scatter copies every gathered row, even with nothing to scatter). The
-    module docstring lists its inputs and output."""
+    gathered (a separate graph because the scatter copies every gathered row, even with nothing to scatter). With
+    `explain`, the same nodes also output the parts of each score. The module docstring lists its inputs and
+    outputs."""
     if prior not in PRIORS:
         raise ValueError(f"unknown prior {prior!r}; choose one of {', '.join(PRIORS)}")
     g = _Graph()
@@ -148,6 +183,12 @@ def scoring_graph(ranker: onnx.ModelProto | None, prior: str, widths: Widths, ex
         inputs.append(helper.make_tensor_value_info("extra_at", _I, ["extras"]))
         inputs += [helper.make_tensor_value_info(f"extra_{t}", _F, ["extras", *widths.row(t)]) for t in tables]
     outputs = [helper.make_tensor_value_info("scores", _F, ["queries", "length"])]
+    if explain:
+        for name, tensor in evidence.items():
+            g.op("Identity", [tensor], output=f"explain_{name}")
+            outputs.append(helper.make_tensor_value_info(f"explain_{name}", _F, ["queries", "length"]))
+        g.op("Identity", [cand["mask"]], output="explain_mask")
+        outputs.append(helper.make_tensor_value_info("explain_mask", _F, None))
     if ranker is None:
         g.op("Where", ["valid", evidence[prior], pad], output="scores")
         graph = helper.make_graph(g.nodes, "zero_shot_scoring", inputs, outputs, initializer=g.constants)
@@ -165,6 +206,10 @@ def scoring_graph(ranker: onnx.ModelProto | None, prior: str, widths: Widths, ex
     prefix = list(g.nodes)
     scores = g.op("Reshape", [ranker.graph.output[0].name, shape])
     g.op("Where", ["valid", scores, pad], output="scores")
+    if explain:
+        for name, tensor in explained_tensors(ranker).items():
+            g.op("Identity", [tensor], output=name)
+            outputs.append(helper.make_tensor_value_info(name, _F, None))
     graph = helper.make_graph(
         prefix + list(ranker.graph.node) + g.nodes[len(prefix) :],
         "scoring",
@@ -210,15 +255,15 @@ class ScoringGraph:
             f"table_{t}": ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a, np.float32), self.device, 0)
             for t, a in arrays.items()
         }
-        self._sessions: dict[tuple[str, bool], ort.InferenceSession] = {}
+        self._sessions: dict[tuple[str, bool, bool], ort.InferenceSession] = {}
         self._lock = threading.Lock()
 
-    def session(self, prior: str, extras: bool) -> ort.InferenceSession:
+    def session(self, prior: str, extras: bool, explain: bool = False) -> ort.InferenceSession:
         """The session for `prior`, built on first use."""
-        key = (prior, extras)
+        key = (prior, extras, explain)
         with self._lock:
             if key not in self._sessions:
-                graph = scoring_graph(self._ranker, prior, self.widths, extras)
+                graph = scoring_graph(self._ranker, prior, self.widths, extras, explain)
                 providers = self.providers if self.device == "cuda" else [CPU]
                 self._sessions[key] = make_session(graph.SerializeToString(), providers=providers, threads=self.threads)
             return self._sessions[key]
@@ -234,6 +279,33 @@ class ScoringGraph:
         extras: Extras | None = None,
     ) -> np.ndarray:
         """Scores (B, L), -inf where not `valid`: see the module docstring for the inputs."""
+        return self._run(prior, query, query_vectors, rows, valid, bm25, extras, explain=False)["scores"]
+
+    def run_explained(
+        self,
+        prior: str,
+        query: np.ndarray,
+        query_vectors: np.ndarray | None,
+        rows: np.ndarray,
+        valid: np.ndarray,
+        bm25: np.ndarray,
+        extras: Extras | None = None,
+    ) -> dict[str, np.ndarray]:
+        """As `run`, from the graph built with `explain`: the same nodes, so the same scores, and from the same run
+        the parts of each score (the module docstring's `explain_*` outputs) beside `scores`."""
+        return self._run(prior, query, query_vectors, rows, valid, bm25, extras, explain=True)
+
+    def _run(
+        self,
+        prior: str,
+        query: np.ndarray,
+        query_vectors: np.ndarray | None,
+        rows: np.ndarray,
+        valid: np.ndarray,
+        bm25: np.ndarray,
+        extras: Extras | None,
+        explain: bool,
+    ) -> dict[str, np.ndarray]:
         feeds = {"query": query, "rows": rows, "valid": valid, "bm25": bm25}
         if self.model is not None:
             if query_vectors is None:
@@ -243,16 +315,18 @@ class ScoringGraph:
             feeds["extra_at"] = extras.at
             feeds.update({f"extra_{t}": a for t, a in extras.rows.items()})
         # An IOBinding per run (runs may overlap on several threads): the tables stay where they were bound, the
-        # per-run inputs are copied to the device by ONNX Runtime, and the scores come back to the host.
-        session = self.session(prior, extras is not None)
+        # per-run inputs are copied to the device by ONNX Runtime, and the outputs come back to the host.
+        session = self.session(prior, extras is not None, explain)
         binding = session.io_binding()
         for name, value in self._tables.items():
             binding.bind_ortvalue_input(name, value)
         for name, array in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        binding.bind_output("scores", "cpu")
+        names = [output.name for output in session.get_outputs()] if explain else ["scores"]
+        for name in names:
+            binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        return dict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
 
     def verify(self, bundle: Bundle, prior: str, rows: int = 32) -> float:
         """Score the catalog's first `rows` items for two made-up queries both ways, this graph and the numpy
