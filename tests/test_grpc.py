@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -73,12 +74,19 @@ def test_rank_answers_what_http_answers_for_100_queries(toy: ToyArtifacts, serve
         if i % 10 == 0:
             body["filters"] = {"glass": ["coupe", "highball"]}
             message.filters["glass"].values.extend(["coupe", "highball"])
+        if i % 10 == 5:
+            body["explain"] = message.explain = True
         http = client.post("/rank", json=body).json()
         reply = stub.Rank(message, timeout=10)
         assert [(r.id, r.score, r.rank, r.title) for r in reply.results] == [
             (r["id"], r["score"], r["rank"], r["title"]) for r in http["results"]
         ]
         assert (reply.model_version, reply.bundle_version) == (http["model_version"], http["bundle_version"])
+        if message.explain:
+            explained = [MessageToDict(r.explanation) for r in reply.results]
+            assert explained == [r["explanation"] for r in http["results"]]
+        else:
+            assert not any(r.HasField("explanation") for r in reply.results)
         assert set(reply.timing_ms) == set(http["timing_ms"])
     assert dict(reply.results[0].attributes) == http["results"][0]["attributes"]
 
@@ -135,8 +143,6 @@ def test_an_invalid_request_is_invalid_argument_naming_the_field(served, method:
 
 def _json(message: Any) -> dict[str, Any]:
     """The JSON body of the same request (what a client of the HTTP API would send)."""
-    from google.protobuf.json_format import MessageToDict
-
     body = MessageToDict(message, preserving_proto_field_name=True)
     body.setdefault("query", "")
     if isinstance(message, pb.RankRequest):

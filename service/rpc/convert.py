@@ -26,7 +26,7 @@ def timeout_ms(seconds_left: float | None) -> int | None:
 
 def rank_request(message: pb.RankRequest, timeout: int | None) -> RankRequest:
     """The /rank request a Rank message asks for; RequestError naming the field when it is invalid."""
-    fields: dict[str, Any] = {"query": message.query, "timeout_ms": timeout}
+    fields: dict[str, Any] = {"query": message.query, "timeout_ms": timeout, "explain": message.explain}
     for name in ("top_k", "num_candidates"):
         if message.HasField(name):
             fields[name] = getattr(message, name)
@@ -47,6 +47,7 @@ def rerank_request(message: pb.RerankRequest, timeout: int | None) -> RerankRequ
         "documents": [_document(d) for d in message.documents],
         "return_documents": message.return_documents,
         "timeout_ms": timeout,
+        "explain": message.explain,
     }
     if message.HasField("top_n"):
         fields["top_n"] = message.top_n
@@ -64,11 +65,19 @@ def _struct(values: dict[str, Any] | None) -> Struct | None:
 def rank_reply(outcome: RankOutcome, timing_ms: dict[str, float]) -> pb.RankResponse:
     """The Rank reply: the /rank answer's fields."""
     o = outcome
+    explanations = o.explanations if o.explanations is not None else [None] * len(o.ids)
     return pb.RankResponse(
         results=[
-            pb.RankedItem(id=item_id, score=score, rank=rank, title=title, attributes=_struct(attributes))
-            for rank, (item_id, score, title, attributes) in enumerate(
-                zip(o.ids, o.scores, o.titles, o.attributes, strict=True), start=1
+            pb.RankedItem(
+                id=item_id,
+                score=score,
+                rank=rank,
+                title=title,
+                attributes=_struct(attributes),
+                explanation=_struct(why),
+            )
+            for rank, (item_id, score, title, attributes, why) in enumerate(
+                zip(o.ids, o.scores, o.titles, o.attributes, explanations, strict=True), start=1
             )
         ],
         model_version=o.model_version,
@@ -81,6 +90,7 @@ def rerank_reply(outcome: RerankOutcome, timing_ms: dict[str, float]) -> pb.Rera
     """The Rerank reply: the /rerank answer's fields (`document` only when return_documents asked for it)."""
     o = outcome
     documents = o.documents if o.documents is not None else [None] * len(o.indices)
+    explanations = o.explanations if o.explanations is not None else [None] * len(o.indices)
     return pb.RerankResponse(
         id=str(uuid.uuid4()),
         results=[
@@ -90,8 +100,9 @@ def rerank_reply(outcome: RerankOutcome, timing_ms: dict[str, float]) -> pb.Rera
                 document=None
                 if doc is None
                 else pb.ReturnedDocument(text=doc.text, id=doc.id or "", attributes=_struct(doc.attributes)),
+                explanation=_struct(why),
             )
-            for index, relevance, doc in zip(o.indices, o.relevance, documents, strict=True)
+            for index, relevance, doc, why in zip(o.indices, o.relevance, documents, explanations, strict=True)
         ],
         model=f"fusion-ranker-{o.model_version}",
         timing_ms=timing_ms,
