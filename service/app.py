@@ -6,8 +6,9 @@ shapes), engine.py (the request path's coordinator) with its steps: jobs.py (val
 batcher.py (micro-batching), lifecycle.py (`AppState`: the batchers and one request's way through them), phase.py
 (starting/ready/draining), engines.py (the serving, previous, canary and shadow engines, and the swaps), shadow.py,
 loading.py (loading and checking artifacts), errors.py (domain errors and the one error -> HTTP map), middleware.py
-(metrics, body limit), logs.py (text or JSON logs, the access line), metrics.py, settings.py; rpc/ (the gRPC API
-beside HTTP, on the same `AppState`); __main__.py runs it under uvicorn.
+(metrics, body limit), logs.py (text or JSON logs, the access line), tracing.py (OpenTelemetry), explain.py (why a
+hit ranks), auth.py (API keys and quotas), metrics.py, settings.py; rpc/ (the gRPC API beside HTTP, on the same
+`AppState`); __main__.py runs it under uvicorn.
 """
 
 from __future__ import annotations
