@@ -7,8 +7,9 @@ batcher.py (micro-batching), lifecycle.py (`AppState`: the batchers and one requ
 (starting/ready/draining), engines.py (the serving, previous, canary and shadow engines, and the swaps), shadow.py,
 loading.py (loading and checking artifacts), errors.py (domain errors and the one error -> HTTP map), middleware.py
 (metrics, body limit), logs.py (text or JSON logs, the access line), tracing.py (OpenTelemetry), explain.py (why a
-hit ranks), auth.py (API keys and quotas), metrics.py, settings.py; rpc/ (the gRPC API beside HTTP, on the same
-`AppState`); __main__.py runs it under uvicorn.
+hit ranks), workbench.py and ui/ (the relevance workbench at /ui) with judgments.py (its grades), auth.py (API keys
+and quotas), metrics.py, settings.py; rpc/ (the gRPC API beside HTTP, on the same `AppState`); __main__.py runs it
+under uvicorn.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from service.routes import router
 from service.rpc.server import RpcServer
 from service.settings import Settings
 from service.tracing import Tracing
+from service.workbench import router as workbench
 
 
 def create_app(
@@ -78,4 +80,5 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics, access_log=access_log)  # type: ignore[arg-type]
     install_error_handlers(app, metrics)
     app.include_router(router)
+    app.include_router(workbench)
     return app

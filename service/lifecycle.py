@@ -23,6 +23,7 @@ from service.engine import RankingEngine, Work, process_encode_work, process_wor
 from service.engines import Engines
 from service.errors import NotReady
 from service.jobs import Embedded, Job, RankJob, RerankJob
+from service.judgments import JudgmentLog
 from service.metrics import Metrics
 from service.outcomes import Outcome, RankOutcome, RerankOutcome
 from service.phase import Lifecycle
@@ -47,6 +48,7 @@ class AppState:
     document_batcher: MicroBatcher[Work, Embedded] | None = None  # the same, for /rerank jobs with text documents
     shadow_batcher: MicroBatcher[Work, Outcome] | None = None  # the shadow's own ranking thread
     tracing: Tracing | None = None  # OpenTelemetry (service/tracing.py); None: off
+    judgments: JudgmentLog | None = None  # the workbench's grades (service/judgments.py), opened on first use
     lifecycle: Lifecycle = field(init=False)
     engines: Engines = field(init=False)
     _shadow_tasks: set[asyncio.Task[None]] = field(default_factory=set)

@@ -31,6 +31,9 @@ class EncoderVariant(StrEnum):
     INT8 = "int8"  # fused + dynamic int8; used only if its recorded cosine to fp32 is >= 0.99
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Read once at start-up; nothing reads the environment elsewhere."""
 
@@ -112,6 +115,12 @@ class Settings(BaseSettings):
         4, ge=0, description="shadow a request only while fewer requests than this wait for the ranking thread"
     )
     admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*; admin API off when unset")
+    # The relevance workbench (service/workbench.py): None serves it only on a loopback host, where nobody else can
+    # reach it; elsewhere it is off unless set true (grades are then taken with the admin token only).
+    ui: bool | None = Field(None, description="serve the relevance workbench at /ui (default: on 127.0.0.1 only)")
+    judgments_file: Path | None = Field(
+        None, description="where the workbench appends grades (JSONL; new queries go to queries.jsonl beside it)"
+    )
     api_keys: SecretStr | None = Field(
         None, description="comma-separated API keys (`id:key` or `key`) that /rank, /rerank and the rerank APIs want"
     )
@@ -166,6 +175,11 @@ class Settings(BaseSettings):
                 f"default_candidates ({self.default_candidates}) exceeds max_candidates ({self.max_candidates})"
             )
         return self
+
+    @property
+    def ui_on(self) -> bool:
+        """Whether the workbench is served: as set, else only on a loopback host."""
+        return self.ui if self.ui is not None else self.host in LOOPBACK_HOSTS
 
     def parsed_api_keys(self) -> ApiKeys | None:
         """The data plane's keys (service/auth.py), or None: no key is asked for."""

@@ -41,6 +41,7 @@ def test_all_500_photos_are_ingested_and_the_duplicate_pair_reported(pexels: tup
     assert bundle.size == 500 and bundle.image.shape == (500, 512)
     assert bundle.titles[bundle.row_of["pexels_cocktails_10014905"]] == "photo pexels_cocktails_10014905"
     assert bundle.manifest["image_encoder"]["name"] == "tiny-clip"
+    assert all(path is not None and Path(path).is_file() for path in bundle.images)  # for the workbench's pictures
 
 
 def test_pexels_bundle_is_served_by_rank(pexels: tuple[IngestReport, Path], tiny: TinyPipeline) -> None:

@@ -118,7 +118,10 @@ def write_bundle(
         np.save(out / f"{name}.npy", np.ascontiguousarray(array, dtype=np.float32))
     with open(out / "items.jsonl", "w", encoding="utf-8") as handle:
         for item in items:
-            handle.write(json.dumps({"id": item.id, "title": item.display_title, "attributes": item.attributes}) + "\n")
+            row: dict[str, Any] = {"id": item.id, "title": item.display_title, "attributes": item.attributes}
+            if item.image and Path(item.image).is_file():  # for showing the picture (the workbench), never ranking
+                row["image"] = str(Path(item.image).resolve())
+            handle.write(json.dumps(row) + "\n")
     sections["text_index"] = write_index(out, features.text, params, TEXT_INDEX_FILE, "text")
     sections["lexical"] = write_lexical(out, items, analyzer)
     extra = {"modalities": features.coverage(), **(extra or {})}  # items with each modality, for the reader

@@ -2,7 +2,8 @@
 
     bundle/
       manifest.json    versions, dimensions, item count, index type and parameters, recall, sha256 per file
-      items.jsonl      id, title, attributes per row (row i of every matrix is item i)
+      items.jsonl      id, title, attributes per row (row i of every matrix is item i), and the image file's path
+                       where the item had one (shown by the workbench, never read for ranking)
       text.npy         (N, text_dim) unit-norm MiniLM embeddings of each item's text fields (zeros where it has none)
       image.npy        (N, image_dim) image embeddings (zeros where the item has no image; image_dim is 1, a
                        placeholder, for a catalog without images)
@@ -61,6 +62,7 @@ class Bundle:
     ids: list[str]
     titles: list[str]
     attributes: list[dict[str, Any]]
+    images: list[str | None]  # each item's image file, where the catalog gave one
     text: np.ndarray
     image: np.ndarray
     attrs: np.ndarray
@@ -137,6 +139,7 @@ class Bundle:
             ids=ids,
             titles=[r["title"] for r in rows],
             attributes=[r["attributes"] for r in rows],
+            images=[r.get("image") for r in rows],
             dense=dense,
             lexical=lexical,
             retriever=retriever,
