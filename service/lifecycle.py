@@ -49,6 +49,7 @@ class AppState:
     shadow_batcher: MicroBatcher[Work, Outcome] | None = None  # the shadow's own ranking thread
     tracing: Tracing | None = None  # OpenTelemetry (service/tracing.py); None: off
     judgments: JudgmentLog | None = None  # the workbench's grades (service/judgments.py), opened on first use
+    zero_shot: RankingEngine | None = None  # the workbench's zero-shot search over the serving catalog
     lifecycle: Lifecycle = field(init=False)
     engines: Engines = field(init=False)
     _shadow_tasks: set[asyncio.Task[None]] = field(default_factory=set)

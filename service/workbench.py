@@ -1,6 +1,6 @@
 """The relevance workbench: `GET /ui`, a page (plain static files in service/ui/, no build step) that searches the
-served model with explanations, compares it with the shadow or canary model, and takes graded judgments; and the
-few routes it needs besides `/rank`: item pictures, the comparison, the grades.
+served model with explanations, compares it with zero-shot search or the shadow or canary model, and takes graded
+judgments; and the few routes it needs besides `/rank`: item pictures, the comparison, the grades.
 
 Served when `Settings.ui_on` (by default only on a loopback host). Grades are taken from loopback callers, or with
 the admin token, and written by `service.judgments.JudgmentLog` to the file `RANK_JUDGMENTS_FILE` names.
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException
 
 from service.agreement import overlap_at_k, rank_biased_overlap
+from service.engine import RankingEngine
 from service.errors import AdminDenied, NoCanary, NoShadow, error_response
 from service.jobs import normalize_query
 from service.judgments import JudgmentLog
@@ -38,7 +39,7 @@ class CompareRequest(BaseModel):
     query: StrictStr
     top_k: StrictInt = Field(10, ge=1)
     filters: dict[StrictStr, FilterValue] | None = None
-    against: Literal["shadow", "canary"]
+    against: Literal["shadow", "canary", "zero-shot"]
 
 
 class GradeRequest(BaseModel):
@@ -95,7 +96,8 @@ async def status(state: UiDep) -> Response:
     body: dict[str, Any] = {
         "model_version": serving.model_version,
         "items": serving.bundle.size,
-        "compare": [name for name, other in (("shadow", engines.shadow), ("canary", engines.canary)) if other],
+        "compare": ["zero-shot"]
+        + [name for name, other in (("shadow", engines.shadow), ("canary", engines.canary)) if other],
         "judging": log is not None,
         "judged_queries": counts.queries if counts else 0,
         "judgments": counts.judgments if counts else 0,
@@ -106,15 +108,20 @@ async def status(state: UiDep) -> Response:
 
 @router.post("/api/compare")
 async def compare(body: CompareRequest, state: UiDep) -> Response:
-    """The request ranked by the shadow or canary model, with overlap@10 and RBO against the serving model's."""
+    """The request ranked by the shadow or canary model, or by zero-shot search over the same catalog, with
+    overlap@10 and RBO against the serving model's list."""
     engines = state.engines
-    other = engines.shadow if body.against == "shadow" else engines.canary
-    if other is None:
-        raise NoShadow("no shadow is loaded") if body.against == "shadow" else NoCanary("no canary runs")
-    request = RankRequest(query=body.query, top_k=body.top_k, filters=body.filters)
     serving = engines.current()
+    if body.against == "zero-shot":
+        other = _zero_shot(state, serving)
+    else:
+        found = engines.shadow if body.against == "shadow" else engines.canary
+        if found is None:
+            raise NoShadow("no shadow is loaded") if body.against == "shadow" else NoCanary("no canary runs")
+        other = found.engine
+    request = RankRequest(query=body.query, top_k=body.top_k, filters=body.filters)
     served, _ = await state.serve(serving, serving.prepare_rank(request), None, "/ui/compare")
-    compared, timing = await state.serve(other.engine, other.engine.prepare_rank(request), None, "/ui/compare")
+    compared, timing = await state.serve(other, other.prepare_rank(request), None, "/ui/compare")
     answer = rank_body(compared, timing)
     figures = {
         "overlap_at_10": overlap_at_k(served.ids, compared.ids),
@@ -136,6 +143,17 @@ async def judge(body: GradeRequest, request: Request, state: UiDep) -> Response:
     # The query as /rank serves it (normalised), so that the same query typed twice is one query in the file.
     counts = log.grade(normalize_query(body.query, state.settings.max_query_chars), body.item_id, body.grade)
     return JSONBytes({"judged_queries": counts.queries, "judgments": counts.judgments})
+
+
+def _zero_shot(state: AppState, serving: RankingEngine) -> RankingEngine:
+    """Zero-shot search over the serving engine's catalog (dense and BM25, the RRF prior; no model), made on first
+    use and kept while that engine serves."""
+    made = state.zero_shot
+    if made is None or made.bundle.version != serving.bundle.version or made.encoder is not serving.encoder:
+        bundle = serving.bundle.zero_shot()
+        made = RankingEngine(bundle, None, serving.encoder, state.settings, state.metrics, serving.document_encoder)
+        state.zero_shot = made
+    return made
 
 
 def _check_grader(request: Request, state: AppState) -> None:

@@ -47,7 +47,12 @@ def test_the_page_is_served_on_loopback_and_off_elsewhere(toy: ToyArtifacts) -> 
         assert client.get("/ui/static/app.js").status_code == 200
         assert client.get("/ui/static/../settings.py").status_code == 404
         status = client.get("/ui/api/status").json()
-        assert status["judging"] is False and status["compare"] == [] and "glass" in status["filters"]
+        assert status["judging"] is False and status["compare"] == ["zero-shot"] and "glass" in status["filters"]
+        # Zero-shot search over the same catalog: dense and BM25, the RRF prior, no model.
+        zero_shot = client.post("/ui/api/compare", json={"query": "gin", "top_k": 5, "against": "zero-shot"}).json()
+        assert zero_shot["model_version"] == "zero-shot" and len(zero_shot["results"]) == 5
+        assert 0.0 <= zero_shot["agreement"]["rbo"] <= 1.0
+        assert client.post("/ui/api/compare", json={"query": "gin", "against": "shadow"}).status_code == 409
     with TestClient(create_app(serving_settings(toy, host="0.0.0.0"))) as client:
         assert client.get("/ui").status_code == 404  # not on loopback and not asked for: off
 

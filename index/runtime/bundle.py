@@ -27,6 +27,7 @@ zero-shot, with no model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,14 @@ class Bundle:
         """The model whose encodings the bundle holds; None for a zero-shot bundle."""
         value = self.manifest.get("model_version")
         return None if value is None else str(value)
+
+    def zero_shot(self) -> Bundle:
+        """This catalog as a zero-shot bundle: the same items, text, BM25 and dense index, without the model's
+        encodings (shared, not copied), so that it is served by dense and BM25 search and the RRF prior alone."""
+        if self.model_version is None:
+            return self
+        manifest = {**self.manifest, "model_version": None}
+        return dataclasses.replace(self, manifest=manifest, cand_kv=None, retrieval=None, retriever=None)
 
     @classmethod
     def load(cls, path: Path, *, use_gpu: bool = False) -> Bundle:
