@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from service.auth import KeyQuotas
 from service.engine import RankingEngine
 from service.errors import install_error_handlers
+from service.events import EventLog
 from service.lifecycle import AppState
 from service.loading import load_engine
 from service.metrics import Metrics
@@ -56,6 +57,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         server = rpc or (RpcServer(settings).start() if settings.grpc_port else None)
+        if settings.log_dir is not None:
+            state.events = EventLog(
+                settings.log_dir,
+                metrics,
+                max_queue=settings.log_queue,
+                segment_records=settings.log_segment_records,
+                segment_seconds=settings.log_segment_seconds,
+            )
         if server is not None:
             server.attach(state)
         try:

@@ -59,7 +59,7 @@ def read_requests(lines: TextIO) -> Iterator[tuple[str, RankRequest | str]]:
 
 def answer(line_id: str, outcome: RankOutcome) -> dict[str, Any]:
     """The /rank answer for one line (`routes.rank_body`, the one definition of it), without timing."""
-    body = rank_body(outcome, {})
+    body = rank_body(outcome, {}, line_id)
     return {
         "id": line_id,
         "results": body["results"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 import signal
 import sys
 import time
@@ -22,6 +23,7 @@ from service.batcher import MicroBatcher, Then
 from service.engine import RankingEngine, Work, process_encode_work, process_work
 from service.engines import Engines
 from service.errors import NotReady
+from service.events import EventLog, Impression
 from service.jobs import Embedded, Job, RankJob, RerankJob
 from service.judgments import JudgmentLog
 from service.metrics import Metrics
@@ -50,6 +52,7 @@ class AppState:
     tracing: Tracing | None = None  # OpenTelemetry (service/tracing.py); None: off
     judgments: JudgmentLog | None = None  # the workbench's grades (service/judgments.py), opened on first use
     zero_shot: RankingEngine | None = None  # the workbench's zero-shot search over the serving catalog
+    events: EventLog | None = None  # the impression and feedback log (service/events.py); None: off
     lifecycle: Lifecycle = field(init=False)
     engines: Engines = field(init=False)
     _shadow_tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -76,6 +79,12 @@ class AppState:
                 self.metrics.rejections.labels("key_quota").inc()
                 raise
         self.metrics.key_requests.labels(key_id).inc()
+
+    def log_impression(self, request_id: str, engine: RankingEngine, query: str, outcome: RankOutcome) -> None:
+        """Offer a served /rank answer to the impression log, for a sampled share of requests (never waits)."""
+        sample = self.settings.log_sample
+        if self.events is not None and sample > 0.0 and (sample >= 1.0 or random.random() < sample):
+            self.events.offer(Impression(request_id, query, engine, outcome, time=time.time()))
 
     def trace(self, route: str, carrier: Mapping[str, str]) -> RequestTrace | None:
         """A request's trace under the caller's `traceparent` in `carrier` (headers, gRPC metadata), or None with
@@ -146,11 +155,13 @@ class AppState:
         return stage
 
     def stop(self) -> None:
-        """Drain, then let the batchers finish what is queued."""
+        """Drain, then let the batchers finish what is queued, and the event log what it holds."""
         self.lifecycle.begin_drain()
         for batcher in (self.encode_batcher, self.document_batcher, self.batcher, self.shadow_batcher):
             if batcher is not None:
                 batcher.close()
+        if self.events is not None:
+            self.events.close()
 
     # -- shadow ranking, after a /rank response ----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import uuid
+from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -72,6 +73,16 @@ def configure_logging(level: str, log_format: LogFormat, stream: TextIO | None =
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def request_id_of(headers: Mapping[str, str]) -> tuple[str, bool]:
+    """A request's id: the one its access line gave it, else the caller's X-Request-ID (one printable token), else
+    a fresh one; and whether it was made here (then the response must carry it in X-Request-ID itself)."""
+    current = REQUEST_ID.get()
+    if current is not None:
+        return current, False
+    given = headers.get("x-request-id", "")
+    return (given if CALLER_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex), True
 
 
 @dataclass

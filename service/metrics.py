@@ -131,6 +131,13 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.event_records = Counter(
+            "rank_event_records_total",
+            "Impression and feedback records (service/events.py) by kind and outcome: written, dropped (the queue was "
+            "full: a slow disk), failed (could not be made).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
         self.result_cache = Counter(
             "rank_result_cache_total",
             "Result (score) cache lookups of unfiltered /rank jobs, by result: a hit skips every stage.",

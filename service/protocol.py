@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import (
     Annotated,
     Any,
+    Literal,
     NotRequired,  # pydantic needs typing_extensions' TypedDict on Python 3.11
 )
 
@@ -94,6 +95,17 @@ class RerankRequest(BaseModel):
     explain: bool = Field(False, description="Add each result's explanation: evidence, prior, residual, attention.")
 
 
+class FeedbackRequest(BaseModel):
+    """POST /feedback: what a user did with an item of a /rank answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: StrictStr = Field(min_length=1, max_length=128, description="The /rank answer's request_id.")
+    item_id: StrictStr = Field(min_length=1, max_length=512)
+    event: Literal["click", "add_to_cart", "purchase"]
+    dwell_ms: float | None = Field(None, ge=0.0, description="How long the user stayed on the item, when known.")
+
+
 class ReloadRequest(BaseModel):
     """POST /admin/reload: new artifact locations; each defaults to the configured one (re-read from disk)."""
 
@@ -147,6 +159,7 @@ class RankedItem(TypedDict):
 class RankResponse(TypedDict):
     """POST /rank's answer: the best items, best first."""
 
+    request_id: Annotated[str, Field(description="This answer's id: POST /feedback names it (also X-Request-ID).")]
     results: list[RankedItem]
     model_version: str
     bundle_version: str

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ class RankReplica:
         request = parse_body(RankRequest, body)
         engine = state.engines.current(request.query)
         outcome, timing_ms = await state.serve(engine, engine.prepare_rank(request), request.timeout_ms, "/rank")
-        return rank_body(outcome, timing_ms)
+        return rank_body(outcome, timing_ms, uuid.uuid4().hex)
 
     async def __del__(self) -> None:
         # Serve awaits this when it stops the replica; the wrapper's own __del__ (next in the MRO) runs the app's

@@ -10,6 +10,7 @@ keeps the response shape in the OpenAPI schema.
 from __future__ import annotations
 
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Mapping
 from typing import Annotated, Any
@@ -23,11 +24,14 @@ from index.runtime.files import ArtifactError
 from index.runtime.text_encoder import MAX_TOKENS
 from service.engine import RankingEngine
 from service.errors import AdminDenied, NotReady, error_response
+from service.events import Feedback
 from service.lifecycle import AppState
+from service.logs import request_id_of
 from service.outcomes import RankOutcome, RerankOutcome
 from service.phase import Phase
 from service.protocol import (
     CanaryRequest,
+    FeedbackRequest,
     JSONBytes,
     RankedItem,
     RankRequest,
@@ -103,8 +107,8 @@ AdminDep = Annotated[AppState, Depends(_admin)]
 # -- outcome -> wire body (dict literals: mypy checks them against the TypedDicts, and they build fastest) ---------
 
 
-def rank_body(outcome: RankOutcome, timing_ms: dict[str, float]) -> RankResponse:
-    """The /rank response body for an outcome and its final timing."""
+def rank_body(outcome: RankOutcome, timing_ms: dict[str, float], request_id: str = "") -> RankResponse:
+    """The /rank response body for an outcome and its final timing, under the request's id."""
     o = outcome
     results: list[RankedItem] = [
         {"id": item_id, "score": score, "rank": rank, "title": title, "attributes": attributes}
@@ -116,6 +120,7 @@ def rank_body(outcome: RankOutcome, timing_ms: dict[str, float]) -> RankResponse
         for result, why in zip(results, o.explanations, strict=True):
             result["explanation"] = why
     return {
+        "request_id": request_id,
         "results": results,
         "model_version": o.model_version,
         "bundle_version": o.bundle_version,
@@ -173,7 +178,11 @@ async def rank(body: RankRequest, request: Request, state: DataPlaneDep) -> Resp
     job = engine.prepare_rank(body)
     trace = state.trace("/rank", request.headers)
     outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/rank", trace)
-    response = _with_server_timing(rank_body(outcome, timing_ms), timing_ms, outcome, trace)
+    request_id, made_here = request_id_of(request.headers)
+    response = _with_server_timing(rank_body(outcome, timing_ms, request_id), timing_ms, outcome, trace)
+    if made_here:  # no access line gave it one (RANK_ACCESS_LOG off): the answer carries its id itself
+        response.headers["x-request-id"] = request_id
+    state.log_impression(request_id, engine, job.query, outcome)
     if state.engines.shadow is not None:  # after the response is sent: the client never waits for the shadow
         response.background = BackgroundTask(state.after_rank, engine, body, job.query, outcome)
     return response
@@ -260,6 +269,18 @@ async def v1_rerank(body: V1RerankRequest, request: Request, state: DataPlaneDep
     tokens = cut.tokens + int(engine.encoder.token_counts([body.query])[0])
     body_out = v1_body(body, outcome, cut.texts, tokens, cut.warnings())
     return _with_server_timing(body_out, timing_ms, outcome, trace)
+
+
+@router.post(
+    "/feedback",
+    status_code=202,
+    summary="What a user did with a shown item (a click, an add to cart, a purchase), for learning from traffic",
+)
+async def feedback(body: FeedbackRequest, state: DataPlaneDep) -> Response:
+    if state.events is None:
+        return error_response(409, "feedback is not logged here: set RANK_LOG_DIR to keep it")
+    event = Feedback(body.request_id, body.item_id, body.event, body.dwell_ms, time.time())
+    return JSONBytes({"logged": state.events.offer(event)}, status_code=202)
 
 
 @router.post("/admin/reload", summary="Load, validate and warm new artifacts, then switch to them atomically")

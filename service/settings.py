@@ -115,6 +115,13 @@ class Settings(BaseSettings):
         4, ge=0, description="shadow a request only while fewer requests than this wait for the ranking thread"
     )
     admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*; admin API off when unset")
+    # The impression and feedback log (service/events.py): off without a directory; impressions of a sampled share
+    # of /rank requests, every /feedback. Written off the response path; a full queue drops (and counts) records.
+    log_dir: Path | None = Field(None, description="directory of the impression and feedback log (unset: off)")
+    log_sample: float = Field(0.0, ge=0.0, le=1.0, description="share of /rank requests whose impressions are logged")
+    log_queue: int = Field(10_000, ge=1, description="records waiting for the log's writer; beyond, dropped")
+    log_segment_records: int = Field(10_000, ge=1, description="records per log segment file")
+    log_segment_seconds: float = Field(60.0, gt=0.0, description="a log segment is closed at this age")
     # The relevance workbench (service/workbench.py): None serves it only on a loopback host, where nobody else can
     # reach it; elsewhere it is off unless set true (grades are then taken with the admin token only).
     ui: bool | None = Field(None, description="serve the relevance workbench at /ui (default: on 127.0.0.1 only)")

@@ -9,6 +9,7 @@ the admin token, and written by `service.judgments.JudgmentLog` to the file `RAN
 from __future__ import annotations
 
 import secrets
+import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -122,7 +123,7 @@ async def compare(body: CompareRequest, state: UiDep) -> Response:
     request = RankRequest(query=body.query, top_k=body.top_k, filters=body.filters)
     served, _ = await state.serve(serving, serving.prepare_rank(request), None, "/ui/compare")
     compared, timing = await state.serve(other, other.prepare_rank(request), None, "/ui/compare")
-    answer = rank_body(compared, timing)
+    answer = rank_body(compared, timing, uuid.uuid4().hex)
     figures = {
         "overlap_at_10": overlap_at_k(served.ids, compared.ids),
         "rbo": rank_biased_overlap(served.ids, compared.ids),

@@ -62,7 +62,7 @@ def _struct(values: dict[str, Any] | None) -> Struct | None:
     return struct
 
 
-def rank_reply(outcome: RankOutcome, timing_ms: dict[str, float]) -> pb.RankResponse:
+def rank_reply(outcome: RankOutcome, timing_ms: dict[str, float], request_id: str) -> pb.RankResponse:
     """The Rank reply: the /rank answer's fields."""
     o = outcome
     explanations = o.explanations if o.explanations is not None else [None] * len(o.ids)
@@ -83,6 +83,7 @@ def rank_reply(outcome: RankOutcome, timing_ms: dict[str, float]) -> pb.RankResp
         model_version=o.model_version,
         bundle_version=o.bundle_version,
         timing_ms=timing_ms,
+        request_id=request_id,
     )
 
 

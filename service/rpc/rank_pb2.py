@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16service/rpc/rank.proto\x12\x0e\x66usion_rank.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x1e\n\x0c\x46ilterValues\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x99\x02\n\x0bRankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0enum_candidates\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x39\n\x07\x66ilters\x18\x04 \x03(\x0b\x32(.fusion_rank.v1.RankRequest.FiltersEntry\x12\x13\n\x0brequest_key\x18\x05 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\x1aL\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.fusion_rank.v1.FilterValues:\x02\x38\x01\x42\x08\n\x06_top_kB\x11\n\x0f_num_candidates\"\x9f\x01\n\nRankedItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\r\n\x05title\x18\x04 \x01(\t\x12+\n\nattributes\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xda\x01\n\x0cRankResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.fusion_rank.v1.RankedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x03 \x01(\t\x12=\n\ttiming_ms\x18\x04 \x03(\x0b\x32*.fusion_rank.v1.RankResponse.TimingMsEntry\x1a/\n\rTimingMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"0\n\x08\x44ocument\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0c\n\x02id\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"\xa9\x01\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12+\n\tdocuments\x18\x02 \x03(\x0b\x32\x18.fusion_rank.v1.Document\x12\x12\n\x05top_n\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x10return_documents\x18\x04 \x01(\x08\x12\x13\n\x0brequest_key\x18\x05 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\x42\x08\n\x06_top_n\"Y\n\x10ReturnedDocument\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12+\n\nattributes\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x98\x01\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x17\n\x0frelevance_score\x18\x02 \x01(\x01\x12\x32\n\x08\x64ocument\x18\x03 \x01(\x0b\x32 .fusion_rank.v1.ReturnedDocument\x12,\n\x0b\x65xplanation\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xcc\x01\n\x0eRerankResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x07results\x18\x02 \x03(\x0b\x32\x1c.fusion_rank.v1.RerankResult\x12\r\n\x05model\x18\x03 \x01(\t\x12?\n\ttiming_ms\x18\x04 \x03(\x0b\x32,.fusion_rank.v1.RerankResponse.TimingMsEntry\x1a/\n\rTimingMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\x94\x01\n\x06Ranker\x12\x41\n\x04Rank\x12\x1b.fusion_rank.v1.RankRequest\x1a\x1c.fusion_rank.v1.RankResponse\x12G\n\x06Rerank\x12\x1d.fusion_rank.v1.RerankRequest\x1a\x1e.fusion_rank.v1.RerankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16service/rpc/rank.proto\x12\x0e\x66usion_rank.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x1e\n\x0c\x46ilterValues\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x99\x02\n\x0bRankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0enum_candidates\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x39\n\x07\x66ilters\x18\x04 \x03(\x0b\x32(.fusion_rank.v1.RankRequest.FiltersEntry\x12\x13\n\x0brequest_key\x18\x05 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\x1aL\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.fusion_rank.v1.FilterValues:\x02\x38\x01\x42\x08\n\x06_top_kB\x11\n\x0f_num_candidates\"\x9f\x01\n\nRankedItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\r\n\x05title\x18\x04 \x01(\t\x12+\n\nattributes\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xee\x01\n\x0cRankResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.fusion_rank.v1.RankedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x03 \x01(\t\x12=\n\ttiming_ms\x18\x04 \x03(\x0b\x32*.fusion_rank.v1.RankResponse.TimingMsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1a/\n\rTimingMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"0\n\x08\x44ocument\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0c\n\x02id\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"\xa9\x01\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12+\n\tdocuments\x18\x02 \x03(\x0b\x32\x18.fusion_rank.v1.Document\x12\x12\n\x05top_n\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x10return_documents\x18\x04 \x01(\x08\x12\x13\n\x0brequest_key\x18\x05 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\x42\x08\n\x06_top_n\"Y\n\x10ReturnedDocument\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12+\n\nattributes\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x98\x01\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x17\n\x0frelevance_score\x18\x02 \x01(\x01\x12\x32\n\x08\x64ocument\x18\x03 \x01(\x0b\x32 .fusion_rank.v1.ReturnedDocument\x12,\n\x0b\x65xplanation\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xcc\x01\n\x0eRerankResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x07results\x18\x02 \x03(\x0b\x32\x1c.fusion_rank.v1.RerankResult\x12\r\n\x05model\x18\x03 \x01(\t\x12?\n\ttiming_ms\x18\x04 \x03(\x0b\x32,.fusion_rank.v1.RerankResponse.TimingMsEntry\x1a/\n\rTimingMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\x94\x01\n\x06Ranker\x12\x41\n\x04Rank\x12\x1b.fusion_rank.v1.RankRequest\x1a\x1c.fusion_rank.v1.RankResponse\x12G\n\x06Rerank\x12\x1d.fusion_rank.v1.RerankRequest\x1a\x1e.fusion_rank.v1.RerankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,21 +47,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RANKEDITEM']._serialized_start=389
   _globals['_RANKEDITEM']._serialized_end=548
   _globals['_RANKRESPONSE']._serialized_start=551
-  _globals['_RANKRESPONSE']._serialized_end=769
-  _globals['_RANKRESPONSE_TIMINGMSENTRY']._serialized_start=722
-  _globals['_RANKRESPONSE_TIMINGMSENTRY']._serialized_end=769
-  _globals['_DOCUMENT']._serialized_start=771
-  _globals['_DOCUMENT']._serialized_end=819
-  _globals['_RERANKREQUEST']._serialized_start=822
-  _globals['_RERANKREQUEST']._serialized_end=991
-  _globals['_RETURNEDDOCUMENT']._serialized_start=993
-  _globals['_RETURNEDDOCUMENT']._serialized_end=1082
-  _globals['_RERANKRESULT']._serialized_start=1085
-  _globals['_RERANKRESULT']._serialized_end=1237
-  _globals['_RERANKRESPONSE']._serialized_start=1240
-  _globals['_RERANKRESPONSE']._serialized_end=1444
-  _globals['_RERANKRESPONSE_TIMINGMSENTRY']._serialized_start=722
-  _globals['_RERANKRESPONSE_TIMINGMSENTRY']._serialized_end=769
-  _globals['_RANKER']._serialized_start=1447
-  _globals['_RANKER']._serialized_end=1595
+  _globals['_RANKRESPONSE']._serialized_end=789
+  _globals['_RANKRESPONSE_TIMINGMSENTRY']._serialized_start=742
+  _globals['_RANKRESPONSE_TIMINGMSENTRY']._serialized_end=789
+  _globals['_DOCUMENT']._serialized_start=791
+  _globals['_DOCUMENT']._serialized_end=839
+  _globals['_RERANKREQUEST']._serialized_start=842
+  _globals['_RERANKREQUEST']._serialized_end=1011
+  _globals['_RETURNEDDOCUMENT']._serialized_start=1013
+  _globals['_RETURNEDDOCUMENT']._serialized_end=1102
+  _globals['_RERANKRESULT']._serialized_start=1105
+  _globals['_RERANKRESULT']._serialized_end=1257
+  _globals['_RERANKRESPONSE']._serialized_start=1260
+  _globals['_RERANKRESPONSE']._serialized_end=1464
+  _globals['_RERANKRESPONSE_TIMINGMSENTRY']._serialized_start=742
+  _globals['_RERANKRESPONSE_TIMINGMSENTRY']._serialized_end=789
+  _globals['_RANKER']._serialized_start=1467
+  _globals['_RANKER']._serialized_end=1615
 # @@protoc_insertion_point(module_scope)

@@ -25,6 +25,7 @@ from service.auth import KeyDenied, QuotaExceeded, retry_after_header
 from service.batcher import DeadlineExceeded, QueueFull, ShuttingDown
 from service.errors import NotReady, RequestError
 from service.lifecycle import AppState
+from service.logs import request_id_of
 from service.phase import Phase
 from service.rpc import convert, rank_pb2_grpc
 from service.rpc import rank_pb2 as pb
@@ -68,7 +69,9 @@ class RankerServicer(rank_pb2_grpc.RankerServicer):
             send_traceparent(context, trace)
             if state.engines.shadow is not None:
                 await state.after_rank(engine, body, job.query, outcome)
-            return convert.rank_reply(outcome, timing_ms)
+            request_id, _ = request_id_of(metadata(context))
+            state.log_impression(request_id, engine, job.query, outcome)
+            return convert.rank_reply(outcome, timing_ms, request_id)
 
         return await self._answer(context, rank)
 
