@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import overload
+from typing import Any, overload
 
 from index.runtime.files import ArtifactError
 from service.agreement import agreement
@@ -80,11 +80,44 @@ class AppState:
                 raise
         self.metrics.key_requests.labels(key_id).inc()
 
-    def log_impression(self, request_id: str, engine: RankingEngine, query: str, outcome: RankOutcome) -> None:
-        """Offer a served /rank answer to the impression log, for a sampled share of requests (never waits)."""
+    def explore(self, outcome: RankOutcome) -> tuple[RankOutcome, list[int] | None]:
+        """For a `RANK_EXPLORE` share of answers, the outcome with two adjacent results swapped (a random pair) and
+        the swapped positions (1-based); else the outcome as it is and None."""
+        share = self.settings.explore
+        if share <= 0.0 or len(outcome.ids) < 2 or random.random() >= share:
+            return outcome, None
+        i = random.randrange(len(outcome.ids) - 1)
+
+        def swapped(column: list[Any]) -> list[Any]:
+            column = list(column)
+            column[i], column[i + 1] = column[i + 1], column[i]
+            return column
+
+        explored = dataclasses.replace(
+            outcome,
+            ids=swapped(outcome.ids),
+            scores=swapped(outcome.scores),
+            titles=swapped(outcome.titles),
+            attributes=swapped(outcome.attributes),
+            explanations=swapped(outcome.explanations) if outcome.explanations is not None else None,
+        )
+        self.metrics.explored.inc()
+        return explored, [i + 1, i + 2]
+
+    def log_impression(
+        self,
+        request_id: str,
+        engine: RankingEngine,
+        query: str,
+        outcome: RankOutcome,
+        explored: list[int] | None = None,
+    ) -> None:
+        """Offer a served /rank answer to the impression log, for a sampled share of requests (never waits); an
+        explored answer is always offered, since its swap is what learning from it needs."""
         sample = self.settings.log_sample
-        if self.events is not None and sample > 0.0 and (sample >= 1.0 or random.random() < sample):
-            self.events.offer(Impression(request_id, query, engine, outcome, time=time.time()))
+        if self.events is None or not (explored or sample >= 1.0 or (sample > 0.0 and random.random() < sample)):
+            return
+        self.events.offer(Impression(request_id, query, engine, outcome, explored, time.time()))
 
     def trace(self, route: str, carrier: Mapping[str, str]) -> RequestTrace | None:
         """A request's trace under the caller's `traceparent` in `carrier` (headers, gRPC metadata), or None with

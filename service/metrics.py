@@ -138,6 +138,11 @@ class Metrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.explored = Counter(
+            "rank_explored_total",
+            "/rank answers shown with two adjacent results swapped (RANK_EXPLORE).",
+            registry=self.registry,
+        )
         self.result_cache = Counter(
             "rank_result_cache_total",
             "Result (score) cache lookups of unfiltered /rank jobs, by result: a hit skips every stage.",

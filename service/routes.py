@@ -178,11 +178,12 @@ async def rank(body: RankRequest, request: Request, state: DataPlaneDep) -> Resp
     job = engine.prepare_rank(body)
     trace = state.trace("/rank", request.headers)
     outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, "/rank", trace)
+    shown, explored = state.explore(outcome)  # the shadow compares with the model's own order, not the swap
     request_id, made_here = request_id_of(request.headers)
-    response = _with_server_timing(rank_body(outcome, timing_ms, request_id), timing_ms, outcome, trace)
+    response = _with_server_timing(rank_body(shown, timing_ms, request_id), timing_ms, shown, trace)
     if made_here:  # no access line gave it one (RANK_ACCESS_LOG off): the answer carries its id itself
         response.headers["x-request-id"] = request_id
-    state.log_impression(request_id, engine, job.query, outcome)
+    state.log_impression(request_id, engine, job.query, shown, explored)
     if state.engines.shadow is not None:  # after the response is sent: the client never waits for the shadow
         response.background = BackgroundTask(state.after_rank, engine, body, job.query, outcome)
     return response

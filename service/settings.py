@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     log_dir: Path | None = Field(None, description="directory of the impression and feedback log (unset: off)")
     log_sample: float = Field(0.0, ge=0.0, le=1.0, description="share of /rank requests whose impressions are logged")
     log_queue: int = Field(10_000, ge=1, description="records waiting for the log's writer; beyond, dropped")
+    # Randomised swaps of two adjacent results for a small share of /rank answers, marked in their impressions: the
+    # interventions that let click-trained models estimate position bias (Agarwal et al. 2019). Changes what users see.
+    explore: float = Field(0.0, ge=0.0, le=0.2, description="share of /rank answers with two adjacent results swapped")
     log_segment_records: int = Field(10_000, ge=1, description="records per log segment file")
     log_segment_seconds: float = Field(60.0, gt=0.0, description="a log segment is closed at this age")
     # The relevance workbench (service/workbench.py): None serves it only on a loopback host, where nobody else can

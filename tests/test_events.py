@@ -153,3 +153,28 @@ def test_offering_never_blocks_even_with_the_writer_stuck(tmp_path: Path) -> Non
     assert metrics.registry.get_sample_value(
         "rank_event_records_total", {"kind": "feedback", "outcome": "dropped"}
     ) == offered.count(False)
+
+
+def test_exploration_swaps_two_adjacent_results_and_marks_them(toy: ToyArtifacts, tmp_path: Path) -> None:
+    plain = serving_settings(toy)
+    explored = serving_settings(toy, log_dir=tmp_path / "log", explore=0.2)
+    queries = [f"gin drink {i}" for i in range(60)]
+    with TestClient(create_app(plain)) as client:
+        expected = {
+            q: [h["id"] for h in client.post("/rank", json={"query": q, "top_k": 5}).json()["results"]] for q in queries
+        }
+    with TestClient(create_app(explored)) as client:
+        shown = {
+            q: [h["id"] for h in client.post("/rank", json={"query": q, "top_k": 5}).json()["results"]] for q in queries
+        }
+    records = {r["query"]: r for r in read_events(tmp_path / "log")}  # only explored answers: RANK_LOG_SAMPLE is 0
+    assert 0 < len(records) < 60
+    for query in queries:
+        if query not in records:
+            assert shown[query] == expected[query]
+            continue
+        first, second = records[query]["explored"]
+        assert second == first + 1
+        swapped = list(expected[query])
+        swapped[first - 1], swapped[second - 1] = swapped[second - 1], swapped[first - 1]
+        assert shown[query] == swapped == [item["id"] for item in records[query]["items"]]

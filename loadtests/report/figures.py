@@ -28,8 +28,14 @@ from training.release.promstats import (
 
 ROUTES = ("/rank", "/rerank")
 QUANTILES = (0.5, 0.95, 0.99)
-# The service's caches, by the key of their lookups in the summary: unfiltered /rank repeats skip FAISS and BM25.
-CACHES = {"query_cache": "rank_query_cache_total", "candidate_cache": "rank_candidate_cache_total"}
+# The service's caches, by the key of their lookups in the summary: an unfiltered /rank repeat takes its scores from
+# the result cache (and then looks up neither of the others), else its candidates from the candidate cache (no FAISS
+# or BM25); a query in the query cache skips MiniLM.
+CACHES = {
+    "result_cache": "rank_result_cache_total",
+    "candidate_cache": "rank_candidate_cache_total",
+    "query_cache": "rank_query_cache_total",
+}
 
 
 @dataclass(frozen=True)

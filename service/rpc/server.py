@@ -69,9 +69,10 @@ class RankerServicer(rank_pb2_grpc.RankerServicer):
             send_traceparent(context, trace)
             if state.engines.shadow is not None:
                 await state.after_rank(engine, body, job.query, outcome)
+            shown, explored = state.explore(outcome)
             request_id, _ = request_id_of(metadata(context))
-            state.log_impression(request_id, engine, job.query, outcome)
-            return convert.rank_reply(outcome, timing_ms, request_id)
+            state.log_impression(request_id, engine, job.query, shown, explored)
+            return convert.rank_reply(shown, timing_ms, request_id)
 
         return await self._answer(context, rank)
 
