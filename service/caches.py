@@ -28,6 +28,10 @@ class ProjectionCache:
     def __init__(self, size: int) -> None:
         self._vectors: LruCache[str, np.ndarray] = LruCache(size)
 
+    def peek(self, query: str) -> np.ndarray | None:
+        """The query's remembered vector, or None."""
+        return self._vectors.get(query)
+
     def project(self, model: ExportedModel, vectors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each query of `vectors` (MiniLM embeddings by text) in the retrieval space: remembered ones from the
         cache, the others in one query-tower call, then remembered."""

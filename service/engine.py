@@ -101,6 +101,11 @@ class RankingEngine:
         """The execution provider the ranker runs on ('none' without a ranker)."""
         return self.model.providers[0] if self.model is not None else "none"
 
+    def projected(self, query: str) -> np.ndarray | None:
+        """`query` in the model's retrieval space, if it is in this engine's projection cache (None without a
+        model): what the impression log reads for its feature logging, never computing it anew."""
+        return self._projections.peek(query) if self.model is not None else None
+
     # -- validation, on the event loop -------------------------------------------------------------------------
 
     def prepare_rank(self, request: RankRequest) -> RankJob:

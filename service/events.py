@@ -6,7 +6,8 @@ turns records into JSON lines and writes them into segment files in `RANK_LOG_DI
 `events-<start>-<n>.jsonl.partial`, then flushed, fsynced and renamed to `.jsonl` when it holds
 `RANK_LOG_SEGMENT_RECORDS` records or is `RANK_LOG_SEGMENT_SECONDS` old, and at shutdown. A reader takes `*.jsonl`
 only, so after a crash a segment is complete or absent. A full queue (a slow or stalled disk) drops the record and
-counts it in `rank_event_records_total{outcome="dropped"}`; it never slows or fails a request.
+counts it in `rank_event_records_total{outcome="dropped"}`; it never slows or fails a request. The writer wakes every
+50 ms, not per record (`EventLog`).
 
 An impression's feature logging is computed by the writer, off the response path, with the serving code's own
 functions on the bundle version the record names: per shown item its query/title cosine (`dense`), BM25 score, the
@@ -15,13 +16,12 @@ learned retrieval score (with a model) and its modalities, beside its id, positi
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +55,9 @@ class Impression:
         vector = self.engine.encoder.cached(self.query)
         if vector is not None:
             features["dense"] = (bundle.text[rows] @ vector).tolist()
-            model = self.engine.model
-            if model is not None and bundle.retrieval is not None:
-                projected = model.project_queries(vector[None].astype(np.float32))[0]
-                features["retrieval"] = (bundle.retrieval[rows] @ projected).tolist()
+        projected = self.engine.projected(self.query)  # the query tower's output, as the request left it cached
+        if projected is not None and bundle.retrieval is not None:
+            features["retrieval"] = (bundle.retrieval[rows] @ projected).tolist()
         present = bundle.mask[rows] > 0
         features["modalities"] = [[m for t, m in enumerate(MODALITIES) if has[t]] for has in present]
         return {
@@ -106,7 +105,12 @@ def _iso(seconds: float) -> str:
 
 
 class EventLog:
-    """The queue and its one writer thread (see the module docstring)."""
+    """The queue and its one writer thread (see the module docstring).
+
+    The queue is a deque that nobody is woken for: a request appends its record (one atomic append, no lock, no
+    notify) and the writer takes what is there every `interval` seconds. Woken per record, the writer started its
+    work (JSON, feature logging) at once, on the other core, while the request that offered it was still being
+    answered, and the two took turns at the GIL."""
 
     def __init__(
         self,
@@ -116,13 +120,17 @@ class EventLog:
         max_queue: int = 10_000,
         segment_records: int = 10_000,
         segment_seconds: float = 60.0,
+        interval: float = 0.05,
         write: Callable[[Any, bytes], None] | None = None,
     ) -> None:
         self.directory = directory
         self._metrics = metrics
-        self._queue: queue.Queue[Event | None] = queue.Queue(max_queue)
+        self._queue: deque[Event] = deque()
+        self._max_queue = max_queue
         self._segment_records, self._segment_seconds = segment_records, segment_seconds
+        self._interval = interval
         self._write = write or _write_line
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="event-writer", daemon=True)
         self._segments = 0
         directory.mkdir(parents=True, exist_ok=True)
@@ -130,46 +138,44 @@ class EventLog:
 
     def offer(self, event: Event) -> bool:
         """Queue `event` for the writer without waiting; False (and counted as dropped) when the queue is full."""
-        kind = "impression" if isinstance(event, Impression) else "feedback"
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
+        if len(self._queue) >= self._max_queue:
+            kind = "impression" if isinstance(event, Impression) else "feedback"
             self._metrics.event_records.labels(kind, "dropped").inc()
             return False
+        self._queue.append(event)
         return True
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued, finish the open segment, and stop."""
-        with contextlib.suppress(queue.Full):  # the writer is stuck: what is queued is lost, as in a crash
-            self._queue.put(None, timeout=timeout)
+        """Write what is queued, finish the open segment, and stop (a writer stuck past `timeout` loses what is
+        queued, as a crash would)."""
+        self._closing.set()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         segment: _Segment | None = None
         while True:
-            try:
-                event = self._queue.get(timeout=segment.left(self._segment_seconds) if segment else None)
-            except queue.Empty:  # the open segment is old enough
+            closing = self._closing.wait(self._interval)
+            while self._queue:
+                event = self._queue.popleft()
+                kind = "impression" if isinstance(event, Impression) else "feedback"
+                try:
+                    line = (json.dumps(event.record()) + "\n").encode()
+                except Exception:  # a record that cannot be made (an item gone after a swap): counted, not written
+                    self._metrics.event_records.labels(kind, "failed").inc()
+                    continue
+                if segment is None:
+                    segment = self._open()
+                self._write(segment.handle, line)
+                segment.records += 1
+                self._metrics.event_records.labels(kind, "written").inc()
+                if segment.records >= self._segment_records:
+                    _finish(segment)
+                    segment = None
+            if segment is not None and (closing or segment.age() >= self._segment_seconds):
                 _finish(segment)
                 segment = None
-                continue
-            if event is None:  # close()
-                _finish(segment)
+            if closing:
                 return
-            kind = "impression" if isinstance(event, Impression) else "feedback"
-            try:
-                line = (json.dumps(event.record()) + "\n").encode()
-            except Exception:  # a record that cannot be made (an item gone after a swap): counted, not written
-                self._metrics.event_records.labels(kind, "failed").inc()
-                continue
-            if segment is None:
-                segment = self._open()
-            self._write(segment.handle, line)
-            segment.records += 1
-            self._metrics.event_records.labels(kind, "written").inc()
-            if segment.records >= self._segment_records:
-                _finish(segment)
-                segment = None
 
     def _open(self) -> _Segment:
         self._segments += 1
@@ -187,9 +193,8 @@ class _Segment:
     opened: float
     records: int = 0
 
-    def left(self, seconds: float) -> float:
-        """How long until it is `seconds` old (at least a little, so that a late wake-up still waits)."""
-        return max(0.05, self.opened + seconds - time.monotonic())
+    def age(self) -> float:
+        return time.monotonic() - self.opened
 
 
 def _finish(segment: _Segment | None) -> None:
