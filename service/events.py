@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from model.schema import MODALITIES
 from service.engine import RankingEngine
@@ -159,7 +160,7 @@ class EventLog:
                 event = self._queue.popleft()
                 kind = "impression" if isinstance(event, Impression) else "feedback"
                 try:
-                    line = (json.dumps(event.record()) + "\n").encode()
+                    line = orjson.dumps(event.record(), option=orjson.OPT_APPEND_NEWLINE)
                 except Exception:  # a record that cannot be made (an item gone after a swap): counted, not written
                     self._metrics.event_records.labels(kind, "failed").inc()
                     continue
