@@ -83,6 +83,11 @@ class ApiKeys:
         return found
 
 
+def is_bearer(authorization: str, token: str | None) -> bool:
+    """Whether an `Authorization` value is `Bearer <token>`, compared in constant time (False without a token)."""
+    return token is not None and hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
+
+
 class QuotaExceeded(PermissionError):
     """A key id's requests came faster than its quota (429, with `retry_after_s`)."""
 

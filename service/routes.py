@@ -9,7 +9,6 @@ keeps the response shape in the OpenAPI schema.
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Mapping
@@ -22,6 +21,7 @@ from starlette.background import BackgroundTask
 
 from index.runtime.files import ArtifactError
 from index.runtime.text_encoder import MAX_TOKENS
+from service.auth import is_bearer
 from service.engine import RankingEngine
 from service.errors import AdminDenied, NotReady, error_response
 from service.events import Feedback
@@ -85,8 +85,7 @@ async def _admin(request: Request) -> AppState:
     token = state.settings.admin_token
     if token is None:
         raise AdminDenied(403, "the admin API is disabled; set RANK_ADMIN_TOKEN to enable it")
-    given = request.headers.get("authorization", "")
-    if not secrets.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
+    if not is_bearer(request.headers.get("authorization", ""), token.get_secret_value()):
         raise AdminDenied(401, "authorization: a valid 'Bearer <RANK_ADMIN_TOKEN>' header is required")
     return state
 

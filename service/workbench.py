@@ -8,7 +8,6 @@ the admin token, and written by `service.judgments.JudgmentLog` to the file `RAN
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException
 
 from service.agreement import overlap_at_k, rank_biased_overlap
+from service.auth import is_bearer
 from service.engine import RankingEngine
 from service.errors import AdminDenied, NoCanary, NoShadow, error_response
 from service.jobs import normalize_query
@@ -162,8 +162,7 @@ def _check_grader(request: Request, state: AppState) -> None:
     if host in LOOPBACK_HOSTS:
         return
     token = state.settings.admin_token
-    given = request.headers.get("authorization", "")
-    if token is None or not secrets.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
+    if not is_bearer(request.headers.get("authorization", ""), token.get_secret_value() if token else None):
         raise AdminDenied(403, "grades are taken from this machine, or with 'Authorization: Bearer <RANK_ADMIN_TOKEN>'")
 
 

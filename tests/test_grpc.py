@@ -22,6 +22,7 @@ from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from loadtests.process import free_port
 from service.app import create_app
 from service.lifecycle import AppState
 from service.metrics import Metrics
@@ -35,12 +36,6 @@ from .toy_artifacts import ToyArtifacts
 
 KEY = "team-g:0123456789abcdef-grpc"
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

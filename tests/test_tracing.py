@@ -5,13 +5,12 @@ OTEL variables are unset."""
 
 from __future__ import annotations
 
-import socket
-
 import grpc
 import pytest
 from fastapi.testclient import TestClient
 
 from loadtests.otlp_sink import OtlpSink
+from loadtests.process import free_port
 from service.app import create_app
 from service.metrics import STAGES
 from service.rpc import rank_pb2 as pb
@@ -24,12 +23,6 @@ from .toy_artifacts import ToyArtifacts
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN = "b7ad6b7169203331"
 TRACEPARENT = f"00-{TRACE_ID}-{CALLER_SPAN}-01"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_requests_are_traced_under_the_callers_traceparent_with_a_span_per_stage(
