@@ -1,5 +1,5 @@
 """The impression and feedback log (`EventLog`): what the service showed, for a sampled share of /rank requests
-(`RANK_LOG_SAMPLE`), and what users did with it (`POST /feedback`), for learning from traffic (training.feedback).
+(`RANK_LOG_SAMPLE`), and what users did with it (`POST /feedback`), for learning from traffic.
 
 Off the response path: a request only offers its record to a bounded queue and never waits. One writer thread
 turns records into JSON lines and writes them into segment files in `RANK_LOG_DIR`: each segment is written as

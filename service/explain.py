@@ -1,6 +1,6 @@
 """Why a hit ranks where it does (`"explain": true`): its explanation, read from the very graph run that scored it
-(`ScoringGraph.run_explained`, the scoring graph with the parts of each score as extra outputs), never from a second
-model.
+(`ScoringGraph.outputs` with `explain`: the scoring graph with the parts of each score as extra outputs), never from
+a second model.
 
 Per hit: the candidate sources that found it and its rank in each, with its reciprocal-rank-fusion score (a /rank
 hit; /rerank documents are the caller's), the zero-shot evidence (BM25 over the list's best; the dense cosine; the

@@ -84,7 +84,7 @@ class Scorer:
             scores = self.graph.run(prior, queries, vectors, table_rows, valid, scores_bm25, extras)
             stages.lap("rank")
             return scores[valid], None
-        outputs = self.graph.run_explained(prior, queries, vectors, table_rows, valid, scores_bm25, extras)
+        outputs = self.graph.outputs(prior, queries, vectors, table_rows, valid, scores_bm25, extras, explain=True)
         stages.lap("rank")
         # The evidence outputs are (B, L); the ranker's and the mask are per flat position b * L + j.
         flat = valid.reshape(-1)

@@ -279,9 +279,9 @@ class ScoringGraph:
         extras: Extras | None = None,
     ) -> np.ndarray:
         """Scores (B, L), -inf where not `valid`: see the module docstring for the inputs."""
-        return self._run(prior, query, query_vectors, rows, valid, bm25, extras, explain=False)["scores"]
+        return self.outputs(prior, query, query_vectors, rows, valid, bm25, extras)["scores"]
 
-    def run_explained(
+    def outputs(
         self,
         prior: str,
         query: np.ndarray,
@@ -290,22 +290,10 @@ class ScoringGraph:
         valid: np.ndarray,
         bm25: np.ndarray,
         extras: Extras | None = None,
+        explain: bool = False,
     ) -> dict[str, np.ndarray]:
-        """As `run`, from the graph built with `explain`: the same nodes, so the same scores, and from the same run
-        the parts of each score (the module docstring's `explain_*` outputs) beside `scores`."""
-        return self._run(prior, query, query_vectors, rows, valid, bm25, extras, explain=True)
-
-    def _run(
-        self,
-        prior: str,
-        query: np.ndarray,
-        query_vectors: np.ndarray | None,
-        rows: np.ndarray,
-        valid: np.ndarray,
-        bm25: np.ndarray,
-        extras: Extras | None,
-        explain: bool,
-    ) -> dict[str, np.ndarray]:
+        """The run's outputs by name: `scores`, and with `explain`, from the graph built with it (the same nodes, so
+        the same scores), the parts of each score (the module docstring's `explain_*` outputs)."""
         feeds = {"query": query, "rows": rows, "valid": valid, "bm25": bm25}
         if self.model is not None:
             if query_vectors is None:

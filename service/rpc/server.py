@@ -64,13 +64,14 @@ class RankerServicer(rank_pb2_grpc.RankerServicer):
             body = convert.rank_request(request, convert.timeout_ms(context.time_remaining()))
             engine = state.engines.current(request.request_key or body.query)
             job = engine.prepare_rank(body)
-            trace = state.trace(f"/{SERVICE}/Rank", metadata(context))
+            called = metadata(context)
+            trace = state.trace(f"/{SERVICE}/Rank", called)
             outcome, timing_ms = await state.serve(engine, job, body.timeout_ms, f"/{SERVICE}/Rank", trace)
             send_traceparent(context, trace)
             if state.engines.shadow is not None:
                 await state.after_rank(engine, body, job.query, outcome)
             shown, explored = state.explore(outcome)
-            request_id, _ = request_id_of(metadata(context))
+            request_id, _ = request_id_of(called)
             state.log_impression(request_id, engine, job.query, shown, explored)
             return convert.rank_reply(shown, timing_ms, request_id)
 
