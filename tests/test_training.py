@@ -226,5 +226,6 @@ def test_candidate_recall_counts_relevant_items_that_were_retrieved() -> None:
         compliant=np.zeros((3, 3), bool),
         ideal_grades=np.zeros((3, 10), np.int64),
         relevant_total=np.array([4, 2, 0]),  # query c has no relevant item: excluded, not counted as zero
+        labelled=np.ones((3, 3), bool),
     )
     assert lists.candidate_recall() == pytest.approx((2 / 4 + 0 / 2) / 2)

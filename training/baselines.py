@@ -100,10 +100,10 @@ class LambdaMART:
         )
         self.model.fit(
             self._rows(dataset, train),
-            train.grades.reshape(-1),
+            _integer(train.grades),
             group=[k] * len(train),
             eval_X=(self._rows(dataset, val),),
-            eval_y=(val.grades.reshape(-1),),
+            eval_y=(_integer(val.grades),),
             eval_group=[[val.candidates.shape[1]] * len(val)],
             eval_at=[10],
             callbacks=[lgb.early_stopping(50, verbose=False)],
@@ -115,3 +115,8 @@ class LambdaMART:
         if self.model is None:
             raise RuntimeError("LambdaMART.scores called before fit")
         return np.asarray(self.model.predict(self._rows(dataset, lists))).reshape(lists.candidates.shape)
+
+
+def _integer(grades: np.ndarray) -> np.ndarray:
+    """LightGBM's lambdarank takes integer relevance labels: click labels (fractional grades) are rounded."""
+    return np.rint(grades.reshape(-1)).astype(np.int64)

@@ -34,9 +34,17 @@ from training.dataset import (
     rows_recall,
 )
 from training.export import ParityError, run_export
-from training.metrics import NDCG_CONVENTION, RELEVANT_GRADE, RankingMetrics, evaluate_scores
+from training.feedback.sessions import FeedbackError
+from training.metrics import NDCG_CONVENTION, RELEVANT_GRADE, RankingMetrics
 from training.retrieval import RetrieverResult, learned_space, out_of_fold_spaces, train_retriever
-from training.train import AUTO_ANALYSIS, FeatureTensors, TrainConfig, score_lists, select_device, train
+from training.train import (
+    AUTO_ANALYSIS,
+    FeatureTensors,
+    TrainConfig,
+    score_lists,
+    select_device,
+    train,
+)
 from training.zero_shot import (
     SOURCE_OPTIONS,
     Choice,
@@ -151,10 +159,17 @@ def evaluate_systems(
     dataset: Dataset, scores_by_system: dict[str, np.ndarray], split: str = "test"
 ) -> dict[str, RankingMetrics]:
     lists = dataset.splits[split]
-    return {
-        name: evaluate_scores(scores, lists.grades, lists.compliant, lists.ideal_grades)
-        for name, scores in scores_by_system.items()
-    }
+    return {name: lists.metrics(scores) for name, scores in scores_by_system.items()}
+
+
+def trained_on(dataset: Dataset) -> str:
+    """One line for the model card: what the ranker's labels came from."""
+    if dataset.feedback is None:
+        return "judgments"
+    f = dataset.feedback
+    source = f"clicks from {f['sessions']} logged sessions, weighted by {f['propensity_method']} propensities"
+    test = "held-out logged queries' click labels (counterfactual)" if f["counterfactual_test"] else "judgments"
+    return f"{source}{' and judgments' if f['labels'] == 'both' else ''}; tested on {test}"
 
 
 def run_train(cfg: TrainConfig) -> int:
@@ -168,6 +183,7 @@ def run_train(cfg: TrainConfig) -> int:
         num_candidates=cfg.num_candidates,
         holdout=cfg.holdout,
         analysis=NO_ANALYSIS if cfg.analysis == AUTO_ANALYSIS else cfg.analysis,
+        feedback=cfg.feedback_options(),
     )
     dataset, analysis_ndcg = with_analysis(cfg, dataset)
     analysis = dataset.candidates.lexical.analyzer.name
@@ -261,6 +277,9 @@ def run_train(cfg: TrainConfig) -> int:
         {
             "dataset": dataset.name,
             "synthetic": bool(synthetic),
+            # what the labels came from: judgments, and with FEEDBACK the click log (training.feedback)
+            "trained_on": trained_on(dataset),
+            "feedback": dataset.feedback,
             # what the catalog's verdict kept and skipped: the counts `make validate` prints for the same data
             "catalog": dataset.screened.counts if dataset.screened is not None else {},
             "convention": NDCG_CONVENTION,
@@ -314,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return run_train(config_from_args(args))
         return run_export(args.out_dir)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, FeedbackError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ParityError as exc:

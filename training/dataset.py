@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from index.data.readers import find_data_file, find_judgments
-from index.data.records import SPLITS, DataError, Item, Judgment
+from index.data.records import SPLITS, DataError, Item, Judgment, Query
 from index.data.verdict import Screened, read_catalog
 from index.offline.featurize import featurize
 from index.runtime.faiss_index import FaissIndex, IndexKind, IndexParams, build_index
@@ -32,7 +32,8 @@ from index.runtime.hybrid import ZERO_SHOT_PRIOR, ZERO_SHOT_SOURCES, candidate_r
 from index.runtime.lexical import NO_ANALYSIS, LexicalIndex
 from index.runtime.text_encoder import TextEncoder
 from model.schema import FeatureSchema
-from training.metrics import RELEVANT_GRADE
+from training.feedback.merge import FeedbackOptions, merge_feedback
+from training.metrics import RELEVANT_GRADE, RankingMetrics, evaluate_scores
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,14 @@ class RankingLists:
     candidates: np.ndarray  # (Q, K) int64 item rows
     retrieval: np.ndarray  # (Q, K) float32 the ranker's retrieval_score input: query . candidate in the scoring space
     evidence: np.ndarray  # (Q, K, 2) float32 the ranker's evidence input (prior, lexical) for each candidate
-    grades: np.ndarray  # (Q, K) int64, 0 where unjudged
+    grades: np.ndarray  # (Q, K) float64, 0 where unjudged (judgments are integers; click labels need not be)
     compliant: np.ndarray  # (Q, K) bool
     ideal_grades: np.ndarray  # (Q, IDEAL_DEPTH) best judged grades over the whole catalog, descending
     relevant_total: np.ndarray  # (Q,) items with grade >= RELEVANT_GRADE in the whole catalog
+    # (Q, K) bool: the candidates whose label is known. True everywhere for judged queries (unjudged means not
+    # relevant); for a query labelled by clicks, only the items its sessions showed: of the others nothing is
+    # known (no propensity weighting can make up for never showing them), so the loss and the validation skip them.
+    labelled: np.ndarray
 
     def __len__(self) -> int:
         return len(self.query_ids)
@@ -75,6 +80,12 @@ class RankingLists:
             values[f.name] = sum(pieces, []) if isinstance(pieces[0], list) else np.concatenate(pieces)
         return RankingLists(**values)
 
+    def metrics(self, scores: np.ndarray) -> RankingMetrics:
+        """Metrics of (Q, K) scores over each list's labelled candidates (`labelled`): for click labels, how well
+        the shown items are ordered, which is what clicks can tell (the counterfactual estimate); for judgments,
+        every candidate."""
+        return evaluate_scores(np.where(self.labelled, scores, -np.inf), self.grades, self.compliant, self.ideal_grades)
+
     def rescored(self, space: CandidateSpace) -> RankingLists:
         """The same lists with the retrieval score taken in `space` (e.g. the item tower over masked inputs)."""
         return dataclasses.replace(self, retrieval=retrieval_matrix(space, self.candidates, self.query_emb))
@@ -89,7 +100,7 @@ class RankingLists:
         return float((found[has] / self.relevant_total[has]).mean())
 
 
-Judged = dict[str, dict[int, tuple[int, bool]]]  # query id -> item row -> (grade, compliant)
+Judged = dict[str, dict[int, tuple[float, bool]]]  # query id -> item row -> (grade, compliant)
 
 
 @dataclass(frozen=True)
@@ -173,7 +184,9 @@ class Dataset:
     name: str
     judged: Judged
     candidates: Candidates  # how the lists were made
+    partial: frozenset[str] = frozenset()  # queries labelled by clicks: only their shown items have labels
     screened: Screened | None = None  # what the catalog's verdict kept and skipped (None for a dataset made in code)
+    feedback: dict[str, Any] | None = None  # with FEEDBACK: what the click labels came from (model card)
 
     @property
     def item_vectors(self) -> np.ndarray:
@@ -209,7 +222,9 @@ class Dataset:
         return dataclasses.replace(self, splits=splits, candidates=candidates)
 
     def _relist(self, lists: RankingLists, candidates: Candidates, num_candidates: int) -> RankingLists:
-        return build_lists(lists.query_ids, lists.query_texts, lists.query_emb, self.judged, candidates, num_candidates)
+        return build_lists(
+            lists.query_ids, lists.query_texts, lists.query_emb, self.judged, candidates, num_candidates, self.partial
+        )
 
 
 @dataclass(frozen=True)
@@ -268,21 +283,25 @@ def build_lists(
     judged: Judged,
     candidates: Candidates,
     num_candidates: int,
+    partial: frozenset[str] = frozenset(),
 ) -> RankingLists:
-    """Make each query's list of `num_candidates` with `candidates`, with its evidence and labels."""
+    """Make each query's list of `num_candidates` with `candidates`, with its evidence and labels; the queries in
+    `partial` have labels for their judged rows only (`RankingLists.labelled`)."""
     rows = candidates.rows(query_texts, query_emb, num_candidates)
     text = candidates.text.items
     dense = np.einsum("qkd,qd->qk", text[rows], query_emb)
     bm25 = np.stack([candidates.lexical.scores_at(t, r) for t, r in zip(query_texts, rows)])
     found = evidence(dense.reshape(-1), bm25.reshape(-1), [rows.shape[1]] * len(rows))
-    grades = np.zeros(rows.shape, dtype=np.int64)
+    grades = np.zeros(rows.shape, dtype=np.float64)
     compliant = np.zeros(rows.shape, dtype=bool)
-    ideal = np.zeros((len(query_ids), IDEAL_DEPTH), dtype=np.int64)
+    ideal = np.zeros((len(query_ids), IDEAL_DEPTH), dtype=np.float64)
     relevant_total = np.zeros(len(query_ids), dtype=np.int64)
+    labelled = np.ones(rows.shape, dtype=bool)
     for q, query_id in enumerate(query_ids):
         labels = judged.get(query_id, {})
         for k, row in enumerate(rows[q]):
             grades[q, k], compliant[q, k] = labels.get(int(row), (0, False))
+            labelled[q, k] = query_id not in partial or int(row) in labels
         best = sorted((g for g, _ in labels.values()), reverse=True)[:IDEAL_DEPTH]
         ideal[q, : len(best)] = best
         relevant_total[q] = sum(g >= RELEVANT_GRADE for g, _ in labels.values())
@@ -297,6 +316,7 @@ def build_lists(
         compliant=compliant,
         ideal_grades=ideal,
         relevant_total=relevant_total,
+        labelled=labelled,
     )
 
 
@@ -323,6 +343,7 @@ def load_dataset(
     image_encoder_dir: Path | None = None,
     holdout: tuple[int, int] | None = None,
     analysis: str = NO_ANALYSIS,
+    feedback: FeedbackOptions | None = None,
 ) -> Dataset:
     """Read items/queries/judgments from data_dir, encode them and build the per-split candidate lists.
 
@@ -333,10 +354,13 @@ def load_dataset(
     artifacts/encoders/clip). `holdout` = (fold, folds) splits the queries for K-fold cross-validation instead of
     as the data says (`index.data.records.fold_split`). Queries are embedded with `query_encoder` (the variant the
     service will embed them with), items with `encoder`; the same when not given.
-    `analysis` is BM25's (`index.runtime.lexical.Analyzer`).
+    `analysis` is BM25's (`index.runtime.lexical.Analyzer`). `feedback` adds the logged queries with their click
+    labels (`training.feedback.merge`, which also says whether the data's judgments train too); the data then needs
+    no queries or judgments.
     """
     require_data_dir(data_dir)
-    if find_data_file(data_dir, "queries") is None or not find_judgments(data_dir).exists():
+    judged_data = find_data_file(data_dir, "queries") is not None and find_judgments(data_dir).exists()
+    if feedback is None and not judged_data:
         raise DataError(
             f"{data_dir}: training needs queries (queries.jsonl or .parquet) and judgments (judgments.jsonl or "
             ".parquet, or TREC qrels); without them build a zero-shot bundle with `make index MODEL=none`"
@@ -344,9 +368,13 @@ def load_dataset(
     screened = read_catalog(data_dir, schema=schema, text_measure=encoder, holdout=holdout)
     screened.log(log)
     items = encode_item_images(screened.items, image_encoder_dir)
-    queries = screened.judged_queries
     rows = {item.id: i for i, item in enumerate(items)}
-    judged = judged_by_row(screened.judgments, rows)
+    learned_from, partial = None, frozenset[str]()
+    if feedback is None:
+        queries = screened.judged_queries
+        judged = judged_by_row(screened.judgments, rows)
+    else:
+        queries, judged, partial, learned_from = _with_feedback(screened, feedback, rows)
     if schema is None:
         first = next((i.image_embedding for i in items if i.image_embedding is not None), None)
         # A catalog with no image at all gets image_dim 1: a placeholder column, always zero and always masked, so
@@ -372,7 +400,7 @@ def load_dataset(
             raise DataError(f"{data_dir}: no queries in split {split!r}")
         ids, texts = [q.id for q in chosen], [q.text for q in chosen]
         embedded = (query_encoder or encoder).encode(texts)
-        splits[split] = build_lists(ids, texts, embedded, judged, candidates, num_candidates)
+        splits[split] = build_lists(ids, texts, embedded, judged, candidates, num_candidates, partial)
     return Dataset(
         items=items,
         schema=schema,
@@ -381,5 +409,46 @@ def load_dataset(
         name=data_dir.name,
         judged=judged,
         candidates=candidates,
+        partial=partial,
         screened=screened,
+        feedback=learned_from,
     )
+
+
+def _with_feedback(
+    screened: Screened, feedback: FeedbackOptions, rows: dict[str, int]
+) -> tuple[list[Query], Judged, frozenset[str], dict[str, Any]]:
+    """The queries, labels and click-labelled queries `merge_feedback` makes of the data and the feedback log, and
+    what it did."""
+    merged = merge_feedback(screened.queries, screened.judgments, feedback, set(rows))
+    clicks, labels = merged.clicks, feedback.labels
+    judged: Judged = {}
+    for query_id, item_id, grade, compliant in merged.labels:
+        judged.setdefault(query_id, {})[rows[item_id]] = (grade, compliant)
+    queries = [q for q in merged.queries if q.id in judged]
+    log.info(
+        "feedback: %s; %d logged queries with click labels (%s propensity %s), %d sessions of the data's test "
+        "queries left out, %d clicked items not in the catalog; labels: %s%s",
+        feedback.log.summary(),
+        merged.click_queries,
+        clicks.method,
+        np.round(clicks.propensity, 3).tolist(),
+        merged.held_out_dropped,
+        merged.unknown_items,
+        labels,
+        "; no judged test query, so the test split is held-out logged queries (counterfactual)"
+        if merged.counterfactual_test
+        else "",
+    )
+    summary = {
+        "labels": labels,
+        "propensity_method": clicks.method,
+        "propensity": [round(float(p), 4) for p in clicks.propensity],
+        "clip": feedback.clip,
+        "sessions": sum(clicks.sessions.values()),
+        "logged_queries": merged.click_queries,
+        "test_sessions_left_out": merged.held_out_dropped,
+        "log": feedback.log.summary(),
+        "counterfactual_test": merged.counterfactual_test,
+    }
+    return queries, judged, merged.partial, summary

@@ -167,6 +167,7 @@ def served_dataset(checkpoint: Checkpoint, data_dir: Path | None = None, encoder
         schema=checkpoint.schema,
         holdout=cfg.holdout,
         analysis=checkpoint.analysis,
+        feedback=cfg.feedback_options(),
     )
     served = dataclasses.replace(
         dataset.candidates,
@@ -371,6 +372,8 @@ def run_export(out_dir: Path) -> int:
             "name": metrics["dataset"],
             "synthetic": metrics["synthetic"],
             "catalog": metrics.get("catalog", {}),
+            "trained_on": metrics.get("trained_on", "judgments"),
+            "feedback": metrics.get("feedback"),
         },
         "feature_schema": schema.to_dict(),
         "model_config": raw["model_config"],

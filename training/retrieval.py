@@ -74,7 +74,7 @@ def _relevant_rows(lists: RankingLists, dataset: Dataset) -> list[tuple[np.ndarr
     for query_id in lists.query_ids:
         labels = dataset.judged.get(query_id, {})
         rows = np.fromiter(labels.keys(), dtype=np.int64, count=len(labels))
-        grades = np.fromiter((g for g, _ in labels.values()), dtype=np.int64, count=len(labels))
+        grades = np.fromiter((g for g, _ in labels.values()), dtype=np.float64, count=len(labels))
         out.append((rows, grades))
     return out
 
@@ -92,7 +92,7 @@ def _sample_items(
 
 def _labels(batch: list[tuple[np.ndarray, np.ndarray]], sample: np.ndarray) -> np.ndarray:
     """(B, S) grades of the sampled items for each query of the batch (0 where unjudged)."""
-    labels = np.zeros((len(batch), len(sample)), dtype=np.int64)
+    labels = np.zeros((len(batch), len(sample)), dtype=np.float64)
     for b, (rows, grades) in enumerate(batch):
         at = np.searchsorted(sample, rows)
         inside = (at < len(sample)) & (sample[np.minimum(at, len(sample) - 1)] == rows)

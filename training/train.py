@@ -26,8 +26,11 @@ from index.runtime.features import CandidateFeatures
 from index.runtime.lexical import analysis_choices
 from model.fusion import FusionConfig, FusionRanker
 from training.dataset import Dataset, RankingLists
+from training.feedback.merge import LABEL_MODES, FeedbackOptions
+from training.feedback.propensity import METHODS
+from training.feedback.sessions import read_feedback_log
 from training.losses import LOSSES, make_loss
-from training.metrics import NDCG_CONVENTION, evaluate_scores
+from training.metrics import NDCG_CONVENTION, RankingMetrics
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
@@ -41,7 +44,9 @@ class TrainConfig:
     data_dir: Path = Path("data/synthetic")
     out_dir: Path = Path("artifacts")
     encoder_dir: Path = Path("artifacts/encoders/minilm")
-    loss: str = "hybrid"
+    # "auto": hybrid on judgments; listwise with `feedback`, whose click grades are fractional and noisy, so that
+    # the pairwise term would count nearly every pair as ordered; the listwise loss over them is the IPW loss.
+    loss: str = "auto"
     epochs: int = 80
     batch_queries: int = 16
     # The ranker's peak learning rate and the candidate generator's are each chosen on the validation queries from
@@ -80,6 +85,15 @@ class TrainConfig:
     )
     folds: int = 0  # K-fold cross-validation by query: 0 keeps the data's splits; K >= 3 holds out fold `fold`
     fold: int = 0
+    # Learning from the service's impression and feedback log (training.feedback): the log directory (its
+    # RANK_LOG_DIR; "" for none), whether the data's judgments train too ("both") or only test ("clicks"), how the
+    # examination propensities are estimated (em, swap, or none: uncorrected), the first N sessions only (0: all),
+    # and the smallest propensity a click is weighted by.
+    feedback: str = ""
+    labels: str = "both"
+    propensity: str = "swap"
+    feedback_sessions: int = 0
+    ipw_clip: float = 0.05
 
     @property
     def holdout(self) -> tuple[int, int] | None:
@@ -87,6 +101,8 @@ class TrainConfig:
         return (self.fold, self.folds) if self.folds else None
 
     def __post_init__(self) -> None:
+        if self.loss == "auto":
+            object.__setattr__(self, "loss", "listwise" if self.feedback else "hybrid")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -116,11 +132,29 @@ class TrainConfig:
             )
         if self.crossfit == 1 or self.crossfit < 0:
             raise ValueError(f"--crossfit needs 0 (off) or K >= 2 parts, got {self.crossfit}")
+        if self.labels not in LABEL_MODES or self.propensity not in METHODS:
+            raise ValueError(
+                f"--labels must be one of {', '.join(LABEL_MODES)} and --propensity one of {', '.join(METHODS)}, got "
+                f"{self.labels!r} and {self.propensity!r}"
+            )
+        if self.feedback_sessions < 0 or not 0.0 < self.ipw_clip <= 1.0:
+            raise ValueError(
+                f"--feedback-sessions must be >= 0 and --ipw-clip in (0, 1], got {self.feedback_sessions} and "
+                f"{self.ipw_clip}"
+            )
         if self.folds and (self.folds < 3 or not 0 <= self.fold < self.folds):
             raise ValueError(
                 f"--folds needs K >= 3 and 0 <= --fold < K (test, validation and training folds), got "
                 f"folds={self.folds} fold={self.fold}"
             )
+
+    def feedback_options(self) -> FeedbackOptions | None:
+        """The joined feedback log and how to learn from it, or None without `feedback`."""
+        if not self.feedback:
+            return None
+        return FeedbackOptions(
+            read_feedback_log(Path(self.feedback)), self.labels, self.propensity, self.feedback_sessions, self.ipw_clip
+        )
 
     @property
     def ranker_lrs(self) -> tuple[float, ...]:
@@ -215,6 +249,11 @@ class FeatureTensors:
         return query, *candidate, retrieval_score, evidence, query_index
 
 
+def validate(model: FusionRanker, tensors: FeatureTensors, lists: RankingLists) -> RankingMetrics:
+    """Validation metrics of the model on `lists`, over their labelled candidates."""
+    return lists.metrics(score_lists(model, tensors, lists))
+
+
 @torch.inference_mode()
 def score_lists(model: FusionRanker, tensors: FeatureTensors, lists: RankingLists, batch: int = 64) -> np.ndarray:
     """Scores (Q, K) for every candidate of every list, in eval mode."""
@@ -274,6 +313,7 @@ def train_at(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
     tensors = FeatureTensors.of(dataset, device)
     train_lists, val_lists = dataset.splits["train"], dataset.splits["val"]
     labels_all = torch.from_numpy(train_lists.grades).to(device)
+    labelled_all = torch.from_numpy(train_lists.labelled).to(device)
     generator = np.random.default_rng(cfg.seed)
     steps_per_epoch = math.ceil(len(train_lists) / cfg.batch_queries)
     total_steps = cfg.epochs * steps_per_epoch
@@ -290,9 +330,7 @@ def train_at(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
     )
     # Epoch 0 is the untrained ranker, which orders every list by its prior (see model.fusion): early stopping may
     # keep it, so training never ships a ranker below the prior on the validation queries.
-    prior = evaluate_scores(
-        score_lists(model, tensors, val_lists), val_lists.grades, val_lists.compliant, val_lists.ideal_grades
-    )
+    prior = validate(model, tensors, val_lists)
     tqdm.write(f"epoch   0  (the prior alone)  val nDCG@10 {prior.ndcg_at_10:.4f}")
     best = (prior.ndcg_at_10, 0, copy.deepcopy(model.state_dict()))
     history: list[dict[str, float]] = [{"epoch": 0, "val_ndcg@10": prior.ndcg_at_10}]
@@ -307,16 +345,14 @@ def train_at(cfg: TrainConfig, dataset: Dataset) -> TrainResult:
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 scores = model(*tensors.batch(train_lists, rows)).view(len(rows), -1)  # (B, K)
             labels = labels_all[torch.from_numpy(rows).to(device)]
-            loss = loss_fn(scores.float(), labels, torch.ones_like(labels, dtype=torch.bool))
+            loss = loss_fn(scores.float(), labels, labelled_all[torch.from_numpy(rows).to(device)])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             losses.append(loss.item())
             step += 1
-        val = evaluate_scores(
-            score_lists(model, tensors, val_lists), val_lists.grades, val_lists.compliant, val_lists.ideal_grades
-        )
+        val = validate(model, tensors, val_lists)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_ndcg@10": val.ndcg_at_10})
         improved = val.ndcg_at_10 > best[0]
         if improved:

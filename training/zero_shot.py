@@ -19,7 +19,7 @@ import math
 
 from index.runtime.lexical import NO_ANALYSIS, LexicalIndex
 from training.dataset import Candidates, CandidateSpace, Dataset, RankingLists, build_lists
-from training.metrics import RankingMetrics, evaluate_scores
+from training.metrics import RankingMetrics
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,14 @@ ANALYSIS_OPTIONS = (NO_ANALYSIS, "english")
 def lists_for(dataset: Dataset, split: str, candidates: Candidates, k: int) -> RankingLists:
     """The split's queries with lists made by `candidates`."""
     lists = dataset.splits[split]
-    return build_lists(lists.query_ids, lists.query_texts, lists.query_emb, dataset.judged, candidates, k)
+    return build_lists(
+        lists.query_ids, lists.query_texts, lists.query_emb, dataset.judged, candidates, k, dataset.partial
+    )
 
 
 def prior_metrics(lists: RankingLists) -> RankingMetrics:
     """The lists ordered by their prior alone (what an untrained ranker serves)."""
-    return evaluate_scores(lists.evidence[..., 0], lists.grades, lists.compliant, lists.ideal_grades)
+    return lists.metrics(lists.evidence[..., 0])
 
 
 def zero_shot_metrics(dataset: Dataset, split: str, k: int) -> dict[str, RankingMetrics]:
