@@ -14,7 +14,7 @@ PORT    ?= 8000
 STAMP   := .venv/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 RAY_STAMP := .venv/.installed-ray
 
-.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval student batch gpu-check rollout ray serve-ray proto
+.PHONY: help setup data encoder train export index serve run test test-fast lint clean bench bench-data loadtest evaluate crossval student batch gpu-check rollout ray serve-ray proto simulate click-crossval
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,8 +40,12 @@ $(ENCODER)/encoder.json: | $(STAMP)
 encoder: $(STAMP) ## Export all-MiniLM-L6-v2 (offline PyPI package) to ONNX
 	$(PY) -m index.export.text_encoder --out $(ENCODER)
 
-train: $(STAMP) $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/items.jsonl) $(ENCODER)/encoder.json ## Train the fusion ranker, evaluate it against baselines
-	$(PY) -m training.cli train --data-dir $(DATA) $(ARGS)
+# FEEDBACK=dir trains from the service's impression and feedback log (its RANK_LOG_DIR) as well: inverse-propensity
+# weighted click labels (training.feedback), beside DATA's judgments (ARGS='--labels clicks': judgments only test).
+FEEDBACK ?=
+
+train: $(STAMP) $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/items.jsonl) $(ENCODER)/encoder.json ## Train the fusion ranker, evaluate it against baselines (FEEDBACK=logdir: from clicks too)
+	$(PY) -m training.cli train --data-dir $(DATA) $(if $(FEEDBACK),--feedback $(FEEDBACK)) $(ARGS)
 
 export: $(STAMP) ## Export the trained ranker to ONNX, check parity, write artifacts/model_card.json
 	$(PY) -m training.cli export
@@ -116,6 +120,18 @@ FOLDS ?= 5
 
 crossval: $(STAMP) $(ENCODER)/encoder.json ## K-fold CV of train+serve vs zero-shot, served path (DATA=dir FOLDS=5)
 	$(PY) -m training.evaluate.crossval --data $(DATA) --folds $(FOLDS) $(ARGS)
+
+# Learning from clicks, evaluated (issue 38): simulated users on a running service that logs with exploration
+# (python -m training.evaluate.simulate; LOGS is its RANK_LOG_DIR), then K-fold cross-validation of zero-shot,
+# uncorrected and corrected click models and the judgment-trained ceiling on those logs (training.evaluate.click_cv).
+SESSIONS ?= 1000
+LOGS     ?=
+
+simulate: $(STAMP) ## Simulated users on a running service through /rank and /feedback (DATA URL SESSIONS LOGS=its RANK_LOG_DIR)
+	$(PY) -m training.evaluate.simulate --data $(DATA) --url $(or $(URL),http://$(HOST):$(PORT)) --sessions $(SESSIONS) --logs $(LOGS) $(ARGS)
+
+click-crossval: $(STAMP) $(ENCODER)/encoder.json ## K-fold CV of click-trained models vs zero-shot and judgments (DATA LOGS ARGS='--zero-shot bundle')
+	$(PY) -m training.evaluate.click_cv --data $(DATA) --logs $(LOGS) --folds $(FOLDS) $(ARGS)
 
 BENCH_ITEMS ?= 100000
 BENCH_DATA  := data/synthetic-100k
