@@ -29,17 +29,17 @@ from .conftest import TinyPipeline, serving_settings
 from .live_service import serve_in_thread
 
 
-def _simulated_sessions(count: int, users: simulate.Users, explore: float = 0.2) -> list[Session]:
+def _simulated_sessions(count: int, users: simulate.Users, explore: float = 0.2, depth: int = 10) -> list[Session]:
     """Sessions of a fixed ranking per query with adjacent swaps, clicked by `users` (in process, no service)."""
     rng = random.Random(users.seed)
-    shown_by_query = {q: [f"q{q}-d{k}" for k in range(10)] for q in range(40)}
+    shown_by_query = {q: [f"q{q}-d{k}" for k in range(depth)] for q in range(40)}
     grades = {item: rng.choice([0, 0, 0, 1, 3]) for items in shown_by_query.values() for item in items}
     sessions = []
     for n in range(count):
         q = rng.randrange(40)
         shown, explored = list(shown_by_query[q]), None
         if rng.random() < explore:
-            k = rng.randrange(9)
+            k = rng.randrange(depth - 1)
             shown[k], shown[k + 1] = shown[k + 1], shown[k]
             explored = (k + 1, k + 2)
         clicked = frozenset(users.clicks(shown, grades, rng))
@@ -59,6 +59,20 @@ def test_both_estimators_recover_the_users_examination_propensities() -> None:
     assert (estimate_propensity("none", sessions) == 1.0).all()
     with pytest.raises(ValueError, match="em, swap, none"):
         estimate_propensity("cascade", sessions)
+
+
+def test_swap_estimates_stay_close_deep_in_a_list_where_single_pair_ratios_are_noisy() -> None:
+    # 40 positions: a swap lands on each pair 1 time in 195 and deep positions get few clicks, so each adjacent
+    # ratio alone is noisy. Chained one by one, each capped at 1, they were off by 1.36 in mean |log ratio| (a factor
+    # of 4) and by 0.44 within the top 20; pooled, by 0.36 and 0.17.
+    users = simulate.Users(eta=1.0, noise=0.1, top_grade=3, seed=6)
+    depth = 40
+    sessions = _simulated_sessions(60_000, users, depth=depth)
+    truth = np.array([users.examined(k) for k in range(1, depth + 1)])
+    swap = swap_propensity(sessions, depth)
+    assert (np.diff(swap) <= 0).all()
+    error = np.abs(np.log(swap / truth))
+    assert error.mean() < 0.7 and error[:20].max() < 0.3, np.round(swap, 3)
 
 
 def test_inverse_propensity_weights_undo_the_position_bias_plain_click_rates_keep() -> None:

@@ -167,7 +167,9 @@ def trained_on(dataset: Dataset) -> str:
     if dataset.feedback is None:
         return "judgments"
     f = dataset.feedback
-    source = f"clicks from {f['sessions']} logged sessions, weighted by {f['propensity_method']} propensities"
+    method = f["propensity_method"]
+    weighting = "not corrected for position" if method == "none" else f"weighted by {method} propensities"
+    source = f"clicks from {f['sessions']} logged sessions, {weighting}"
     test = "held-out logged queries' click labels (counterfactual)" if f["counterfactual_test"] else "judgments"
     return f"{source}{' and judgments' if f['labels'] == 'both' else ''}; tested on {test}"
 

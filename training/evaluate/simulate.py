@@ -38,7 +38,7 @@ from training.evaluate.data import load_eval_data
 from training.evaluate.errors import EvaluateError, one_line
 from training.feedback.sessions import read_feedback_log
 
-TOP_K = 10
+TOP_K = 10  # results a user is shown by default (--top-k)
 
 
 @dataclass(frozen=True)
@@ -104,16 +104,22 @@ def training_queries(queries: list[Query], split: str, folds: int, fold: int) ->
 
 
 def simulate(
-    url: str, queries: list[Query], judged: dict[str, dict[str, int]], users: Users, sessions: int, workers: int
+    url: str,
+    queries: list[Query],
+    judged: dict[str, dict[str, int]],
+    users: Users,
+    sessions: int,
+    workers: int,
+    top_k: int = TOP_K,
 ) -> Tally:
-    """Run `sessions` sessions against the service at `url`, `workers` at a time."""
+    """Run `sessions` sessions against the service at `url`, `workers` at a time, `top_k` results shown each."""
     client, tally, lock = _Client(url), Tally(), threading.Lock()
     seeds = random.Random(users.seed)
     plan = [(seeds.choice(queries), seeds.getrandbits(64)) for _ in range(sessions)]
 
     def one(session: tuple[Query, int]) -> None:
         query, seed = session
-        answer = client.post("/rank", {"query": query.text, "top_k": TOP_K})
+        answer = client.post("/rank", {"query": query.text, "top_k": top_k})
         shown = [hit["id"] for hit in answer["results"]]
         clicked = users.clicks(shown, judged.get(query.id, {}), random.Random(seed))
         for item in clicked:
@@ -154,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="train", choices=("train", "val", "all"), help="queries drawn from")
     parser.add_argument("--folds", type=int, default=0, help="K: draw every query outside --fold (cross-validation)")
     parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--top-k", type=int, default=TOP_K, help=f"results shown per session (default: {TOP_K})")
     parser.add_argument("--eta", type=float, default=1.0, help="examination (1/k)^eta (default: 1)")
     parser.add_argument("--noise", type=float, default=0.1, help="click probability of an examined unjudged item")
     parser.add_argument("--seed", type=int, default=0)
@@ -162,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_cli_logging()
     try:
-        if args.sessions < 1 or args.workers < 1 or args.eta < 0 or not 0.0 <= args.noise <= 1.0:
-            raise EvaluateError("--sessions and --workers must be positive, --eta >= 0 and --noise in [0, 1]")
+        if args.sessions < 1 or args.workers < 1 or args.top_k < 1 or args.eta < 0 or not 0.0 <= args.noise <= 1.0:
+            raise EvaluateError("--sessions, --workers and --top-k must be positive, --eta >= 0 and --noise in [0, 1]")
         data = load_eval_data(args.data, "all")
         queries = training_queries(data.queries, args.split, args.folds, args.fold)
         if not queries:
@@ -173,12 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         args.logs.mkdir(parents=True, exist_ok=True)
         before = wait_for_impressions(args.logs, 0, 0.0)
         print(f"simulating {args.sessions} sessions over {len(queries)} queries of {data.name} on {args.url}")
-        tally = simulate(args.url, queries, data.judged, users, args.sessions, args.workers)
+        tally = simulate(args.url, queries, data.judged, users, args.sessions, args.workers, args.top_k)
         info = {
             "data": str(args.data),
             "queries": len(queries),
             "users": asdict(users),
-            "true_propensity": [round(users.examined(k), 4) for k in range(1, TOP_K + 1)],
+            "top_k": args.top_k,
+            "true_propensity": [round(users.examined(k), 4) for k in range(1, args.top_k + 1)],
             "sessions": tally.sessions,
             "clicks": tally.clicks,
             "command": sys.argv,

@@ -85,7 +85,9 @@ def merge_feedback(
                 "queries: simulate or log more, or ask for fewer"
             )
         usable = usable[: options.sessions]
-    clicks = click_labels(usable, estimate_propensity(options.propensity, usable), options.propensity, options.clip)
+    depth = max((len(s.shown) for s in usable), default=1)  # as deep as answers went
+    theta = estimate_propensity(options.propensity, usable, depth)
+    clicks = click_labels(usable, theta, options.propensity, options.clip)
     kept = [j for j in judgments if labels == "both" or j.query_id in test_ids]
     human = {(j.query_id, j.item_id) for j in kept}
     out: list[tuple[str, str, float, bool]] = [(j.query_id, j.item_id, float(j.grade), j.is_compliant) for j in kept]

@@ -72,8 +72,14 @@ def em_propensity(sessions: Sequence[Session], depth: int = 10, iterations: int 
 
 
 def swap_propensity(sessions: Sequence[Session], depth: int = 10) -> np.ndarray:
-    """(depth,) propensities from the exploration swaps alone, theta_1 = 1. Examination is taken not to rise down
-    the list (a ratio above 1 is noise and counts as 1), and a pair of positions no swap measured keeps ratio 1."""
+    """(depth,) propensities from the exploration swaps alone, theta_1 = 1.
+
+    Each adjacent pair of positions gives a ratio theta_{k+1} / theta_k, and the ratios chain, so one noisy ratio
+    moves every position below it. Deep in a list clicks are few and the ratios noisy: capping each at 1 and
+    chaining them drifted to 1e-4 by position 50 where the truth was 0.02 (simulated users, 100k sessions). So the
+    log ratios are pooled instead: fitted by isotonic regression, weighted by the clicks behind each, to a
+    sequence that never falls down the list and stays at most 0 (examination does not rise down a list, and its
+    decay slows: true of (1/k)^eta users and of cascade-like ones). A pair no swap measured has no weight."""
     # (query, k, a, b): a normally at k, b at k+1 -> [sessions in order, a's clicks at k, b's at k+1,
     #                                                 sessions swapped, a's clicks at k+1, b's at k]
     counts: dict[tuple[str, int, str, str], list[float]] = defaultdict(lambda: [0.0] * 6)
@@ -94,15 +100,28 @@ def swap_propensity(sessions: Sequence[Session], depth: int = 10) -> np.ndarray:
                 row[2] += b in s.clicked
     at_lower = np.zeros(depth)  # sum over pairs of theta_{k+1} (gamma_a + gamma_b), estimated
     at_upper = np.zeros(depth)  # sum over pairs of theta_k (gamma_a + gamma_b), estimated
+    clicks = np.zeros(depth)  # the clicks behind each estimate: its weight
     for (_, k, _, _), (n0, a_k, b_k1, n1, a_k1, b_k) in counts.items():
         if n0 and n1 and k + 1 < depth:
             at_lower[k] += a_k1 / n1 + b_k1 / n0
             at_upper[k] += a_k / n0 + b_k / n1
-    ratios = np.where((at_upper > 0) & (at_lower > 0), at_lower / np.maximum(at_upper, 1e-12), 1.0)
-    theta = np.ones(depth)
-    for k in range(1, depth):
-        theta[k] = theta[k - 1] * min(ratios[k - 1], 1.0)
-    return theta
+            clicks[k] += a_k + b_k1 + a_k1 + b_k
+    measured = (at_upper > 0) & (at_lower > 0)
+    log_ratios = np.where(measured, np.log(np.maximum(at_lower, 1e-12) / np.maximum(at_upper, 1e-12)), 0.0)
+    pooled = np.minimum(_nondecreasing(log_ratios[:-1], np.where(measured, clicks, 0.0)[:-1]), 0.0)
+    return np.exp(np.concatenate([[0.0], np.cumsum(pooled)]))
+
+
+def _nondecreasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted isotonic regression onto non-decreasing sequences (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [value, weight, length]
+    for value, weight in zip(values, weights, strict=True):
+        blocks.append([float(value), float(weight), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (v2, w2, n2), (v1, w1, n1) = blocks.pop(), blocks.pop()
+            total = w1 + w2
+            blocks.append([(v1 * w1 + v2 * w2) / total if total > 0 else min(v1, v2), total, n1 + n2])
+    return np.asarray([value for value, _, n in blocks for _ in range(int(n))])
 
 
 def estimate_propensity(method: str, sessions: Sequence[Session], depth: int = 10) -> np.ndarray:
