@@ -57,9 +57,10 @@ class RankingLists:
     relevant_total: np.ndarray  # (Q,) items with grade >= RELEVANT_GRADE in the whole catalog
     # (Q, K) bool: the candidates whose label is known. True everywhere for judged queries (unjudged means not
     # relevant); for a query labelled by clicks, only the items its sessions showed: of the others nothing is
-    # known (no propensity weighting can make up for never showing them), so the loss skips them. Taking them as
-    # irrelevant there teaches the ranker that the relevant items the logging ranker missed are bad: measured on
-    # SYNTHETIC, it then learned nothing at all (BENCHMARKS.md, "Learning from clicks").
+    # known (no propensity weighting can make up for never showing them), so the loss and the validation skip them.
+    # Taking them as irrelevant teaches the ranker that what the logging ranker missed is bad: on SYNTHETIC, in the
+    # loss it halved the gain over the prior, in the validation it kept the untrained epoch every time
+    # (BENCHMARKS.md, "Learning from clicks").
     labelled: np.ndarray
 
     def __len__(self) -> int:
@@ -83,11 +84,9 @@ class RankingLists:
         return RankingLists(**values)
 
     def metrics(self, scores: np.ndarray) -> RankingMetrics:
-        """Metrics of (Q, K) scores over the whole lists. An unlabelled candidate counts as not relevant: over click
-        labels this is the counterfactual (inverse-propensity) estimate of DCG, which credits a ranking nothing for
-        lifting an item no user was shown, so early stopping on it keeps the epochs that order what users saw
-        better without lifting unknowns above it."""
-        return evaluate_scores(scores, self.grades, self.compliant, self.ideal_grades)
+        """Metrics of (Q, K) scores over each list's labelled candidates (`labelled`): for click labels, how well
+        the shown items are ordered, which is what clicks can tell; for judgments, every candidate."""
+        return evaluate_scores(np.where(self.labelled, scores, -np.inf), self.grades, self.compliant, self.ideal_grades)
 
     def rescored(self, space: CandidateSpace) -> RankingLists:
         """The same lists with the retrieval score taken in `space` (e.g. the item tower over masked inputs)."""
