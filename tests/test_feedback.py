@@ -18,7 +18,7 @@ from index.runtime.text_encoder import TextEncoder
 from service.app import create_app
 from training.cli import run_train
 from training.dataset import load_dataset
-from training.evaluate import simulate
+from training.evaluate import propensity_check, simulate
 from training.feedback.labels import click_labels, grade_of
 from training.feedback.merge import FeedbackOptions
 from training.feedback.propensity import em_propensity, estimate_propensity, swap_propensity
@@ -109,6 +109,22 @@ def test_simulated_sessions_reach_the_log_through_the_real_endpoints(simulated_l
     assert log.unmatched == log.off_list == 0
     assert 40 < sum(s.explored is not None for s in log.sessions) < 130  # RANK_EXPLORE 0.2 of 400
     assert sent["true_propensity"][:3] == [1.0, 0.5, 0.3333]
+
+
+def test_the_propensity_check_compares_the_estimators_with_the_simulated_truth(
+    simulated_log: tuple[Path, dict], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    logs, _ = simulated_log
+    assert propensity_check.main(["--logs", str(logs), "--sessions", "100,400"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [(r[0], r[1]) for r in rows if r[0] in ("swap", "em")] == [
+        ("swap", "100"),
+        ("em", "100"),
+        ("swap", "400"),
+        ("em", "400"),
+    ]
+    assert propensity_check.main(["--logs", str(tmp_path)]) == 2  # not a simulated log: one sentence, exit 2
+    assert "make simulate" in capsys.readouterr().err
 
 
 def test_feedback_for_a_request_that_was_not_logged_is_counted_as_unmatched(

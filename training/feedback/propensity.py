@@ -12,10 +12,10 @@ identifiable from clicks, and inverse-propensity weighting needs only ratios).
   an adjacent pair (a, b) normally at (k, k+1), the clicks either item gets at k+1 against at k, each per session of
   its order, estimate theta_{k+1} / theta_k; the ratios chain from theta_1 = 1.
 
-Training uses `swap` by default: measured against simulated users' known propensities (BENCHMARKS.md, "Learning
-from clicks"), it was as close as EM at 100k sessions and much closer at 1k and 10k, where EM, with few sessions per
-(query, item), drifts towards 1 in the tail (no correction) and at 1k sessions on 1,000 queries cannot tell
-positions apart at all.
+Training uses `swap` by default: measured against simulated users' known propensities (`python -m
+training.evaluate.propensity_check`; BENCHMARKS.md, "Learning from clicks"), over answers 50 deep at 100k sessions
+it was within 0.22 in mean |log ratio| over the top 20 on CISI and SYNTHETIC, EM 0.50 and 0.61; below 10k sessions
+neither is close (EM, with few sessions per (query, item), drifts towards 1, which is no correction).
 """
 
 from __future__ import annotations
