@@ -7,13 +7,13 @@ serve them; a RequestError names the field that is wrong.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from index.runtime.bundle import Bundle
+from index.runtime.query_text import normalize_text
 from service.errors import RequestError
 from service.protocol import DocumentRef, RankRequest, RerankRequest
 from service.settings import Settings
@@ -71,9 +71,7 @@ def normalize_query(text: str, max_chars: int, field_name: str = "query") -> str
     """NFKC-normalise, drop control characters and collapse whitespace; refuse empty or over-long text."""
     if len(text) > max_chars:
         raise RequestError(field_name, f"is {len(text)} characters long; the limit is {max_chars}")
-    text = unicodedata.normalize("NFKC", text)
-    text = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
-    text = " ".join(text.split())
+    text = normalize_text(text)
     if not text:
         raise RequestError(field_name, "must contain some text")
     return text

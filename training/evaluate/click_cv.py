@@ -37,13 +37,12 @@ from index.cli_logging import configure_cli_logging
 from index.data.records import DataError, Query, fold_of
 from index.runtime.files import ArtifactError
 from index.runtime.lexical import NO_ANALYSIS
-from service.jobs import normalize_query
+from index.runtime.query_text import normalize_text
 from training.evaluate.crossval import gate_verdict, train_fold
 from training.evaluate.data import EvalData, load_eval_data
 from training.evaluate.errors import EvaluateError, one_line
 from training.evaluate.scoring import QueryMetrics, query_metrics
 from training.evaluate.served import load_in_process, served_rankings
-from training.feedback.merge import QUERY_CHARS
 from training.feedback.propensity import em_propensity, swap_propensity
 from training.feedback.sessions import FeedbackError, FeedbackLog, read_feedback_log
 
@@ -119,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("reports") / f"click-cv-{started:%Y%m%d-%H%M%S}.json"
     for done, fold in enumerate(folds, 1):
         held_out = [q for q in data.queries if fold_of(q.id, k) == fold]
-        texts = {normalize_query(q.text, QUERY_CHARS) for q in held_out}
+        texts = {normalize_text(q.text) for q in held_out}
         usable = [s for s in log.sessions if s.query not in texts]
         results.propensities[fold] = {
             "em": np.round(em_propensity(usable), 4).tolist(),

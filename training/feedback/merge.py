@@ -18,13 +18,12 @@ import hashlib
 from dataclasses import dataclass
 
 from index.data.records import Judgment, Query, fold_of, hash_split
-from service.jobs import normalize_query
+from index.runtime.query_text import normalize_text
 from training.feedback.labels import ClickLabels, click_labels
 from training.feedback.propensity import METHODS, estimate_propensity
 from training.feedback.sessions import FeedbackError, FeedbackLog
 
 LABEL_MODES = ("both", "clicks")
-QUERY_CHARS = 10_000  # logged queries were normalised under the service's limit; this only guards the call
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ def merge_feedback(
     """See the module's docstring."""
     labels = options.labels
     judged_ids = {j.query_id for j in judgments}
-    by_text = {normalize_query(q.text, QUERY_CHARS): q for q in queries if q.id in judged_ids}
+    by_text = {normalize_text(q.text): q for q in queries if q.id in judged_ids}
     test_ids = {q.id for q in by_text.values() if q.split == "test"}
     counterfactual = not test_ids
     usable = [s for s in options.log.sessions if by_text.get(s.query, _TRAIN).split != "test"]
