@@ -58,8 +58,8 @@ class RankingLists:
     # (Q, K) bool: the candidates whose label is known. True everywhere for judged queries (unjudged means not
     # relevant); for a query labelled by clicks, only the items its sessions showed: of the others nothing is
     # known (no propensity weighting can make up for never showing them), so the loss and the validation skip them.
-    # Taking them as irrelevant teaches the ranker that what the logging ranker missed is bad: on SYNTHETIC, in the
-    # loss it halved the gain over the prior, in the validation it kept the untrained epoch every time
+    # Taking them as irrelevant teaches the ranker that what the logging ranker missed is bad: on SYNTHETIC's first
+    # fold, in the loss it halved the gain over the prior, in the validation it kept the untrained epoch
     # (BENCHMARKS.md, "Learning from clicks").
     labelled: np.ndarray
 

@@ -171,7 +171,7 @@ def summarize(
         }
     lines.append("propensity by position 1..10, estimated from the first fold's usable sessions, beside the true one:")
     first = results.propensities[folds[0]]
-    for name, values in (("true", truth), ("em", first["em"]), ("swap", first["swap"])):
+    for name, values in (("true", truth[:10]), ("em", first["em"]), ("swap", first["swap"])):
         if values:
             lines.append(f"  {name:<5} " + " ".join(f"{v:.3f}" for v in values))
     report.update(
