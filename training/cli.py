@@ -37,14 +37,7 @@ from training.export import ParityError, run_export
 from training.feedback.sessions import FeedbackError
 from training.metrics import NDCG_CONVENTION, RELEVANT_GRADE, RankingMetrics
 from training.retrieval import RetrieverResult, learned_space, out_of_fold_spaces, train_retriever
-from training.train import (
-    AUTO_ANALYSIS,
-    FeatureTensors,
-    TrainConfig,
-    score_lists,
-    select_device,
-    train,
-)
+from training.train import AUTO_ANALYSIS, FeatureTensors, TrainConfig, score_lists, select_device, train
 from training.zero_shot import (
     SOURCE_OPTIONS,
     Choice,

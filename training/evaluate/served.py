@@ -115,7 +115,7 @@ class HttpServed:
         self.timeout = timeout
         self.top_k, self.num_candidates = top_k, num_candidates
         self._conn: http.client.HTTPConnection | None = None
-        status, ready = self._call("GET", "/health/ready")
+        status, ready = self.call("GET", "/health/ready")
         if status != 200:
             raise EvaluateError(f"{self.url} is not ready (GET /health/ready answered {status}: {_detail(ready)})")
         self.model_version = str(ready.get("model_version", "?"))
@@ -133,7 +133,8 @@ class HttpServed:
             self._conn = kind(self._host, self._port, timeout=self.timeout)
         return self._conn
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        """(status, JSON answer) of one request on the kept-alive connection."""
         payload = None if body is None else json.dumps(body).encode()
         headers = {} if payload is None else {"content-type": "application/json"}
         for attempt in range(2):  # a kept-alive connection the server closed gets one fresh try
@@ -162,7 +163,7 @@ class HttpServed:
         if self.num_candidates is not None:
             body["num_candidates"] = self.num_candidates
         for _ in range(20):
-            status, answer = self._call("POST", "/rank", body)
+            status, answer = self.call("POST", "/rank", body)
             if status != 429:
                 break
             time.sleep(0.05)

@@ -20,7 +20,6 @@ fold f (cross-validation's test fold). Exit codes: 0 done, 2 it could not run.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import random
 import sys
@@ -30,12 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from index.cli_logging import configure_cli_logging
 from index.data.records import DataError, Query, fold_of
 from training.evaluate.data import load_eval_data
 from training.evaluate.errors import EvaluateError, one_line
+from training.evaluate.served import HttpServed
 from training.feedback.sessions import read_feedback_log
 
 TOP_K = 10  # results a user is shown by default (--top-k)
@@ -72,28 +71,11 @@ class Tally:
     clicks: int = 0
 
 
-class _Client:
-    """One keep-alive HTTP connection per thread to the service."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.local = threading.local()
-
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        connection = getattr(self.local, "connection", None)
-        if connection is None:
-            connection = self.local.connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        try:
-            connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            data = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.local.connection = None
-            raise EvaluateError(f"POST {path} to {self.host}:{self.port} failed: {one_line(exc)}") from None
-        if response.status >= 300:
-            raise EvaluateError(f"POST {path} answered {response.status}: {data[:300].decode(errors='replace')}")
-        return json.loads(data) if data else {}
+def _post(served: HttpServed, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    status, answer = served.call("POST", path, body)
+    if status >= 300:
+        raise EvaluateError(f"POST {path} answered {status}: {str(answer)[:300]}")
+    return answer
 
 
 def training_queries(queries: list[Query], split: str, folds: int, fold: int) -> list[Query]:
@@ -113,17 +95,19 @@ def simulate(
     top_k: int = TOP_K,
 ) -> Tally:
     """Run `sessions` sessions against the service at `url`, `workers` at a time, `top_k` results shown each."""
-    client, tally, lock = _Client(url), Tally(), threading.Lock()
+    tally, lock, local = Tally(), threading.Lock(), threading.local()
     seeds = random.Random(users.seed)
     plan = [(seeds.choice(queries), seeds.getrandbits(64)) for _ in range(sessions)]
 
     def one(session: tuple[Query, int]) -> None:
         query, seed = session
-        answer = client.post("/rank", {"query": query.text, "top_k": top_k})
+        if not hasattr(local, "served"):  # one kept-alive connection per worker thread
+            local.served = HttpServed(url, top_k)
+        answer = _post(local.served, "/rank", {"query": query.text, "top_k": top_k})
         shown = [hit["id"] for hit in answer["results"]]
         clicked = users.clicks(shown, judged.get(query.id, {}), random.Random(seed))
         for item in clicked:
-            client.post("/feedback", {"request_id": answer["request_id"], "item_id": item, "event": "click"})
+            _post(local.served, "/feedback", {"request_id": answer["request_id"], "item_id": item, "event": "click"})
         with lock:
             tally.sessions += 1
             tally.clicks += len(clicked)
